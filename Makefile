@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test dev bench install clean generate serve
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Generate the default world, start the sandbox, materialize every asset, print a summary.
+run: $(STAMP)
+	$(BIN)/billing-ai run
+
+## The whole test suite.
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## Sandbox + Dagster UI (http://127.0.0.1:3000) with every asset materializable.
+dev: $(STAMP)
+	$(BIN)/billing-ai dev
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf data/warehouse* data/world data/sandbox data/inbox data/reports .dagster_home

@@ -1,0 +1,86 @@
+"""The one Definitions object: assets, jobs, schedules, sensors, resources.
+
+Settings come from the environment (see README, Configuration); secrets only
+through ``EnvVar``.
+"""
+
+
+import os
+
+import dagster as dg
+
+from billing_ai.ingestion.partitions import usage_daily_partitions
+from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
+from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
+from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
+
+PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
+USAGE_ASSETS = [core_usage_events]
+
+# One job per partitions definition: a job over mixed partitions does not resolve.
+platform_sync_job = dg.define_asset_job(
+    "platform_sync_job",
+    selection=dg.AssetSelection.assets(*PLATFORM_ASSETS),
+    description="Snapshot the billing platform and land new usage files (unpartitioned).",
+    tags={"dagster/max_retries": "2"},
+)
+usage_daily_job = dg.define_asset_job(
+    "usage_daily_job",
+    selection=dg.AssetSelection.assets(*USAGE_ASSETS),
+    partitions_def=usage_daily_partitions,
+    description="Validate and deduplicate usage events by event day (a date range runs as one run).",
+    tags={"dagster/max_retries": "2"},
+)
+
+nightly_schedule = dg.ScheduleDefinition(
+    name="nightly_platform_sync",
+    job=platform_sync_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    description="02:00 UTC: platform snapshot; on success the usage job rebuilds the late window.",
+)
+
+LATE_WINDOW_DAYS = int(os.environ.get("BILLING_AI_LATE_WINDOW_DAYS", "14"))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[platform_sync_job],
+    request_job=usage_daily_job,
+    name="usage_after_platform_sync",
+    description="After each successful platform sync, rebuild the usage days that late events can still touch.",
+)
+def usage_after_platform_sync(context: dg.RunStatusSensorContext):
+    keys = usage_daily_partitions.get_partition_keys()
+    window = keys[-LATE_WINDOW_DAYS:]
+    if not window:
+        return dg.SkipReason("no partitions yet")
+    return dg.RunRequest(
+        run_key=f"after-{context.dagster_run.run_id}",
+        tags={"dagster/asset_partition_range_start": window[0], "dagster/asset_partition_range_end": window[-1]},
+    )
+
+
+def default_resources() -> dict:
+    return {
+        "warehouse": WarehouseResource(path=os.environ.get("BILLING_AI_WAREHOUSE", DEFAULT_WAREHOUSE)),
+        "stripe": StripeResource(
+            api_key=dg.EnvVar("STRIPE_API_KEY"),
+            api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
+            requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
+        ),
+        "settings": PipelineSettings(
+            as_of=os.environ.get("BILLING_AI_AS_OF", ""),
+            inbox_dir=os.environ.get("BILLING_AI_INBOX", DEFAULT_INBOX),
+            pii_key=dg.EnvVar("BILLING_AI_PII_KEY"),
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS],
+    jobs=[platform_sync_job, usage_daily_job],
+    schedules=[nightly_schedule],
+    sensors=[usage_after_platform_sync],
+    resources=default_resources(),
+)

@@ -1,0 +1,1 @@
+"""Ingestion: platform objects and usage files into raw.* and core.*."""

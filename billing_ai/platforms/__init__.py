@@ -1,0 +1,1 @@
+"""Billing platform connectors: one module per platform, client + mapping to core."""

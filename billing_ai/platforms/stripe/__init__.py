@@ -1,0 +1,1 @@
+"""Stripe Billing: the official SDK client and the mapping to core tables."""

@@ -1,0 +1,81 @@
+"""Dagster resources: the warehouse, the clock and settings, platform clients.
+
+Secrets (API keys, the PII tokenization key) come from the environment through
+``EnvVar`` and are never put in config, logs or metadata.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+import duckdb
+
+from billing_ai import warehouse
+from billing_ai.clock import Clock
+
+DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
+DEFAULT_INBOX = "data/inbox/usage"
+
+# Every asset and check that writes the warehouse runs in this pool. The
+# instance gives it one slot (dagster.yaml): DuckDB allows a single writer.
+WAREHOUSE_POOL = "warehouse"
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file. Open it only while talking to DuckDB."""
+
+    path: str = DEFAULT_WAREHOUSE
+    threads: int = 0  # 0: DuckDB's default (all cores)
+    memory_limit: str = ""
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = warehouse.connect(self.path, read_only=read_only, threads=self.threads or None,
+                                memory_limit=self.memory_limit or None)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """The pipeline's clock, inbox and PII key.
+
+    ``as_of``: an ISO instant pins "now" (the sandbox world's as_of); empty or
+    "wall" uses the wall clock. Every asset reads time through :meth:`clock`.
+    """
+
+    as_of: str = ""
+    inbox_dir: str = DEFAULT_INBOX
+    pii_key: str = dg.EnvVar("BILLING_AI_PII_KEY")
+    late_window_days: int = 14
+
+    def clock(self) -> Clock:
+        return Clock.from_setting(self.as_of)
+
+    def inbox(self) -> Path:
+        return Path(self.inbox_dir)
+
+
+class StripeResource(dg.ConfigurableResource):
+    """Read access to a Stripe account (or the sandbox at ``api_base``).
+
+    Use a restricted read-only key for ingestion: only the push job writes.
+    """
+
+    api_key: str = dg.EnvVar("STRIPE_API_KEY")
+    api_base: str = "https://api.stripe.com"
+    max_network_retries: int = 3
+    requests_per_second: float = 20.0  # client-side limit, under Stripe's 25/s in test mode
+    page_size: int = 100
+
+    def connector(self, pii_key: str):
+        from billing_ai.platforms.stripe.client import StripeConnector
+
+        return StripeConnector(api_key=self.api_key, api_base=self.api_base,
+                               max_network_retries=self.max_network_retries,
+                               requests_per_second=self.requests_per_second, page_size=self.page_size,
+                               pii_key=pii_key)

@@ -1,0 +1,163 @@
+"""`billing-ai run`: the whole pipeline on the embedded default, end to end.
+
+Generates the default world (unless it is already there), starts the sandbox
+on a free loopback port, materializes every asset (the usage partitions of
+the world's whole history as one single-run backfill), stops the sandbox and
+prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator
+
+import dagster as dg
+
+from billing_ai import warehouse as wh
+from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
+from billing_ai.sandbox.world import WorldConfig, WorldPaths, load_config
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SANDBOX_PII_KEY = "sandbox-only-pii-key"  # the embedded default only; production sets BILLING_AI_PII_KEY
+
+
+@dataclass(frozen=True)
+class Layout:
+    data_dir: Path = Path("data")
+
+    @property
+    def world(self) -> WorldPaths:
+        return WorldPaths(self.data_dir / "world", self.data_dir / "inbox" / "usage")
+
+    @property
+    def sandbox_state(self) -> Path:
+        return self.data_dir / "sandbox"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+
+def ensure_world(layout: Layout, config: WorldConfig, say: Callable[[str], None]) -> WorldConfig:
+    """Generate the world unless the same one (by fingerprint) is already written."""
+    from billing_ai.sandbox.generator import generate_world, write_world
+
+    paths = layout.world
+    if paths.manifest.exists() and load_config(paths.world_dir).fingerprint() == config.fingerprint():
+        say(f"world: reusing {paths.world_dir} (seed {config.seed})")
+        return config
+    for d in (paths.world_dir, paths.inbox_dir, layout.sandbox_state):
+        shutil.rmtree(d, ignore_errors=True)
+    layout.warehouse.unlink(missing_ok=True)
+    t = time.monotonic()
+    world = generate_world(config, progress=lambda m: say(f"  generate: {m}"))
+    write_world(world, paths, progress=lambda m: say(f"  write: {m}"))
+    say(f"world: generated in {time.monotonic() - t:.1f}s ({world.events.height:,} events simulated)")
+    return config
+
+
+@contextmanager
+def sandbox_environment(layout: Layout, config: WorldConfig) -> Iterator[str]:
+    """Start the sandbox and point the pipeline's settings at it (env vars)."""
+    from billing_ai.sandbox.server import SandboxServer
+
+    with SandboxServer(layout.world.world_dir, layout.sandbox_state) as server:
+        env = {
+            "STRIPE_API_BASE": server.url,
+            "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
+            "STRIPE_REQUESTS_PER_SECOND": os.environ.get("STRIPE_REQUESTS_PER_SECOND", "300"),
+            "BILLING_AI_AS_OF": config.as_of,
+            "BILLING_AI_INBOX": str(layout.world.inbox_dir),
+            "BILLING_AI_WAREHOUSE": str(layout.warehouse),
+            "BILLING_AI_PII_KEY": os.environ.get("BILLING_AI_PII_KEY", SANDBOX_PII_KEY),
+        }
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield server.url
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = None,
+                    resources: dict | None = None, say: Callable[[str], None] = print) -> None:
+    """Materialize every asset: platform snapshot, then all usage days as one run."""
+    from billing_ai import definitions as d
+
+    resources = resources or d.default_resources()
+    instance = instance or dg.DagsterInstance.ephemeral()
+    t = time.monotonic()
+    res = dg.materialize(d.PLATFORM_ASSETS, resources=resources, instance=instance, run_config=QUIET)
+    assert res.success
+    say(f"platform_sync: {time.monotonic() - t:.1f}s")
+    first = config.start_dt().date()
+    last = config.as_of_dt().date()
+    t = time.monotonic()
+    res = dg.materialize(
+        [*d.USAGE_ASSETS, *d.PLATFORM_ASSETS], selection=d.USAGE_ASSETS, resources=resources, instance=instance,
+        run_config=QUIET,
+        tags={"dagster/asset_partition_range_start": first.isoformat(),
+              "dagster/asset_partition_range_end": last.isoformat()},
+    )
+    assert res.success
+    say(f"usage_daily {first}..{last} (one run): {time.monotonic() - t:.1f}s")
+
+
+SUMMARY_TABLES = ("core.customers", "core.products", "core.prices", "core.price_tiers", "core.meters",
+                  "core.subscriptions", "core.subscription_items", "core.invoices", "core.invoice_lines",
+                  "core.payments", "core.credit_notes", "core.meter_usage_summaries", "core.usage_events",
+                  "core.quarantine")
+
+
+def summary(warehouse_path: Path) -> str:
+    con = wh.connect(warehouse_path, read_only=True)
+    try:
+        lines = [f"warehouse: {warehouse_path.resolve()}", ""]
+        for t in SUMMARY_TABLES:
+            n = wh.count(con, t) if wh.table_exists(con, t) else 0
+            lines.append(f"  {t:<32} {n:>12,}")
+        files = wh.run(con, "SELECT count(*), sum(records), sum(landed), sum(quarantined) FROM raw.usage_files")[0]
+        lines += ["", f"usage files landed: {files[0]}, records in {files[1]:,} = landed {files[2]:,} "
+                      f"+ quarantined at landing {files[3]:,}"]
+        reasons = wh.run(con, "SELECT reason, count(*) FROM core.quarantine GROUP BY 1 ORDER BY 2 DESC")
+        if reasons:
+            lines.append("quarantine by reason: " + ", ".join(f"{r}={n:,}" for r, n in reasons))
+    finally:
+        con.close()
+    lines += ["", "example query:",
+              f"  duckdb {warehouse_path} \"SELECT c.segment, u.meter_name, sum(u.quantity) AS units "
+              "FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL\""]
+    return "\n".join(lines)
+
+
+def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Callable[[str], None] = print) -> None:
+    t0 = time.monotonic()
+    say(f"billing_ai: default world = seed {config.seed}, {config.customers} customers, {config.days} days "
+        f"to as_of {config.as_of}")
+    ensure_world(layout, config, say)
+    layout.warehouse.unlink(missing_ok=True)
+    with sandbox_environment(layout, config) as url:
+        say(f"sandbox: Stripe API emulator on {url}")
+        materialize_all(config, say=say)
+    say("sandbox: stopped")
+    say("")
+    say(summary(layout.warehouse))
+    say(f"\ndone in {time.monotonic() - t0:.1f}s")
+
+
+def world_span(config: WorldConfig) -> tuple[str, str]:
+    return config.start_dt().date().isoformat(), (config.as_of_dt() - timedelta(seconds=1)).date().isoformat()
