@@ -27,7 +27,6 @@ platform_sync_job = dg.define_asset_job(
 usage_daily_job = dg.define_asset_job(
     "usage_daily_job",
     selection=dg.AssetSelection.assets(*USAGE_ASSETS),
-    partitions_def=usage_daily_partitions,
     description="Validate and deduplicate usage events by event day (a date range runs as one run).",
     tags={"dagster/max_retries": "2"},
 )

@@ -1,0 +1,80 @@
+"""Shared pytest fixtures for the billing_ai test suite.
+
+Fixtures here are meant to be reused across test modules; keep each one
+small, documented, and cheap. Add new fixtures in their own section below.
+
+World fixtures
+    ``tiny_world``  (session)   a small deterministic synthetic world on disk
+
+Sandbox fixtures
+    ``sandbox``     (function)  a running Stripe emulator over ``tiny_world``
+                                with a fresh, empty state directory
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from billing_ai.sandbox.generator import World, generate_world, write_world
+from billing_ai.sandbox.server import SandboxServer
+from billing_ai.sandbox.world import WorldConfig, WorldPaths
+
+# ---------------------------------------------------------------------------
+# World fixtures
+# ---------------------------------------------------------------------------
+
+#: The tiny world's config. Deterministic: the same seed always writes the same
+#: tables, so tests may assert exact counts and amounts derived from it
+#: (12 customers, 5 products, 45 prices, 3 meters, 12 subscriptions, ...).
+TINY_WORLD_CONFIG = WorldConfig(seed=11, customers=12, days=45)
+
+
+@dataclass(frozen=True)
+class GeneratedWorld:
+    """A world generated and written to disk for tests.
+
+    ``world.tables`` holds the platform-neutral tables the sandbox serves,
+    ``world.truth`` the ground truth; ``paths.world_dir`` is what
+    ``SandboxServer`` and the ingestion code read, ``paths.inbox_dir`` holds
+    the usage event files.
+    """
+
+    config: WorldConfig
+    world: World
+    paths: WorldPaths
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> GeneratedWorld:
+    """A small world (seed 11, 12 customers, 45 days), generated once per session.
+
+    Takes well under a second. Treat it as read-only: tests that write state
+    should do so through a ``sandbox`` (whose state lives in its own dir).
+    """
+    root = tmp_path_factory.mktemp("tiny_world")
+    paths = WorldPaths(world_dir=root / "world", inbox_dir=root / "inbox")
+    world = generate_world(TINY_WORLD_CONFIG)
+    write_world(world, paths)
+    return GeneratedWorld(config=TINY_WORLD_CONFIG, world=world, paths=paths)
+
+
+# ---------------------------------------------------------------------------
+# Sandbox fixtures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox(tiny_world: GeneratedWorld, tmp_path: Path) -> Iterator[SandboxServer]:
+    """A running Stripe sandbox over ``tiny_world`` with fresh state.
+
+    Each test gets its own SQLite state dir (``tmp_path / "sandbox_state"``,
+    also reachable as ``sandbox.store.path.parent``), so writes never leak
+    between tests. Point the SDK at it with
+    ``stripe.StripeClient("sk_test_sandbox", base_addresses={"api": sandbox.url})``.
+    """
+    with SandboxServer(tiny_world.paths.world_dir, tmp_path / "sandbox_state") as server:
+        yield server
