@@ -8,13 +8,15 @@ each, rebuilt in a transaction so a failed build leaves the previous table.
 
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import dagster as dg
 import polars as pl
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.checks import RULES_BY_TABLE, Scope, evaluate_table, tables_read_by_rules
+from billing_ai.ingestion.partitions import PARTITION_START
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, StripeResource, WarehouseResource
 
@@ -134,23 +136,47 @@ def build_core_table(con, table: str) -> int:
     return wh.count(con, f"core.{table}")
 
 
+def check_specs(table: str) -> list[dg.AssetCheckSpec]:
+    key = dg.AssetKey(["core", table])
+    return [dg.AssetCheckSpec(r.name, asset=key, blocking=r.blocking, description=r.description)
+            for r in RULES_BY_TABLE.get(table, [])]
+
+
+def check_results(con, table: str, scope: Scope) -> list[dg.AssetCheckResult]:
+    """Evaluate the table's rules on the step's own connection."""
+    out = []
+    for o in evaluate_table(con, table, scope):
+        meta = {"violations": o.violations, **o.extra}
+        if o.violations:
+            meta["sample"] = markdown_preview(o.sample)
+        out.append(dg.AssetCheckResult(
+            check_name=o.rule.name, passed=o.passed, metadata=meta,
+            severity=dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR))
+    return out
+
+
 def _core_asset(table: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=dg.AssetKey(["core", table]),
-        deps=[raw_key(o) for o in CORE_SOURCES[table]],
+        check_specs=check_specs(table),
+        deps=[raw_key(o) for o in CORE_SOURCES[table]]
+        + [dg.AssetKey(["core", t]) for t in sorted(tables_read_by_rules(table))],
         group_name="core",
         kinds={"duckdb", "sql"},
         pool=WAREHOUSE_POOL,
         description=f"Canonical {table.replace('_', ' ')} (see README: Warehouse tables).",
     )
-    def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+               settings: PipelineSettings) -> dg.MaterializeResult:
+        scope = Scope(now=settings.clock().now(), window_start=date.fromisoformat(PARTITION_START))
         with warehouse.connect() as con:
             n = build_core_table(con, table)
             preview = con.sql(f"SELECT * FROM core.{table} LIMIT 5").pl()
+            checks = check_results(con, table, scope)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": n,
             "preview": markdown_preview(preview),
-        })
+        }, check_results=checks)
 
     _build.__name__ = f"core_{table}"
     return _build

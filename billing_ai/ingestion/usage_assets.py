@@ -6,8 +6,10 @@ from datetime import date, timedelta
 import dagster as dg
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.checks import Scope
 from billing_ai.ingestion.partitions import PARTITION_START, usage_daily_partitions
 from billing_ai.ingestion.usage_events import build_usage_events
+from billing_ai.ingestion.stripe_assets import check_results, check_specs
 from billing_ai.ingestion.usage_files import land_inbox
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
@@ -50,12 +52,14 @@ def raw_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     key=dg.AssetKey(["core", "usage_events"]),
     deps=[dg.AssetKey(["raw", "usage_events"]), dg.AssetKey(["core", "customers"]),
           dg.AssetKey(["core", "subscriptions"]), dg.AssetKey(["core", "meters"]),
-          dg.AssetKey(["core", "invoices"])],
+          dg.AssetKey(["core", "invoices"]), dg.AssetKey(["core", "subscription_items"]),
+          dg.AssetKey(["core", "meter_usage_summaries"])],
     partitions_def=usage_daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="core",
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,
+    check_specs=check_specs("usage_events"),
     description="Validated, deduplicated usage events by UTC event day; rejects go to core.quarantine.",
 )
 def core_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -63,8 +67,11 @@ def core_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     window = context.partition_time_window
     start = window.start.date()
     end = window.end.date() - timedelta(days=1)
+    now = settings.clock().now()
+    scope = Scope(now=now, window_start=date.fromisoformat(PARTITION_START), start=start, end=end)
     with warehouse.connect() as con:
-        stats = build_usage_events(con, start, end, settings.clock().now())
+        stats = build_usage_events(con, start, end, now)
+        checks = check_results(con, "usage_events", scope)
         preview = con.sql("SELECT event_id, customer_id, meter_name, quantity, event_ts, is_late "
                           "FROM core.usage_events WHERE event_date BETWEEN ? AND ? LIMIT 5",
                           params=[start, end]).pl()
@@ -73,4 +80,4 @@ def core_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "dagster/row_count": stats["accepted"], "records_in": stats["records"],
         "records_accepted": stats["accepted"], "records_quarantined": stats["quarantined"],
         "late_events": stats["late"], "preview": markdown_preview(preview),
-    })
+    }, check_results=checks)

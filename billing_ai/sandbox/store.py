@@ -86,7 +86,9 @@ class Store:
         row = self.db.execute("SELECT body FROM objects WHERE type=? AND id=?", (typ, oid)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put(self, typ: str, obj: dict, customer: str | None = None, parent: str | None = None) -> None:
+    def put(self, typ: str, obj: dict, customer: str | None = None, parent: str | None = None,
+            created: int | None = None) -> None:
+        """Insert or replace; ``created`` orders lists when the object has no such field."""
         with self._lock:
             existing = self.db.execute("SELECT seq FROM objects WHERE type=? AND id=?", (typ, obj["id"])).fetchone()
             if existing:
@@ -95,7 +97,7 @@ class Store:
             else:
                 self._seq += 1
                 self.db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?)",
-                                (typ, obj["id"], obj.get("created") or 0, self._seq, customer, parent,
+                                (typ, obj["id"], created or obj.get("created") or 0, self._seq, customer, parent,
                                  json.dumps(obj)))
 
     def list(self, typ: str, *, limit: int, starting_after: str | None = None, ending_before: str | None = None,

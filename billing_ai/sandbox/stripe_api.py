@@ -50,6 +50,7 @@ class StripeError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
+        self.headers.setdefault("Request-Id", request_id())
         err = {"type": self.type, "message": self.message}
         if self.code:
             err["code"] = self.code
@@ -80,16 +81,20 @@ def decode_form(pairs: list[tuple[str, str]]) -> dict:
                 break
             else:
                 cur = cur.setdefault(part, {})
-    return _lists(out)
+    # the SDK sends lists as expand[0]=..&expand[1]=..; only list-typed params become lists
+    # (metadata keys may well be digits)
+    for key in LIST_PARAMS:
+        node = out.get(key)
+        if isinstance(node, dict) and all(k.isdigit() for k in node):
+            out[key] = [node[k] for k in sorted(node, key=int)]
+    return out
 
 
-def _lists(node):
-    """``{"0": a, "1": b}`` (the SDK's ``expand[0]=...`` form) becomes ``[a, b]``."""
-    if isinstance(node, dict):
-        node = {k: _lists(v) for k, v in node.items()}
-        if node and all(k.isdigit() for k in node):
-            return [node[k] for k in sorted(node, key=int)]
-    return node
+LIST_PARAMS = ("expand",)
+
+
+def request_id() -> str:
+    return "req_" + hashlib.sha1(f"{time.time_ns()}-{threading.get_ident()}".encode()).hexdigest()[:14]
 
 
 class RateLimiter:
@@ -152,6 +157,7 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     async def handler(request: Request) -> Response:
         settings.counters["requests"] = settings.counters.get("requests", 0) + 1
         try:
+            limiter.rate = settings.rate_limit_per_second  # settings may change while serving
             wait = limiter.take()
             if wait:
                 settings.counters["rate_limited"] = settings.counters.get("rate_limited", 0) + 1
@@ -178,13 +184,14 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                                           "they were first used with. Try using a key other than "
                                           f"'{idem}' if you meant to execute a different request.")
                     return Response(pbody, status_code=status, media_type="application/json",
-                                    headers={"Idempotent-Replayed": "true", "Idempotency-Key": idem})
+                                    headers={"Idempotent-Replayed": "true", "Idempotency-Key": idem,
+                                             "Request-Id": request_id()})
             status, payload = route(request.method, path, params)
             text = json.dumps(payload)
             if idem and status < 500:
                 store.idem_put(api_key, idem, request.method, path, json.dumps(params, sort_keys=True), status, text)
             headers = {"Idempotency-Key": idem} if idem else {}
-            headers["Request-Id"] = "req_" + hashlib.sha1(f"{time.time_ns()}".encode()).hexdigest()[:14]
+            headers["Request-Id"] = request_id()
             return Response(text, status_code=status, media_type="application/json", headers=headers)
         except StripeError as e:
             return e.response()
@@ -210,7 +217,7 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 return 200, expand(retrieve(typ, mm.group(2)), params, top=True)
         if method == "POST":
             if rest == "billing/meter_events":
-                return 201, create_meter_event(params)
+                return 200, create_meter_event(params)
             if rest == "invoiceitems":
                 return 200, create_invoice_item(params)
             if rest == "credit_notes":
@@ -275,7 +282,8 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                                     ending_before=params.get("ending_before"), where=where, predicate=predicate)
         except KeyError as e:
             raise StripeError(400, "invalid_request_error", f"No such object: '{e.args[0]}'",
-                              code="resource_missing", param="starting_after") from None
+                              code="resource_missing",
+                              param="starting_after" if params.get("starting_after") else "ending_before") from None
         return page(objs, more, f"/v1/{rest}", params)
 
     def list_children(typ: str, parent: str, parent_typ: str, url: str, params: dict) -> dict:
@@ -290,31 +298,42 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
         for req in ("customer", "start_time", "end_time"):
             if req not in params:
                 raise StripeError(400, "invalid_request_error", f"Missing required param: {req}.", param=req)
-        window = params.get("value_grouping_window", "day")
-        if window != "day":
+        window = params.get("value_grouping_window")
+        if window not in (None, "day"):
             raise StripeError(400, "invalid_request_error",
-                              "The sandbox serves value_grouping_window=day only.", param="value_grouping_window")
+                              "The sandbox serves value_grouping_window=day (or none) only.",
+                              param="value_grouping_window")
         start, end = int(params["start_time"]), int(params["end_time"])
         if start % 86400 or end % 86400:
             raise StripeError(400, "invalid_request_error",
-                              "start_time and end_time must align with day boundaries for daily grouping.",
-                              param="start_time")
+                              "start_time and end_time must align with day boundaries.", param="start_time")
         rows = store.meter_summaries(meter_id, params["customer"], start, end)
-        objs = [{"id": f"mtrusg_{meter_id[4:]}_{params['customer'][4:]}_{d}", "object": "billing.meter_event_summary",
+        url = f"/v1/billing/meters/{meter_id}/event_summaries"
+        cust = params["customer"]
+        if window is None:
+            # without a grouping window Stripe returns one summary over the whole range
+            total = sum(v for _, v in rows)
+            obj = {"id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{start}_{end}", "object": "billing.meter_event_summary",
+                   "aggregated_value": float(Decimal(total) / 1000), "end_time": end, "livemode": False,
+                   "meter": meter_id, "start_time": start}
+            return page([obj], False, url, params)
+        objs = [{"id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{d}", "object": "billing.meter_event_summary",
                  "aggregated_value": float(Decimal(v) / 1000), "end_time": d + 86400, "livemode": False,
                  "meter": meter_id, "start_time": d} for d, v in rows]
         objs.sort(key=lambda o: -o["start_time"])  # newest first
         after, before = params.get("starting_after"), params.get("ending_before")
         ids = [o["id"] for o in objs]
-        if after:
-            objs = objs[ids.index(after) + 1:] if after in ids else []
-        elif before:
-            objs = objs[:ids.index(before)] if before in ids else []
-            lim = limit_of(params)
-            more = len(objs) > lim
-            return page(objs[-lim:], more, f"/v1/billing/meters/{meter_id}/event_summaries", params)
         lim = limit_of(params)
-        return page(objs[:lim], len(objs) > lim, f"/v1/billing/meters/{meter_id}/event_summaries", params)
+        cursor = after or before
+        if cursor and cursor not in ids:
+            raise StripeError(400, "invalid_request_error", f"No such object: '{cursor}'", code="resource_missing",
+                              param="starting_after" if after else "ending_before")
+        if after:
+            objs = objs[ids.index(after) + 1:]
+        elif before:
+            objs = objs[:ids.index(before)]
+            return page(objs[-lim:], len(objs) > lim, url, params)
+        return page(objs[:lim], len(objs) > lim, url, params)
 
     def create_meter_event(params: dict) -> dict:
         name = params.get("event_name")
@@ -368,7 +387,7 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                "discounts": [], "invoice": None, "livemode": False, "metadata": params.get("metadata") or {},
                "net_amount": amount, "parent": None, "period": {"start": now(), "end": now()}, "pricing": None,
                "proration": False, "quantity": 1, "tax_rates": [], "test_clock": None}
-        store.put("invoiceitem", {**obj, "created": now()}, customer=cust)
+        store.put("invoiceitem", obj, customer=cust, created=now())
         return obj
 
     def create_credit_note(params: dict) -> dict:

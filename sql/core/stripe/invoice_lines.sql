@@ -11,8 +11,8 @@ SELECT
     payload->>'description'                                              AS description,
     CAST(coalesce(payload->>'quantity_decimal', payload->>'quantity') AS DECIMAL(38, 9)) AS quantity,
     CAST(payload->>'amount' AS BIGINT)                                   AS amount,
-    coalesce((SELECT sum(CAST(d->>'amount' AS BIGINT))
-              FROM (SELECT unnest(CAST(payload->'discount_amounts' AS JSON[])) AS d)), 0) AS discount_amount,
+    CAST(coalesce((SELECT sum(CAST(d->>'amount' AS BIGINT))
+              FROM (SELECT unnest(CAST(payload->'discount_amounts' AS JSON[])) AS d)), 0) AS BIGINT) AS discount_amount,
     lower(payload->>'currency')                                          AS currency,
     to_timestamp(CAST(payload->>'$.period.start' AS BIGINT))             AS period_start,
     to_timestamp(CAST(payload->>'$.period.end' AS BIGINT))               AS period_end,

@@ -13,8 +13,8 @@ SELECT
     to_timestamp(CAST(payload->>'$.status_transitions.finalized_at' AS BIGINT)) AS finalized_at,
     to_timestamp(CAST(payload->>'$.status_transitions.paid_at' AS BIGINT))      AS paid_at,
     CAST(payload->>'subtotal' AS BIGINT)                            AS subtotal,
-    coalesce((SELECT sum(CAST(d->>'amount' AS BIGINT))
-              FROM (SELECT unnest(CAST(payload->'total_discount_amounts' AS JSON[])) AS d)), 0) AS total_discount,
+    CAST(coalesce((SELECT sum(CAST(d->>'amount' AS BIGINT))
+              FROM (SELECT unnest(CAST(payload->'total_discount_amounts' AS JSON[])) AS d)), 0) AS BIGINT) AS total_discount,
     CAST(payload->>'total' AS BIGINT)                               AS total,
     CAST(payload->>'starting_balance' AS BIGINT)                    AS starting_balance,
     CAST(payload->>'amount_due' AS BIGINT)                          AS amount_due,
