@@ -335,7 +335,8 @@ def test_meter_event_adds_to_daily_summary_once_per_identifier(client, tiny_worl
 
     def summaries() -> dict[int, float]:
         page = client.v1.billing.meters.event_summaries.list(
-            meter.id, {"customer": cid, "start_time": day - DAY, "end_time": day + 2 * DAY, "limit": 10})
+            meter.id, {"customer": cid, "start_time": day - DAY, "end_time": day + 2 * DAY, "limit": 10,
+                       "value_grouping_window": "day"})
         return {s.start_time: s.aggregated_value for s in page.data}
 
     before = summaries()
