@@ -78,3 +78,38 @@ def sandbox(tiny_world: GeneratedWorld, tmp_path: Path) -> Iterator[SandboxServe
     """
     with SandboxServer(tiny_world.paths.world_dir, tmp_path / "sandbox_state") as server:
         yield server
+
+
+# ---------------------------------------------------------------------------
+# Warehouse fixtures
+# ---------------------------------------------------------------------------
+
+TEST_PII_KEY = "test-pii-key"
+
+
+def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, page_size: int = 100,
+                       api_key: str = "rk_test_sandbox_readonly") -> dict:
+    """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
+    from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
+
+    return {
+        "warehouse": WarehouseResource(path=str(warehouse_path)),
+        "stripe": StripeResource(api_key=api_key, api_base=url, requests_per_second=500, page_size=page_size),
+        "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
+                                     pii_key=TEST_PII_KEY),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_warehouse(tiny_world: GeneratedWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse with every asset of ``tiny_world`` materialized (small pages, so the SDK pages a lot).
+
+    Read-only for tests: copy the file (``shutil.copy``) before changing anything.
+    """
+    from billing_ai.runner import materialize_all
+
+    tmp = tmp_path_factory.mktemp("tiny_warehouse")
+    with SandboxServer(tiny_world.paths.world_dir, tmp / "state") as server:
+        res = pipeline_resources(server.url, tmp / "warehouse.duckdb", tiny_world, page_size=7)
+        materialize_all(tiny_world.config, resources=res, say=lambda m: None)
+    return tmp / "warehouse.duckdb"

@@ -10,32 +10,17 @@ import pytest
 from billing_ai import warehouse as wh
 from billing_ai.definitions import PLATFORM_ASSETS, USAGE_ASSETS
 from billing_ai.platforms.stripe.client import StripeConnector
-from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
-from billing_ai.runner import materialize_all
+from billing_ai.resources import WarehouseResource
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai.sandbox.world import ts
 
-PII_KEY = "test-pii-key"
-
-
-def resources_for(url: str, warehouse_path, tiny_world, page_size: int = 100) -> dict:
-    return {
-        "warehouse": WarehouseResource(path=str(warehouse_path)),
-        "stripe": StripeResource(api_key="rk_test_sandbox_readonly", api_base=url, requests_per_second=500,
-                                 page_size=page_size),
-        "settings": PipelineSettings(as_of=tiny_world.config.as_of, inbox_dir=str(tiny_world.paths.inbox_dir),
-                                     pii_key=PII_KEY),
-    }
+from billing_ai_tests.conftest import TEST_PII_KEY as PII_KEY
+from billing_ai_tests.conftest import pipeline_resources as resources_for
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_world, tmp_path_factory):
-    """Materialize every asset once (read-only key: ingestion never writes to the platform)."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    with SandboxServer(tiny_world.paths.world_dir, tmp / "state") as server:
-        res = resources_for(server.url, tmp / "warehouse.duckdb", tiny_world, page_size=7)
-        materialize_all(tiny_world.config, resources=res, say=lambda m: None)
-    con = wh.connect(tmp / "warehouse.duckdb", read_only=True)
+def pipeline(tiny_warehouse):
+    con = wh.connect(tiny_warehouse, read_only=True)
     yield con
     con.close()
 

@@ -35,6 +35,7 @@ def _c(dtype, nullable: bool = False, checks=None, unique: bool = False) -> pa.C
 
 
 CURRENCY = pa.Check.isin(sorted(MINOR_UNITS))
+USAGE_SOURCES = ["inbox"]  # where core.usage_events rows come from
 NON_NEG = pa.Check.ge(0)
 
 # pandera schemas of the public core tables (the analyst contract, typed)
@@ -99,7 +100,8 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
         "meter_id": _c(pl.String), "customer_id": _c(pl.String), "usage_date": _c(pl.Date), "quantity": _c(DEC_Q),
     }),
     "usage_events": pa.DataFrameSchema({
-        "event_id": _c(pl.String), "source": _c(pl.String), "customer_id": _c(pl.String),
+        "event_id": _c(pl.String), "source": _c(pl.String, checks=pa.Check.isin(USAGE_SOURCES)),
+        "customer_id": _c(pl.String),
         "subscription_id": _c(pl.String, True), "meter_name": _c(pl.String), "quantity": _c(DEC_Q),
         "event_ts": _c(UTC_TS), "event_date": _c(pl.Date), "is_late": _c(pl.Boolean),
     }),
@@ -279,8 +281,12 @@ def evaluate(con: duckdb.DuckDBPyConnection, rule: Rule, scope: Scope) -> Outcom
     if rule.name == "usage_events_match_platform_summaries" and n:
         (leak, unseen), = wh.run(con, f"SELECT coalesce(sum(gap) FILTER (WHERE gap > 0), 0), "
                                       f"coalesce(-sum(gap) FILTER (WHERE gap < 0), 0) FROM ({rule.sql})", params)
-        extra = {"units_never_reached_billing": str(leak), "billed_units_not_in_our_events": str(unseen)}
+        extra = {"units_never_reached_billing": _plain(leak), "billed_units_not_in_our_events": _plain(unseen)}
     return Outcome(rule, n, sample, extra)
+
+
+def _plain(d: Decimal) -> str:
+    return format(Decimal(d).normalize(), "f")
 
 
 def _evaluate_schema(con: duckdb.DuckDBPyConnection, rule: Rule, scope: Scope) -> Outcome:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -27,6 +28,9 @@ from starlette.routing import Route
 
 from billing_ai.sandbox.store import Store
 from billing_ai.sandbox.world import make_id
+
+if TYPE_CHECKING:
+    from billing_ai.sandbox.faults import FaultPlan
 
 DEFAULT_SECRET_KEY = "sk_test_sandbox"
 DEFAULT_READONLY_KEY = "rk_test_sandbox_readonly"
@@ -40,6 +44,7 @@ class SandboxSettings:
     rate_limit_per_second: float = 400.0  # token bucket refill; burst = 2x
     clock: int | None = None  # "now" for created timestamps; defaults to the world's as_of
     counters: dict = field(default_factory=dict)
+    faults: FaultPlan | None = None  # injected failures (tests); see billing_ai.sandbox.faults
 
 
 class StripeError(Exception):
@@ -156,7 +161,10 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
 
     async def handler(request: Request) -> Response:
         settings.counters["requests"] = settings.counters.get("requests", 0) + 1
+        fault = plan.draw(request.method, request.url.path) if (plan := settings.faults) else None
         try:
+            if fault:
+                await fault.before()  # injected delay, 429 or 5xx
             limiter.rate = settings.rate_limit_per_second  # settings may change while serving
             wait = limiter.take()
             if wait:
@@ -192,7 +200,8 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 store.idem_put(api_key, idem, request.method, path, json.dumps(params, sort_keys=True), status, text)
             headers = {"Idempotency-Key": idem} if idem else {}
             headers["Request-Id"] = request_id()
-            return Response(text, status_code=status, media_type="application/json", headers=headers)
+            response = Response(text, status_code=status, media_type="application/json", headers=headers)
+            return fault.after(response) if fault else response  # "applied, then failed"
         except StripeError as e:
             return e.response()
 
