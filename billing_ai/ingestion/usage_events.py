@@ -43,7 +43,8 @@ WITH ranked AS (
        OR r.event_id IS NULL
 ),
 typed AS (
-    SELECT *, TRY_CAST(quantity AS DECIMAL(38, 9)) AS q, CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS event_date
+    SELECT *, TRY_CAST(quantity AS DECIMAL(38, 9)) AS q, TRY_CAST(quantity AS DOUBLE) AS qd,
+           CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS event_date
     FROM ranked
     WHERE CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN $start AND $end
 )
@@ -51,9 +52,10 @@ SELECT t.*,
     CASE
         WHEN nullif(trim(t.event_id), '') IS NULL OR nullif(trim(t.customer_id), '') IS NULL
              OR nullif(trim(t.meter_name), '') IS NULL OR t.quantity IS NULL THEN 'missing_field'
+        WHEN t.qd IS NULL OR isnan(t.qd) OR isinf(t.qd) THEN 'bad_quantity'
+        WHEN t.qd < 0 THEN 'negative_quantity'
+        WHEN t.qd > {MAX_QUANTITY} THEN 'huge_quantity'
         WHEN t.q IS NULL THEN 'bad_quantity'
-        WHEN t.q < 0 THEN 'negative_quantity'
-        WHEN t.q > {MAX_QUANTITY} THEN 'huge_quantity'
         WHEN t.meter_name NOT IN (SELECT meter_name FROM core.meters) THEN 'unknown_meter'
         WHEN t.customer_id NOT IN (SELECT customer_id FROM core.customers) THEN 'unknown_customer'
         WHEN nullif(t.subscription_id, '') IS NOT NULL AND NOT EXISTS (

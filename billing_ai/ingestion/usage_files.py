@@ -24,6 +24,14 @@ from billing_ai import warehouse as wh
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet"}
 FIELDS = ("event_id", "customer_id", "subscription_id", "meter_name", "quantity", "timestamp", "metadata")
 SOURCE = "usage_file"
+MAX_METADATA_BYTES = 8192  # larger metadata is quarantined, not truncated
+# JSON types a field may have in an NDJSON record (json_type names); NULL/absent is judged later
+JSON_TYPES = {"event_id": ("VARCHAR",), "customer_id": ("VARCHAR",), "subscription_id": ("VARCHAR",),
+              "meter_name": ("VARCHAR",), "quantity": ("VARCHAR", "UBIGINT", "BIGINT", "DOUBLE"),
+              "timestamp": ("VARCHAR",), "metadata": ("OBJECT",)}
+# read_csv options that keep a bad line (bad encoding, wrong column count) out of the result and in a
+# rejects table, so it can be quarantined with its reason instead of failing the whole file
+REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_rejects_scan'"
 _DAY_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 DDL = """
@@ -75,17 +83,21 @@ def _records_sql(path: Path, fmt: str, con: duckdb.DuckDBPyConnection) -> str:
     p = str(path).replace("'", "''")
     if fmt == "ndjson":
         lines = (f"SELECT line, row_number() OVER () AS source_row FROM read_csv('{p}', columns={{'line': 'VARCHAR'}}, "
-                 "header=false, delim='\x1f', quote='', escape='', auto_detect=false)")
+                 f"header=false, delim='\x1f', quote='', escape='', auto_detect=false, {REJECTS})")
         fields = ", ".join(
-            f"CASE WHEN json_valid(line) THEN CAST(line AS JSON)->>'{f}' END AS {f}" if f != "metadata" else
-            "CASE WHEN json_valid(line) THEN CAST(CAST(line AS JSON)->'metadata' AS VARCHAR) END AS metadata"
+            f"CASE WHEN json_valid(line) THEN TRY_CAST(line AS JSON)->>'{f}' END AS {f}" if f != "metadata" else
+            "CASE WHEN json_valid(line) THEN CAST(TRY_CAST(line AS JSON)->'metadata' AS VARCHAR) END AS metadata"
             for f in FIELDS)
+        wrong_type = " OR ".join(
+            f"coalesce(json_type(TRY_CAST(line AS JSON)->'{f}') NOT IN ('NULL', {', '.join(repr(t) for t in ok)}), false)"
+            for f, ok in JSON_TYPES.items())
         return (f"SELECT {fields}, source_row, line AS record, "
-                f"CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank' WHEN NOT json_valid(line) THEN 'invalid_json' "
-                f"WHEN json_type(CAST(line AS JSON)) <> 'OBJECT' THEN 'not_an_object' END AS unreadable "
+                f"CASE WHEN NOT json_valid(line) THEN 'invalid_json' "
+                f"WHEN json_type(TRY_CAST(line AS JSON)) <> 'OBJECT' THEN 'not_an_object' "
+                f"WHEN {wrong_type} THEN 'wrong_type' END AS unreadable "
                 f"FROM ({lines}) WHERE line IS NOT NULL AND trim(line) <> ''")
     if fmt == "csv":
-        src = f"read_csv('{p}', all_varchar=true, header=true, auto_detect=true)"
+        src = f"read_csv('{p}', all_varchar=true, header=true, auto_detect=true, {REJECTS})"
     else:
         src = f"read_parquet('{p}')"
     cols = {r[0] for r in wh.run(con, f"DESCRIBE SELECT * FROM {src}")}
@@ -114,7 +126,10 @@ def land_file(con: duckdb.DuckDBPyConnection, path: Path, sha: str, now: datetim
     size = path.stat().st_size
     try:
         with wh.transaction(con):
+            wh.run(con, "DROP TABLE IF EXISTS _rejects")
+            wh.run(con, "DROP TABLE IF EXISTS _rejects_scan")
             wh.run(con, f"CREATE OR REPLACE TEMP TABLE _records AS {_records_sql(path, fmt, con)}")
+            rejected = _quarantine_rejected_lines(con, path.name, now) if fmt != "parquet" else 0
             wh.run(con, """
                 CREATE OR REPLACE TEMP TABLE _classified AS
                 SELECT *, TRY_CAST("timestamp" AS TIMESTAMPTZ) AS event_ts,
@@ -124,8 +139,9 @@ def land_file(con: duckdb.DuckDBPyConnection, path: Path, sha: str, now: datetim
                         WHEN TRY_CAST("timestamp" AS TIMESTAMPTZ) IS NULL THEN 'bad_timestamp'
                         WHEN TRY_CAST("timestamp" AS TIMESTAMPTZ) < CAST(? AS DATE) THEN 'timestamp_too_old'
                         WHEN TRY_CAST("timestamp" AS TIMESTAMPTZ) > ?::TIMESTAMPTZ + to_days(?) THEN 'timestamp_in_future'
+                        WHEN strlen(metadata) > ? THEN 'oversized_metadata'
                     END AS reason
-                FROM _records""", [window_start, now, max_future_days])
+                FROM _records""", [window_start, now, max_future_days, MAX_METADATA_BYTES])
             wh.run(con, """
                 INSERT INTO raw.usage_events
                 SELECT event_id, customer_id, subscription_id, meter_name, quantity, "timestamp", metadata, event_ts,
@@ -137,6 +153,7 @@ def land_file(con: duckdb.DuckDBPyConnection, path: Path, sha: str, now: datetim
                 FROM _classified WHERE reason IS NOT NULL""", [SOURCE, path.name, now])
             records, quarantined = wh.run(
                 con, "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM _classified")[0]
+            records, quarantined = records + rejected, quarantined + rejected
             wh.run(con, "INSERT INTO raw.usage_files VALUES (?,?,?,?,CAST(? AS DATE),?,?,?,'landed',NULL,?::TIMESTAMPTZ)",
                    [path.name, sha, size, fmt, file_day, records, records - quarantined, quarantined, now])
         return FileResult(path.name, records, records - quarantined, quarantined, "landed")
@@ -150,8 +167,21 @@ def land_file(con: duckdb.DuckDBPyConnection, path: Path, sha: str, now: datetim
                    [SOURCE, path.name, msg, now])
         return FileResult(path.name, 0, 0, 0, "failed", msg)
     finally:
-        wh.run(con, "DROP TABLE IF EXISTS _records")
-        wh.run(con, "DROP TABLE IF EXISTS _classified")
+        for t in ("_records", "_classified", "_rejects", "_rejects_scan"):
+            wh.run(con, f"DROP TABLE IF EXISTS {t}")
+
+
+def _quarantine_rejected_lines(con: duckdb.DuckDBPyConnection, file_name: str, now: datetime) -> int:
+    """Lines the CSV reader rejected (bad encoding, wrong column count) become quarantine rows."""
+    if not wh.run(con, "SELECT 1 FROM duckdb_tables() WHERE table_name = '_rejects'"):
+        return 0
+    wh.run(con, """
+        INSERT INTO core.quarantine
+        SELECT ?, ? || ':L' || line, NULL,
+               CASE error_type WHEN 'INVALID ENCODING' THEN 'invalid_encoding' ELSE 'malformed_line' END,
+               split_part(error_message, chr(10), 1), csv_line, ?::TIMESTAMPTZ
+        FROM _rejects""", [SOURCE, file_name, now])
+    return wh.run(con, "SELECT count(*) FROM _rejects")[0][0]
 
 
 def land_inbox(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetime, window_start: date) -> list[FileResult]:
