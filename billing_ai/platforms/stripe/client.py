@@ -4,6 +4,9 @@
   ``max_network_retries`` (it sends the same idempotency key on retried POSTs).
 * 429s are retried by :func:`billing_ai.platforms.retry.call_with_retries`
   honouring ``Retry-After``; the SDK does not retry them itself.
+* A read whose connection broke in a way the SDK declines to retry (a response
+  cut off mid-body) is retried by the same wrapper: reads are safe to repeat.
+  No error class is retried by both the SDK and the wrapper.
 * A client-side token bucket keeps us under the account's rate limit.
 * Pages are requested one by one (``starting_after``) so each page request goes
   through the limiter and the 429 wrapper: no nested retry loops.
@@ -19,7 +22,7 @@ from typing import Any, Callable, Iterator
 import stripe
 
 from billing_ai.pii import tokenize
-from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries
+from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,14 @@ def scrub(obj: dict, key: str) -> dict:
     return obj
 
 
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds; None for an absent or HTTP-date value (then we back off)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 class StripeConnector:
     """Read-only Stripe access returning plain, scrubbed dicts."""
 
@@ -65,10 +76,14 @@ class StripeConnector:
         self.page_size = page_size
         self.policy = policy
         self.pii_key = pii_key
-        self.stats = {"requests": 0, "rate_limited": 0}
+        # SDK calls made (the SDK's own 5xx retries happen inside one call), 429s waited out,
+        # reads retried after a broken response
+        self.stats = {"requests": 0, "rate_limited": 0, "broken_reads": 0}
 
     # ---- the one place a request is made -----------------------------------------
     def call(self, fn: Callable[[], Any]) -> Any:
+        """One read request (the connector only reads), through the limiter and the retry wrapper."""
+
         def attempt():
             self.limiter.acquire()
             self.stats["requests"] += 1
@@ -76,16 +91,17 @@ class StripeConnector:
                 return fn()
             except stripe.RateLimitError as e:
                 self.stats["rate_limited"] += 1
-                retry_after = (e.headers or {}).get("retry-after") or (e.headers or {}).get("Retry-After")
-                raise RateLimited(float(retry_after) if retry_after else None, str(e)) from e
+                raise RateLimited(_seconds((e.headers or {}).get("retry-after")), str(e)) from e
+            except stripe.APIConnectionError as e:
+                if getattr(e, "should_retry", False):
+                    raise  # the SDK already retried this class of error: not a second time
+                self.stats["broken_reads"] += 1
+                raise Transient(str(e)) from e
 
-        def unwrap():
-            try:
-                return call_with_retries(attempt, self.policy, retry_transient=False)
-            except RateLimited as e:
-                raise e.__cause__ or e
-
-        return unwrap()
+        try:
+            return call_with_retries(attempt, self.policy, retry_transient=True)
+        except (RateLimited, Transient) as e:
+            raise e.__cause__ or e
 
     def _pages(self, list_fn: Callable[[dict], Any], params: dict) -> Iterator[dict]:
         params = {**params, "limit": self.page_size}
