@@ -45,6 +45,26 @@ def generate(seed: int, customers: int, days: int, as_of: str, data_dir: Path) -
     click.echo(f"world in {layout.world.world_dir}, usage files in {layout.world.inbox_dir}")
 
 
+@main.command()
+@click.argument("sql")
+@click.option("--warehouse", type=click.Path(path_type=Path), default=Path("data/warehouse.duckdb"),
+              show_default=True)
+@click.option("--max-rows", type=int, default=50, show_default=True)
+def query(sql: str, warehouse: Path, max_rows: int) -> None:
+    """Run SQL on the published read-only snapshot (safe while a run writes the warehouse)."""
+    import polars as pl
+
+    from billing_ai import warehouse as wh
+
+    con = wh.connect_published(warehouse)
+    try:
+        df = con.sql(sql).pl()
+    finally:
+        con.close()
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60):
+        click.echo(df)
+
+
 @main.group()
 def sandbox() -> None:
     """The local platform emulator."""

@@ -10,17 +10,21 @@ import os
 import dagster as dg
 
 from billing_ai.ingestion.partitions import usage_daily_partitions
+from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events]
+published_warehouse = publish_asset(
+    deps=[k for a in [*core_platform_assets, *USAGE_ASSETS] for k in a.keys])
+PUBLISH_ASSETS = [published_warehouse]
 
 # One job per partitions definition: a job over mixed partitions does not resolve.
 platform_sync_job = dg.define_asset_job(
     "platform_sync_job",
-    selection=dg.AssetSelection.assets(*PLATFORM_ASSETS),
+    selection=dg.AssetSelection.assets(*PLATFORM_ASSETS, *PUBLISH_ASSETS),
     description="Snapshot the billing platform and land new usage files (unpartitioned).",
     tags={"dagster/max_retries": "2"},
 )
@@ -29,6 +33,12 @@ usage_daily_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*USAGE_ASSETS),
     description="Validate and deduplicate usage events by event day (a date range runs as one run).",
     tags={"dagster/max_retries": "2"},
+)
+
+publish_job = dg.define_asset_job(
+    "publish_job",
+    selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
+    description="Publish the read-only warehouse snapshot (after the usage job).",
 )
 
 nightly_schedule = dg.ScheduleDefinition(
@@ -60,6 +70,17 @@ def usage_after_platform_sync(context: dg.RunStatusSensorContext):
     )
 
 
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[usage_daily_job],
+    request_job=publish_job,
+    name="publish_after_usage",
+    description="After each successful usage run, publish the read-only snapshot analysts and sensors query.",
+)
+def publish_after_usage(context: dg.RunStatusSensorContext):
+    return dg.RunRequest(run_key=f"publish-{context.dagster_run.run_id}")
+
+
 def default_resources() -> dict:
     return {
         "warehouse": WarehouseResource(path=os.environ.get("BILLING_AI_WAREHOUSE", DEFAULT_WAREHOUSE)),
@@ -77,9 +98,9 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS],
-    jobs=[platform_sync_job, usage_daily_job],
+    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *PUBLISH_ASSETS],
+    jobs=[platform_sync_job, usage_daily_job, publish_job],
     schedules=[nightly_schedule],
-    sensors=[usage_after_platform_sync],
+    sensors=[usage_after_platform_sync, publish_after_usage],
     resources=default_resources(),
 )

@@ -115,6 +115,9 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
     )
     assert res.success
     say(f"usage_daily {first}..{last} (one run): {time.monotonic() - t:.1f}s")
+    res = dg.materialize([*d.PUBLISH_ASSETS], resources=resources, instance=instance, run_config=QUIET)
+    assert res.success
+    say("published the read-only snapshot")
 
 
 SUMMARY_TABLES = ("core.customers", "core.products", "core.prices", "core.price_tiers", "core.meters",
@@ -124,9 +127,10 @@ SUMMARY_TABLES = ("core.customers", "core.products", "core.prices", "core.price_
 
 
 def summary(warehouse_path: Path) -> str:
-    con = wh.connect(warehouse_path, read_only=True)
+    con = wh.connect_published(warehouse_path)
     try:
-        lines = [f"warehouse: {warehouse_path.resolve()}", ""]
+        lines = [f"warehouse: {warehouse_path.resolve()}",
+                 f"read-only snapshot for queries: {wh.published_path_for(warehouse_path).resolve()}", ""]
         for t in SUMMARY_TABLES:
             n = wh.count(con, t) if wh.table_exists(con, t) else 0
             lines.append(f"  {t:<32} {n:>12,}")
@@ -139,8 +143,9 @@ def summary(warehouse_path: Path) -> str:
     finally:
         con.close()
     lines += ["", "example query:",
-              f"  duckdb {warehouse_path} \"SELECT c.segment, u.meter_name, sum(u.quantity) AS units "
-              "FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL\""]
+              "  .venv/bin/billing-ai query \"SELECT c.segment, u.meter_name, sum(u.quantity) AS units "
+              "FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL\""
+              + (f" --warehouse {warehouse_path}" if warehouse_path != Path("data/warehouse.duckdb") else "")]
     return "\n".join(lines)
 
 

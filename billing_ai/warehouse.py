@@ -8,6 +8,8 @@ Connections are opened only while talking to DuckDB, never across HTTP calls.
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -62,6 +64,41 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
 
 def count(con: duckdb.DuckDBPyConnection, qualified: str, where: str = "", params: Sequence | None = None) -> int:
     return run(con, f"SELECT count(*) FROM {qualified} {('WHERE ' + where) if where else ''}", params)[0][0]
+
+
+def published_path_for(path: str | Path) -> Path:
+    """Where the read-only snapshot of a warehouse is published (beside it)."""
+    path = Path(path)
+    return path.parent / "published" / path.name
+
+
+def publish(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path:
+    """Publish a consistent read-only copy of the warehouse, atomically.
+
+    DuckDB lets one process write a file and no other process even open it
+    meanwhile, so analysts and sensors read this snapshot instead. The caller
+    holds the (only) write connection, so after CHECKPOINT the file is
+    consistent; it is copied beside the target and swapped in with
+    ``os.replace``: a reader sees the old snapshot or the new one, never a mix,
+    and readers that already have the old one open keep reading it.
+    """
+    path = Path(path)
+    target = published_path_for(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run(con, "CHECKPOINT")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(path, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def connect_published(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the latest published snapshot of the warehouse at ``path``."""
+    con = duckdb.connect(str(published_path_for(path)), read_only=True)
+    run(con, "SET TimeZone = 'UTC'")
+    return con
 
 
 def read_sql(relative: str) -> str:
