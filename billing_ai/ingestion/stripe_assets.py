@@ -94,6 +94,8 @@ def land_raw(con, snapshot: dict[str, list[dict]], landed_at: datetime) -> dict[
     specs=[dg.AssetSpec(raw_key(o), group_name="ingestion", kinds={"stripe", "duckdb"},
                         description=f"Stripe {o.replace('_', ' ')} as landed (PII tokenized).") for o in RAW_OBJECTS],
     pool=WAREHOUSE_POOL,
+    # a platform outage longer than the client's own retries: try the step again later
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
 )
 def stripe_raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stripe: StripeResource,
                settings: PipelineSettings):
