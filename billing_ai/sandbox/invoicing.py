@@ -130,6 +130,7 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
         items_by_sub.setdefault(it["subscription_id"], []).append(it)
 
     invoices, lines, payments, credit_notes, outcomes = [], [], [], [], []
+    billing_errors: list[dict] = []
     seq: dict[str, int] = {}
     balance = {cid: c["starting_credit"] for cid, c in customers.items()}
 
@@ -220,6 +221,9 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                     amount = _round(price_amount(price, qty))
                     inv_lines.append(_line(seed, inv_id, it, price, qty, amount, inv_at, nxt, False,
                                            f"{price['component']} ({price['plan']})"))
+            if p_start is not None and config.billing_error_rate:
+                inv_lines = _inject_billing_errors(inv_lines, prices, rng, config.billing_error_rate, seed,
+                                                   billing_errors, p_start, p_end)
             pct = cust["coupon_percent_off"]
             for ln in inv_lines:
                 ln["discount_amount"] = _round(Decimal(ln["amount"]) * pct / 100) if pct else 0
@@ -281,8 +285,71 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                 "currency": pl.String, "amount": pl.Int64, "reason": pl.String, "created": pl.Int64,
                 "number": pl.String}),
         },
-        truth={"payment_outcomes": pl.DataFrame(outcomes, infer_schema_length=None)},
+        truth={"payment_outcomes": pl.DataFrame(outcomes, infer_schema_length=None),
+               "billing_errors": pl.DataFrame(billing_errors, schema={
+                   "kind": pl.String, "invoice_id": pl.String, "line_id": pl.String,
+                   "subscription_item_id": pl.String, "period_start": pl.Int64, "period_end": pl.Int64,
+                   "expected_amount": pl.Int64, "billed_amount": pl.Int64})},
     )
+
+
+BILLING_ERRORS = ("wrong_tier", "missing_line", "duplicate_line", "proration_error")
+
+
+def _inject_billing_errors(lines: list[dict], prices: dict, rng: np.random.Generator, rate: float, seed: int,
+                           out: list[dict], p_start: int, p_end: int) -> list[dict]:
+    """The platform gets an invoice wrong, the way platforms do; each error is recorded as ground truth.
+
+    * ``wrong_tier``: a tiered usage line priced in the wrong tier (graduated billed as volume,
+      volume billed at the first tier's price);
+    * ``missing_line``: a usage line left off the invoice;
+    * ``duplicate_line``: a line billed twice;
+    * ``proration_error``: a proration computed by whole days of a 30-day month instead of by seconds.
+    """
+    draws = rng.random(len(BILLING_ERRORS))
+    lines = list(lines)
+
+    def record(kind, ln, expected, billed):
+        out.append({"kind": kind, "invoice_id": ln["invoice_id"], "line_id": ln["line_id"],
+                    "subscription_item_id": ln["subscription_item_id"], "period_start": ln["period_start"],
+                    "period_end": ln["period_end"], "expected_amount": expected, "billed_amount": billed})
+
+    usage = [ln for ln in lines if ln["price_id"] and prices[ln["price_id"]]["usage_type"] == "metered"
+             and not ln["proration"] and ln["quantity_milli"] > 0]
+    if draws[0] < rate:
+        tiered = [ln for ln in usage if prices[ln["price_id"]]["billing_scheme"] == "tiered"]
+        for ln in tiered:
+            price = prices[ln["price_id"]]
+            wrong = dict(price, tiers_mode="volume" if price["tiers_mode"] == "graduated" else "graduated")
+            billed = _round(price_amount(wrong, Decimal(ln["quantity_milli"]) / 1000))
+            if billed != ln["amount"]:
+                record("wrong_tier", ln, ln["amount"], billed)
+                ln["amount"] = billed
+                break
+    if draws[1] < rate:
+        billable = [ln for ln in usage if ln["amount"] > 0 and ln["line_id"] not in {e["line_id"] for e in out}]
+        if billable:
+            ln = billable[int(rng.integers(len(billable)))]
+            record("missing_line", ln, ln["amount"], 0)
+            lines.remove(ln)
+    if draws[2] < rate:
+        candidates = [ln for ln in lines if ln["amount"] > 0 and ln["line_id"] not in {e["line_id"] for e in out}]
+        if candidates:
+            ln = candidates[int(rng.integers(len(candidates)))]
+            copy = dict(ln, line_id=make_id("il", seed, ln["line_id"], "dup"))
+            record("duplicate_line", copy, 0, ln["amount"])
+            lines.append(copy)
+    if draws[3] < min(1.0, rate * 10):  # prorations are rare: give them a fair chance of going wrong
+        for ln in [x for x in lines if x["proration"]]:
+            price = prices[ln["price_id"]]
+            days = (ln["period_end"] - ln["period_start"]) // 86400
+            full = Decimal(price["unit_amount_decimal"]) * Decimal(ln["quantity_milli"]) / 1000
+            billed = _round(full * days / 30) * (1 if ln["amount"] >= 0 else -1)
+            if billed != ln["amount"]:
+                record("proration_error", ln, ln["amount"], billed)
+                ln["amount"] = billed
+                break
+    return lines
 
 
 def _line(seed, inv_id, it, price, qty: Decimal, amount: int, start: int, end: int, proration: bool,

@@ -42,6 +42,7 @@ class WorldConfig:
     downgrade_rate: float = 0.05
     cancel_rate: float = 0.08
     usage_after_cancel_rate: float = 0.5  # of cancelled subscriptions
+    billing_error_rate: float = 0.02  # per invoice and error kind: the platform bills wrongly
     events_scale: float = 1.0  # multiplies event counts (bench worlds)
     platforms: dict = field(default_factory=lambda: {"stripe": 1.0})
 
