@@ -13,10 +13,11 @@ from billing_ai.ingestion.partitions import usage_daily_partitions
 from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
+from billing_ai.marts.usage import usage_bucket_assets
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
-USAGE_ASSETS = [core_usage_events]
+USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
 published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]

@@ -1,0 +1,1 @@
+"""Analyst-facing marts built from the core model."""
