@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import shutil
@@ -374,7 +375,8 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
     print()
     print(f"== {NAME}: {n:,} events over {manifest['days']} daily files "
           f"(parquet {manifest['bytes']['parquet'] / 2**20:,.0f} MiB, ndjson {manifest['bytes']['ndjson'] / 2**20:,.0f} MiB); "
-          f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s)")
+          f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s); "
+          f"load avg {cfg['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
     print(f"   data: {e['duplicates']:,} duplicates, {e['invalid']:,} invalid "
           f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late; "
           f"expect accepted {e['accepted']:,} + quarantined {e['quarantined']:,}")
@@ -448,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                             say=lambda s: print(s, flush=True))
         make_template(root / "template.duckdb", args.customers, args.days)
         print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
-        cfg = {"threads": args.threads, "memory_limit": args.memory_limit, "repeats": args.repeats}
+        cfg = {"threads": args.threads, "memory_limit": args.memory_limit, "repeats": args.repeats,
+               "load_before": os.getloadavg()[0]}
         results: dict[str, list[dict]] = {m: [] for m in which}
         errors: list[str] = []
         for rep in range(args.repeats):
@@ -473,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("     " + e)
         else:
             e = manifest["expected"]
+            late = {m: results[m][0]["late"] for m in results if m.startswith("ours")}
             print(f"   correctness: OK (accepted {e['accepted']:,} + quarantined {e['quarantined']:,} == "
-                  f"{e['records']:,} generated, quarantine reasons as injected)")
+                  f"{e['records']:,} generated, quarantine reasons as injected; accepted is_late: {late})")
         if args.json:
             Path(args.json).write_text(json.dumps({"manifest": manifest, "config": cfg, **out,
                                                    "runs": results}, indent=2, default=str))

@@ -6,7 +6,8 @@ Validation, in order (the first failing rule is the record's reason):
 ``unknown_subscription`` (absent, or another customer's), ``duplicate_of``
 (same ``(source, event_id)`` landed earlier: the first landed copy wins, across
 all partitions). Accepted rows carry ``is_late``: the event's billing period was
-already invoiced (finalized) before the file it came in landed.
+already invoiced (finalized) before the event reached us: its ``received_at``
+when the record has one, else the time its file was landed.
 
 A range is replaced inside one transaction, so a replay gives the same rows
 and a crash leaves the previous contents.
@@ -87,18 +88,20 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
                    u.event_date,
                    CAST(u.metadata AS JSON)->>'project', CAST(u.metadata AS JSON)->>'department',
                    CAST(u.metadata AS JSON)->>'endpoint', CAST(u.metadata AS JSON)->>'region',
-                   CAST(u.metadata AS JSON), u.source_file, u.source_row, u.landed_at,
+                   CAST(u.metadata AS JSON), u.source_file, u.source_row,
+                   coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at),
                    EXISTS (SELECT 1 FROM core.invoices i
                            WHERE i.subscription_id = u.subscription_id AND i.billing_reason <> 'subscription_create'
                              AND u.event_ts >= i.period_start AND u.event_ts < i.period_end
-                             AND u.file_day > CAST(i.finalized_at AT TIME ZONE 'UTC' AS DATE)) AS is_late
+                             AND coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at) > i.finalized_at)
+                       AS is_late
             FROM _usage u WHERE u.reason IS NULL
             ORDER BY u.event_ts""")
         wh.run(con, """
             INSERT INTO core.quarantine
             SELECT ?, coalesce(u.event_id, u.source_file || ':' || u.source_row), u.event_date, u.reason, u.detail,
                    CAST(to_json(struct_pack(u.event_id, u.customer_id, u.subscription_id, u.meter_name, u.quantity,
-                                            u."timestamp", u.metadata)) AS VARCHAR), ?::TIMESTAMPTZ
+                                            u."timestamp", u.metadata, u.received_at)) AS VARCHAR), ?::TIMESTAMPTZ
             FROM _usage u WHERE u.reason IS NOT NULL""", [SOURCE, now])
         (records, accepted, late), = wh.run(
             con, "SELECT count(*), count(*) FILTER (WHERE reason IS NULL), "

@@ -22,13 +22,16 @@ import duckdb
 from billing_ai import warehouse as wh
 
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet"}
-FIELDS = ("event_id", "customer_id", "subscription_id", "meter_name", "quantity", "timestamp", "metadata")
+# `received_at` (optional) is when the product emitted the event to billing and to this log; an
+# event whose billing period was invoiced before it was received is late
+FIELDS = ("event_id", "customer_id", "subscription_id", "meter_name", "quantity", "timestamp", "metadata",
+          "received_at")
 SOURCE = "usage_file"
 MAX_METADATA_BYTES = 8192  # larger metadata is quarantined, not truncated
 # JSON types a field may have in an NDJSON record (json_type names); NULL/absent is judged later
 JSON_TYPES = {"event_id": ("VARCHAR",), "customer_id": ("VARCHAR",), "subscription_id": ("VARCHAR",),
               "meter_name": ("VARCHAR",), "quantity": ("VARCHAR", "UBIGINT", "BIGINT", "DOUBLE"),
-              "timestamp": ("VARCHAR",), "metadata": ("OBJECT",)}
+              "timestamp": ("VARCHAR",), "metadata": ("OBJECT",), "received_at": ("VARCHAR",)}
 # read_csv options that keep a bad line (bad encoding, wrong column count) out of the result and in a
 # rejects table, so it can be quarantined with its reason instead of failing the whole file
 REJECTS = "store_rejects=true, rejects_table='_rejects', rejects_scan='_rejects_scan'"
@@ -40,7 +43,8 @@ CREATE TABLE IF NOT EXISTS raw.usage_files (
     records BIGINT, landed BIGINT, quarantined BIGINT, status VARCHAR, error VARCHAR, landed_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS raw.usage_events (
     event_id VARCHAR, customer_id VARCHAR, subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR,
-    "timestamp" VARCHAR, metadata VARCHAR, event_ts TIMESTAMPTZ, source_file VARCHAR, source_sha256 VARCHAR,
+    "timestamp" VARCHAR, metadata VARCHAR, received_at VARCHAR, event_ts TIMESTAMPTZ, source_file VARCHAR,
+    source_sha256 VARCHAR,
     source_row BIGINT, file_day DATE, landed_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS core.quarantine (
     source VARCHAR, record_key VARCHAR, partition_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR,
@@ -107,8 +111,8 @@ def _records_sql(path: Path, fmt: str, con: duckdb.DuckDBPyConnection) -> str:
             exprs.append(f"CAST(NULL AS VARCHAR) AS {f}")
         elif f == "metadata" and fmt == "parquet":
             exprs.append("CAST(to_json(metadata) AS VARCHAR) AS metadata")
-        elif f == "timestamp" and fmt == "parquet":
-            exprs.append("strftime(CAST(\"timestamp\" AS TIMESTAMPTZ), '%Y-%m-%dT%H:%M:%S.%fZ') AS \"timestamp\"")
+        elif f in ("timestamp", "received_at") and fmt == "parquet":
+            exprs.append(f"strftime(CAST(\"{f}\" AS TIMESTAMPTZ), '%Y-%m-%dT%H:%M:%S.%fZ') AS \"{f}\"")
         else:
             exprs.append(f"CAST(\"{f}\" AS VARCHAR) AS {f}")
     inner = f"SELECT {', '.join(exprs)} FROM {src}"
@@ -144,7 +148,8 @@ def land_file(con: duckdb.DuckDBPyConnection, path: Path, sha: str, now: datetim
                 FROM _records""", [window_start, now, max_future_days, MAX_METADATA_BYTES])
             wh.run(con, """
                 INSERT INTO raw.usage_events
-                SELECT event_id, customer_id, subscription_id, meter_name, quantity, "timestamp", metadata, event_ts,
+                SELECT event_id, customer_id, subscription_id, meter_name, quantity, "timestamp", metadata, received_at,
+                       event_ts,
                        ?, ?, source_row, CAST(? AS DATE), ?::TIMESTAMPTZ
                 FROM _classified WHERE reason IS NULL""", [path.name, sha, file_day, now])
             wh.run(con, """

@@ -19,11 +19,13 @@ line by :func:`billing_ai.money.round_minor`.
 
 from billing_ai.rating.engine import (
     PlanChangeProration,
+    ProratedAmount,
     RatedLine,
     TierCharge,
     minimum_commitment_true_up,
     plan_change_proration,
     prorate,
+    prorated,
     proration_fraction,
     rate,
 )
@@ -32,6 +34,7 @@ from billing_ai.rating.plans import PricePlan, Tier, load_plans
 __all__ = [
     "PlanChangeProration",
     "PricePlan",
+    "ProratedAmount",
     "RatedLine",
     "Tier",
     "TierCharge",
@@ -39,6 +42,7 @@ __all__ = [
     "minimum_commitment_true_up",
     "plan_change_proration",
     "prorate",
+    "prorated",
     "proration_fraction",
     "rate",
 ]

@@ -48,11 +48,13 @@ from billing_ai.rating.plans import PricePlan
 
 __all__ = [
     "PlanChangeProration",
+    "ProratedAmount",
     "RatedLine",
     "TierCharge",
     "minimum_commitment_true_up",
     "plan_change_proration",
     "prorate",
+    "prorated",
     "proration_fraction",
     "rate",
 ]

@@ -27,12 +27,13 @@ Exactness (why no value is ever silently rounded):
   so DECIMAL(38,21) holds it *exactly* whenever its magnitude is below
   10^17 minor units (38 - 21 = 17 integer digits): e.g. any quantity up to 1e12
   at any unit price below 10^5 minor units per unit with up to 12 places, or
-  1e10 units at 10^7. 10^17 minor units is 10^15 dollars, beyond any invoice
-  line. DuckDB's DECIMAL(38) arithmetic checks overflow (multiplication, +,
+  1e10 units at any unit price below 10^7. 10^17 minor units is 10^15
+  dollars, beyond any invoice line. DuckDB's DECIMAL(38) arithmetic checks overflow (multiplication, +,
   SUM raise "Out of Range"), so past that bound the query fails; it never
   wraps or falls back to DOUBLE. Every branch is cast to DECIMAL(38,21)
-  explicitly, because DuckDB widens mixed-scale DECIMALs in CASE/UNION
-  implicitly and could otherwise pick DOUBLE.
+  explicitly, because DuckDB's implicit type for a CASE or UNION of
+  DECIMAL(38,21) and DECIMAL(38,12) is DECIMAL(38,12): it would silently drop
+  nine places. (DECIMAL / integer is DOUBLE in DuckDB: never divide.)
 * Package counts are integer arithmetic on HUGEINT: ``ceil(q/size)`` is
   ``(ceil(q) + size - 1) // size`` and ``floor(q/size)`` is
   ``floor(q) // size`` (identities for a positive integer ``size``), because
@@ -53,6 +54,7 @@ tiers that do not ascend or a quantity beyond the last (bounded) tier.
 from __future__ import annotations
 
 import itertools
+import re
 from decimal import Decimal
 from typing import Iterable
 
@@ -291,6 +293,7 @@ ROUND_SQL: dict[str, str] = {
 _QUANTITY_TYPES = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint",
                    "uinteger", "ubigint", "uhugeint", "decimal"}
 _view_ids = itertools.count()
+_QUERY_START = re.compile(r"\s*(\(|(select|with|values|from|table)\b)", re.IGNORECASE)
 
 
 def _currencies_sql() -> str:
@@ -305,7 +308,7 @@ def _usage_sql(con: duckdb.DuckDBPyConnection, quantities: str | duckdb.DuckDBPy
         usage = f"SELECT * FROM {name}"
     elif isinstance(quantities, str):
         text = quantities.strip().rstrip(";")
-        is_query = text.lower().startswith(("select", "with", "values", "from", "(", "table"))
+        is_query = bool(_QUERY_START.match(text))
         usage = text if is_query else f"SELECT * FROM {text}"
     else:
         raise TypeError("quantities must be a table name, a SQL query or a DuckDB relation")

@@ -106,7 +106,8 @@ def _scale(spec: PriceSpec, factor: Decimal) -> PriceSpec:
     def s(x: str | None) -> str | None:
         if x is None:
             return None
-        v = (Decimal(x) * factor).normalize()
+        # a platform stores at most 12 decimal places of a unit price
+        v = (Decimal(x) * factor).quantize(Decimal("1e-12")).normalize()
         return format(v, "f")
 
     tiers = tuple(

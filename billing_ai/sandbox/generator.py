@@ -457,6 +457,7 @@ def usage_file_frame(ev: pl.DataFrame) -> pl.DataFrame:
         (pl.col("quantity_milli").cast(pl.Decimal(38, 3)) / 1000).cast(pl.Decimal(38, 3)).alias("quantity"),
         pl.from_epoch("ts").dt.replace_time_zone("UTC").alias("timestamp"),
         meta.alias("metadata"),
+        pl.from_epoch("landed_at").dt.replace_time_zone("UTC").alias("received_at"),
     )
 
 
@@ -473,11 +474,11 @@ def write_inbox(ev: pl.DataFrame, inbox_dir: Path, say: Callable[[str], None]) -
             part.write_parquet(out)
         elif fmt == "ndjson":
             part.with_columns(pl.col("quantity").cast(pl.String),
-                              pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(out)
+                              pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(out)
         else:
             part.with_columns(
                 pl.col("quantity").cast(pl.String),
-                pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 pl.col("metadata").struct.json_encode(),
             ).write_csv(out)
         if k % 20 == 0:
