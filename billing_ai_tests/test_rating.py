@@ -484,18 +484,13 @@ def _world_specs():
     from billing_ai.sandbox.catalog import catalog
 
     return [(f"{plan}_{cur}_{spec.component}", cur, spec)
-            for (plan, cur), specs in sorted(catalog().items()) for spec in specs
-            if _spec_places(spec) <= 12]  # see test_world_catalog_prices_have_at_most_12_places
+            for (plan, cur), specs in sorted(catalog().items()) for spec in specs]
 
 
-@pytest.mark.xfail(reason="sandbox catalog: scale storage in EUR (0.018333333333 x 0.92) and JPY (x 1.5) "
-                          "gets 14 and 13 decimal places; Stripe allows 12, and core.prices' "
-                          "CAST(... AS DECIMAL(38,12)) silently rounds them", strict=False)
 def test_world_catalog_prices_have_at_most_12_places():
-    from billing_ai.sandbox.catalog import catalog
-
-    too_precise = [(plan, cur, s.component) for (plan, cur), specs in catalog().items() for s in specs
-                   if _spec_places(s) > 12]
+    # Stripe keeps 12 places and core.prices casts to DECIMAL(38,12), which would
+    # silently round a longer price (scale storage x 0.92 EUR / x 1.5 JPY once had 14 / 13)
+    too_precise = [name for name, _, spec in _world_specs() if _spec_places(spec) > 12]
     assert too_precise == []
 
 

@@ -91,7 +91,7 @@ usage AS (
 
 -- 2. Each row with its price. price_id is re-derived through the checks, and
 --    every later step joins on it, so no output can skip them: the price must
---    exist, and its currency must be one billing.money knows (fail closed).
+--    exist, and its currency must be one billing_ai.money knows (fail closed).
 priced AS (
     SELECT
         us.row_id,

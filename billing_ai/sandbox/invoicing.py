@@ -300,8 +300,8 @@ def _inject_billing_errors(lines: list[dict], prices: dict, rng: np.random.Gener
                            out: list[dict], p_start: int, p_end: int) -> list[dict]:
     """The platform gets an invoice wrong, the way platforms do; each error is recorded as ground truth.
 
-    * ``wrong_tier``: a tiered usage line priced in the wrong tier (graduated billed as volume,
-      volume billed at the first tier's price);
+    * ``wrong_tier``: a tiered usage line priced with the wrong tier logic (graduated billed as
+      volume, volume billed as graduated);
     * ``missing_line``: a usage line left off the invoice;
     * ``duplicate_line``: a line billed twice;
     * ``proration_error``: a proration computed by whole days of a 30-day month instead of by seconds.

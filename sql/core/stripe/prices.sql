@@ -9,7 +9,9 @@ SELECT
     p.payload->>'$.recurring.usage_type'                    AS usage_type,
     p.payload->>'billing_scheme'                            AS billing_scheme,
     p.payload->>'tiers_mode'                                AS tiers_mode,
-    CAST(p.payload->>'unit_amount_decimal' AS DECIMAL(38, 12)) AS unit_amount_decimal,
+    CASE WHEN CAST(CAST(p.payload->>'unit_amount_decimal' AS DECIMAL(38, 12)) AS DECIMAL(38, 20)) IS DISTINCT FROM CAST(p.payload->>'unit_amount_decimal' AS DECIMAL(38, 20))
+         THEN error('unit price with more than 12 decimal places: ' || (p.payload->>'unit_amount_decimal'))
+         ELSE CAST(p.payload->>'unit_amount_decimal' AS DECIMAL(38, 12)) END AS unit_amount_decimal,
     CAST(p.payload->>'$.transform_quantity.divide_by' AS BIGINT) AS package_size,
     p.payload->>'$.transform_quantity.round'                AS package_rounding,
     p.payload->>'$.recurring.meter'                         AS meter_id,
