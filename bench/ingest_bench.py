@@ -24,6 +24,8 @@ Generated data lives in a temp dir and is deleted at the end (``--keep`` keeps i
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -57,6 +59,12 @@ ID_MULT = 48_271_000_003  # odd, not a multiple of 5: i -> i*M mod 10^14 is a bi
 # --------------------------------------------------------------------------- data
 
 
+def cycle_anchors(n_customers: int, days: int) -> list[datetime]:
+    """End of each subscription's invoiced monthly period (spread over the bench's days)."""
+    t0 = datetime(START.year, START.month, START.day, tzinfo=UTC)
+    return [t0 + timedelta(days=int(i * 7919 % days), hours=int(i % 24)) for i in range(n_customers)]
+
+
 def reference_tables(n_customers: int, days: int):
     """The small core tables the validation joins against (polars frames)."""
     import polars as pl
@@ -68,8 +76,7 @@ def reference_tables(n_customers: int, days: int):
     meters = pl.DataFrame({"meter_name": list(METERS)})
     # per subscription: a 'subscription_create' invoice (ignored by is_late) and one monthly
     # 'subscription_cycle' invoice whose period ends inside the bench range, finalized an hour later
-    t0 = datetime(START.year, START.month, START.day, tzinfo=UTC)
-    anchor = [t0 + timedelta(days=int(i * 7919 % days), hours=int(i % 24)) for i in range(n_customers)]
+    anchor = cycle_anchors(n_customers, days)
     cycle = pl.DataFrame({
         "subscription_id": subs["subscription_id"], "billing_reason": "subscription_cycle",
         "period_start": [a - timedelta(days=30) for a in anchor], "period_end": anchor,
@@ -113,7 +120,8 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
     n_base = n_events - n_dup
     per_day = rng.multinomial(n_base, np.full(days, 1 / days))
     dup_per_day = rng.multinomial(n_dup, np.full(days, 1 / days))
-    expected = {"records": 0, "duplicates": 0, "late": 0, **{k: 0 for k in INVALID_KINDS}}
+    expected = {"records": 0, "duplicates": 0, "late": 0, "is_late": 0, **{k: 0 for k in INVALID_KINDS}}
+    anchors = np.array([int(a.timestamp()) for a in cycle_anchors(n_customers, days)])
     offset = 0
     prev_valid = None
     t0 = int(datetime(START.year, START.month, START.day, tzinfo=UTC).timestamp())
@@ -128,10 +136,13 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         late_ts = ts - rng.integers(1, 11, n) * 86400
         late &= late_ts >= t0
         ts = np.where(late, late_ts, ts)
+        # received_at: on-time events arrive within a minute (same file day); late ones some time on the file's day
+        day0, day1 = t0 + d * 86400, t0 + (d + 1) * 86400 - 1
+        recv = np.where(late, day0 + rng.integers(0, 86400, n), np.minimum(ts + rng.integers(0, 60, n), day1))
         frame = pl.DataFrame({
             "event_id": _event_ids(offset, offset + n),
             "customer_id": cust[ci], "subscription_id": subs[ci],
-            "meter_name": np.array(METERS)[meter], "q_milli": q_milli, "ts": ts,
+            "meter_name": np.array(METERS)[meter], "q_milli": q_milli, "ts": ts, "recv": recv, "ci": ci,
             "project": projects[(ci * 7 + rng.integers(0, 3, n)) % len(projects)],
             "department": np.array(DEPARTMENTS)[rng.integers(0, len(DEPARTMENTS), n)],
             "endpoint": np.array(ENDPOINTS)[rng.integers(0, len(ENDPOINTS), n)],
@@ -157,6 +168,12 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         for k in INVALID_KINDS:
             expected[k] += int((kinds == k).sum())
         expected["late"] += int(late.sum())
+        # is_late as build_usage_events defines it: inside a non-create invoice's period and received after
+        # that invoice was finalized (here: the one 'subscription_cycle' invoice of the event's subscription)
+        anchor = anchors[frame["ci"].to_numpy()]
+        fts, frecv = frame["ts"].to_numpy(), frame["recv"].to_numpy()
+        is_late = (fts >= anchor - 30 * 86400) & (fts < anchor) & (frecv > anchor + 3600) & frame["kind"].is_null().to_numpy()
+        expected["is_late"] += int(is_late.sum())
         frame = frame.sort("ts")
         # ~0.1% duplicates: exact re-sends of valid, on-time events from this file or the previous one
         valid = frame.filter(pl.col("kind").is_null() & (pl.col("ts") >= t0 + d * 86400))
@@ -175,10 +192,11 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
             (pl.col("q_milli").cast(pl.Decimal(38, 3)) / 1000).cast(pl.Decimal(38, 3)).alias("quantity"),
             pl.from_epoch("ts").dt.replace_time_zone("UTC").alias("timestamp"),
             pl.struct("project", "department", "endpoint", "region").alias("metadata"),
+            pl.from_epoch("recv").dt.replace_time_zone("UTC").alias("received_at"),
         )
         out.write_parquet(pq_dir / f"usage-{day}.parquet")
         out.with_columns(pl.col("quantity").cast(pl.String),
-                         pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(nd_dir / f"usage-{day}.ndjson")
+                         pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(nd_dir / f"usage-{day}.ndjson")
         if d % 10 == 0:
             say(f"  generated day {d + 1}/{days}")
     assert expected["records"] == n_events, expected
@@ -208,6 +226,38 @@ def make_template(path: Path, n_customers: int, days: int) -> None:
         wh.run(con, f"CREATE TABLE core.{name} AS SELECT * FROM _f")
         con.unregister("_f")
     con.close()
+
+
+# --------------------------------------------------------------------------- code version
+
+REPO = Path(__file__).resolve().parent.parent
+CODE_FILES = ("billing_ai/ingestion/usage_files.py", "billing_ai/ingestion/usage_events.py", "billing_ai/warehouse.py")
+_CODE_AT_START: list[str] = []
+
+
+def code_hash() -> str:
+    """Hash of the ingestion sources as they are on disk now."""
+    h = hashlib.sha256()
+    for f in CODE_FILES:
+        h.update((REPO / f).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def expected_code() -> str:
+    if not _CODE_AT_START:
+        _CODE_AT_START.append(code_hash())
+    return _CODE_AT_START[0]
+
+
+def git_version() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", *CODE_FILES],
+                               capture_output=True, text=True).stdout.strip()
+        return f"{head}{' + uncommitted ingestion changes' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 # --------------------------------------------------------------------------- child
@@ -241,10 +291,11 @@ def child(spec: dict) -> dict:
     from billing_ai import warehouse as wh
     from billing_ai.ingestion import usage_events, usage_files
 
+    code = code_hash()  # what this process imported (modules are read once, just above)
     kind, fmt = spec["measurement"].split("_")
     db = Path(spec["db"])
     src = Path(spec["root"]) / fmt
-    out: dict = {"measurement": spec["measurement"]}
+    out: dict = {"measurement": spec["measurement"], "code": code}
     rss0, _ = _rss_mib()
     out["rss_start_mib"] = rss0
 
@@ -351,6 +402,11 @@ def _check(res: dict, expected: dict) -> list[str]:
         errs.append(f"{m}: quarantine reasons {res['reasons']} != expected {want}")
     if res["accepted"] != expected["accepted"]:
         errs.append(f"{m}: accepted {res['accepted']} != expected {expected['accepted']}")
+    if res["late"] != expected["is_late"]:
+        errs.append(f"{m}: {res['late']} accepted rows is_late, expected {expected['is_late']} (received_at after "
+                    "the finalization of a non-create invoice whose period holds the event)")
+    if res["code"] != expected_code():
+        errs.append(f"{m}: billing_ai ingestion code changed during the run ({res['code']} != {expected_code()})")
     return errs
 
 
@@ -377,9 +433,10 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
           f"(parquet {manifest['bytes']['parquet'] / 2**20:,.0f} MiB, ndjson {manifest['bytes']['ndjson'] / 2**20:,.0f} MiB); "
           f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s); "
           f"load avg {cfg['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
+    print(f"   code: {cfg['version']} (ingestion sources {cfg['code']}); duckdb {cfg.get('duckdb', '?')}")
     print(f"   data: {e['duplicates']:,} duplicates, {e['invalid']:,} invalid "
-          f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late; "
-          f"expect accepted {e['accepted']:,} + quarantined {e['quarantined']:,}")
+          f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late arrivals; "
+          f"expect accepted {e['accepted']:,} (is_late {e['is_late']:,}) + quarantined {e['quarantined']:,}")
     hdr = f"   {'measurement':<14} {'seconds':>9} {'events/s':>12} {'peak RSS MiB':>13} {'(at start)':>10} {'land s':>8} {'build s':>8} {'close s':>8}  runs (s)"
     print(hdr)
     print("   " + "-" * (len(hdr) - 3))
@@ -440,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child)), default=str))
         return 0
+    expected_code()  # the ingestion sources as they are when the run starts
     n = 1_000_000 if args.quick else args.events
     which = [m for m in MEASUREMENTS if not args.only or m in args.only.split(",")]
     root = Path(tempfile.mkdtemp(prefix="billing_ai_bench_", dir=args.tmpdir))
@@ -451,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         make_template(root / "template.duckdb", args.customers, args.days)
         print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
         cfg = {"threads": args.threads, "memory_limit": args.memory_limit, "repeats": args.repeats,
-               "load_before": os.getloadavg()[0]}
+               "load_before": os.getloadavg()[0], "version": git_version(), "code": expected_code(),
+               "duckdb": importlib.metadata.version("duckdb")}
         results: dict[str, list[dict]] = {m: [] for m in which}
         errors: list[str] = []
         for rep in range(args.repeats):

@@ -21,7 +21,7 @@ import dagster as dg
 
 from billing_ai import warehouse as wh
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
-from billing_ai.sandbox.world import WorldConfig, WorldPaths, load_config
+from billing_ai.sandbox.world import WorldConfig, WorldPaths, stored_fingerprint
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SANDBOX_PII_KEY = "sandbox-only-pii-key"  # the embedded default only; production sets BILLING_AI_PII_KEY
@@ -53,7 +53,7 @@ def ensure_world(layout: Layout, config: WorldConfig, say: Callable[[str], None]
     from billing_ai.sandbox.generator import generate_world, write_world
 
     paths = layout.world
-    if paths.manifest.exists() and load_config(paths.world_dir).fingerprint() == config.fingerprint():
+    if stored_fingerprint(paths.world_dir) == config.fingerprint():
         say(f"world: reusing {paths.world_dir} (seed {config.seed})")
         return config
     for d in (paths.world_dir, paths.inbox_dir, layout.sandbox_state):

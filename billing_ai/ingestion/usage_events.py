@@ -93,7 +93,7 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
                    EXISTS (SELECT 1 FROM core.invoices i
                            WHERE i.subscription_id = u.subscription_id AND i.billing_reason <> 'subscription_create'
                              AND u.event_ts >= i.period_start AND u.event_ts < i.period_end
-                             AND coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at) > i.finalized_at)
+                             AND coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at) >= i.finalized_at)
                        AS is_late
             FROM _usage u WHERE u.reason IS NULL
             ORDER BY u.event_ts""")

@@ -131,6 +131,7 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
 
     invoices, lines, payments, credit_notes, outcomes = [], [], [], [], []
     billing_errors: list[dict] = []
+    late_truth: list[dict] = []
     seq: dict[str, int] = {}
     balance = {cid: c["starting_credit"] for cid, c in customers.items()}
 
@@ -174,13 +175,22 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                         continue
                     q_arr, landed = usage.get((it["subscription_item_id"], p_start), (np.zeros(0, np.int64),
                                                                                       np.zeros(0, np.int64)))
-                    billed_milli = int(q_arr[landed < inv_at + FINALIZE_GRACE].sum()) if q_arr.size else 0
+                    on_time = landed < inv_at + FINALIZE_GRACE
+                    billed_milli = int(q_arr[on_time].sum()) if q_arr.size else 0
                     qty = Decimal(billed_milli) / 1000
                     price = prices[it["price_id"]]
                     amount = _round(price_amount(price, qty))
                     usage_subtotal += amount
                     inv_lines.append(_line(seed, inv_id, it, price, qty, amount, lo, hi, False,
                                            f"{price['component']} usage ({price['plan']})"))
+                    # arrived after finalization (and by as_of, so it can be seen): not on this invoice
+                    late_milli = int(q_arr[~on_time & (landed < as_of)].sum()) if q_arr.size else 0
+                    if late_milli:
+                        late_truth.append({"kind": "late_usage", "invoice_id": inv_id,
+                                           "line_id": inv_lines[-1]["line_id"],
+                                           "subscription_item_id": it["subscription_item_id"],
+                                           "period_start": lo, "period_end": hi, "expected_amount": amount,
+                                           "billed_amount": amount})
                 # prorations of plan changes inside the closing period
                 for t in changes:
                     if not (p_start <= t < p_end) or reason == "subscription_cancel":
@@ -286,7 +296,7 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                 "number": pl.String}),
         },
         truth={"payment_outcomes": pl.DataFrame(outcomes, infer_schema_length=None),
-               "billing_errors": pl.DataFrame(billing_errors, schema={
+               "billing_errors": pl.DataFrame(billing_errors + late_truth, schema={
                    "kind": pl.String, "invoice_id": pl.String, "line_id": pl.String,
                    "subscription_item_id": pl.String, "period_start": pl.Int64, "period_end": pl.Int64,
                    "expected_amount": pl.Int64, "billed_amount": pl.Int64})},

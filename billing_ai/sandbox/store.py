@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from billing_ai.sandbox.world import load_config, ts
+from billing_ai.sandbox.world import load_config, stored_fingerprint, ts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -55,7 +55,8 @@ class Store:
         from billing_ai.sandbox.stripe_render import render_world
 
         cfg = load_config(world_dir)
-        if self.fingerprint() == cfg.fingerprint():
+        fingerprint = stored_fingerprint(world_dir)
+        if self.fingerprint() == fingerprint:
             return False
         tables = {p.stem: pl.read_parquet(p) for p in (Path(world_dir) / "platform").glob("*.parquet")}
         as_of = ts(cfg.as_of_dt())
@@ -73,7 +74,7 @@ class Store:
             self.db.executemany("INSERT INTO meter_usage VALUES (?,?,?,?)",
                                 mu.select("meter_id", "customer_id", "day_start", "value_milli").iter_rows())
             self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)",
-                            (cfg.fingerprint(), str(as_of)))
+                            (fingerprint, str(as_of)))
             self.db.execute("COMMIT")
         return True
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DEFAULT_AS_OF = "2026-11-01T06:00:00+00:00"
+# bump when the generator or the sandbox's billing changes what a config produces: a world on disk
+# with another version is regenerated rather than reused
+GENERATOR_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class WorldConfig:
         return datetime(a.year, a.month, a.day, tzinfo=UTC) - timedelta(days=self.days)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        body = {**asdict(self), "generator_version": GENERATOR_VERSION}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
         return {**asdict(self), "fingerprint": self.fingerprint()}
@@ -109,3 +113,11 @@ class WorldPaths:
 
 def load_config(world_dir: Path) -> WorldConfig:
     return WorldConfig.from_json(json.loads((Path(world_dir) / "world.json").read_text()))
+
+
+def stored_fingerprint(world_dir: Path) -> str | None:
+    """The fingerprint the world on disk was written with (None if there is none)."""
+    manifest = Path(world_dir) / "world.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("fingerprint")

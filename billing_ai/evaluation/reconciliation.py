@@ -1,0 +1,79 @@
+"""How well the invoice reconciliation finds the billing errors the generator injected.
+
+Truth (``truth/billing_errors.parquet``): per invoice and subscription item, the
+kind of error the platform made (``wrong_tier``, ``missing_line``,
+``duplicate_line``, ``proration_error``) or ``late_usage`` (units that reached
+the platform after the invoice was finalized).
+
+* recall, per kind: a truth row is found when the reconciliation has, for the
+  same invoice and item, the finding that kind calls for (under/overbilled for
+  a wrong tier or a proration, missing_line, overbilled for a duplicate) or,
+  for late usage, a row carrying late units.
+* precision: of the non-match findings on invoices, the share on an invoice and
+  item (or, for a commitment true-up, an invoice) that truth explains.
+* clean lines: lines of invoices truth says nothing about whose expected and
+  billed amounts differ (must be 0: "our amounts equal the platform's").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+EXPECTED_FINDINGS = {
+    "wrong_tier": ("underbilled", "overbilled"),
+    "proration_error": ("underbilled", "overbilled"),
+    "missing_line": ("missing_line",),
+    "duplicate_line": ("overbilled",),
+}
+
+
+def evaluate_reconciliation(con: duckdb.DuckDBPyConnection, truth_dir: Path) -> dict:
+    truth = pl.read_parquet(Path(truth_dir) / "billing_errors.parquet")
+    rec = con.sql("SELECT invoice_id, line_id, subscription_item_id, finding, expected_amount, billed_amount, "
+                  "coalesce(late_quantity, 0) > 0 AS has_late FROM marts.invoice_reconciliation "
+                  "WHERE invoice_id IS NOT NULL").pl()
+    known_invoices = set(con.sql("SELECT invoice_id FROM core.invoices").pl()["invoice_id"])
+    truth = truth.filter(pl.col("invoice_id").is_in(list(known_invoices)))
+    per_kind = {}
+    for kind in sorted(set(truth["kind"])):
+        rows = truth.filter(pl.col("kind") == kind)
+        found = 0
+        for t in rows.iter_rows(named=True):
+            same = rec.filter((pl.col("invoice_id") == t["invoice_id"])
+                              & (pl.col("subscription_item_id") == t["subscription_item_id"]))
+            if kind == "late_usage":
+                hit = same["has_late"].any()
+            else:
+                hit = same["finding"].is_in(list(EXPECTED_FINDINGS[kind])).any()
+            found += bool(hit)
+        per_kind[kind] = {"truth": rows.height, "found": found, "recall": found / rows.height}
+    findings = rec.filter(~pl.col("finding").is_in(["match", "late_usage"]))
+    errors = truth.filter(pl.col("kind") != "late_usage")
+    explained_pairs = set(zip(errors["invoice_id"], errors["subscription_item_id"]))
+    explained_invoices = set(errors["invoice_id"])
+    true_pos = sum(
+        ((inv, item) in explained_pairs) or (item is None and inv in explained_invoices)
+        for inv, item in zip(findings["invoice_id"], findings["subscription_item_id"]))
+    late_findings = rec.filter(pl.col("finding") == "late_usage")
+    late_pairs = set(zip(truth.filter(pl.col("kind") == "late_usage")["invoice_id"],
+                         truth.filter(pl.col("kind") == "late_usage")["subscription_item_id"]))
+    late_tp = sum((inv, item) in late_pairs for inv, item in
+                  zip(late_findings["invoice_id"], late_findings["subscription_item_id"]))
+    clean = rec.filter(~pl.col("invoice_id").is_in(list(set(truth["invoice_id"]))) & pl.col("line_id").is_not_null())
+    clean_mismatch = clean.filter(pl.col("expected_amount") != pl.col("billed_amount")).height
+    all_errors = sum(v["found"] for k, v in per_kind.items() if k != "late_usage")
+    n_errors = sum(v["truth"] for k, v in per_kind.items() if k != "late_usage")
+    return {
+        "per_kind": per_kind,
+        "error_recall": all_errors / n_errors if n_errors else 1.0,
+        "error_precision": true_pos / findings.height if findings.height else 1.0,
+        "late_precision": late_tp / late_findings.height if late_findings.height else 1.0,
+        "findings": findings.height,
+        "late_findings": late_findings.height,
+        "clean_lines": clean.height,
+        "clean_line_mismatches": clean_mismatch,
+        "false_findings_on_clean_invoices": clean.filter(~pl.col("finding").is_in(["match", "late_usage"])).height,
+    }

@@ -1,0 +1,320 @@
+"""Re-rate usage per billing period, place every item in its tiers, and reconcile invoices.
+
+Three marts, rebuilt together in one transaction:
+
+``marts.rated_usage``
+    per subscription item (metered) and monthly billing period: the usage
+    window, quantity (total, received before the invoice, late), event count,
+    the amount we compute and its per-tier breakdown.
+``marts.tier_positions``
+    per current metered item, now: tier, units used, units to the next tier
+    threshold, amount so far this period.
+``marts.invoice_reconciliation``
+    every platform invoice line beside our recomputation, plus the lines we
+    expected and did not find, and usage no line could bill. ``finding``:
+
+    ``match``            billed = expected
+    ``rounding``         off by at most ``rounding_tolerance`` minor units
+    ``underbilled``      billed < expected
+    ``overbilled``       billed > expected (a duplicated line is overbilled by itself)
+    ``missing_line``     usage we would bill, no line on the invoice
+    ``unbilled_usage``   usage in an invoiced period that no subscription item covers
+                         (e.g. after a cancellation): no line could bill it
+    ``late_usage``       billed = expected for what arrived in time, but units
+                         arrived after the invoice was finalized: they belong
+                         in the next period's adjustment
+
+Expected amounts: metered lines are usage received before the invoice was
+finalized, rated with :mod:`billing_ai.rating.vectorized`; licensed lines are
+the item's quantity at its price; prorations follow Stripe (licensed fees
+prorated by seconds left in the period, a credit for the old price, a charge
+for the new); a minimum-commitment invoice item is the commitment less the
+period's expected usage amounts. Amounts compare before discounts.
+
+The usage behind a row is ``core.usage_events`` of the row's subscription and
+meter with ``event_ts`` in ``[usage_from, usage_to)`` (the view
+``marts.reconciliation_events`` lists them with their event ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from billing_ai import warehouse as wh
+from billing_ai.rating.engine import minimum_commitment_true_up, prorate, rate
+from billing_ai.rating.plans import load_plans
+from billing_ai.rating.vectorized import rate_relation, tier_breakdown_relation
+
+FINDINGS = ("match", "rounding", "underbilled", "overbilled", "missing_line", "unbilled_usage", "late_usage")
+
+PERIODS = """
+CREATE OR REPLACE TEMP TABLE _periods AS
+SELECT s.subscription_id, s.customer_id, s.currency,
+       s.billing_cycle_anchor + to_months(CAST(k AS INTEGER))     AS period_start,
+       s.billing_cycle_anchor + to_months(CAST(k + 1 AS INTEGER)) AS period_end
+FROM core.subscriptions s, range(0, 600) r(k)
+WHERE s.billing_cycle_anchor + to_months(CAST(k AS INTEGER)) <= $now
+  AND (s.ended_at IS NULL OR s.billing_cycle_anchor + to_months(CAST(k AS INTEGER)) < s.ended_at)
+"""
+
+# usage windows: the part of each period a metered item priced, and the invoice that closed it
+WINDOWS = """
+CREATE OR REPLACE TEMP TABLE _windows AS
+SELECT row_number() OVER (ORDER BY i.subscription_item_id, p.period_start) AS w,
+       i.subscription_item_id, i.subscription_id, i.customer_id, i.price_id, i.meter_name, p.currency,
+       p.period_start, p.period_end,
+       greatest(p.period_start, i.valid_from)                              AS usage_from,
+       least(p.period_end, coalesce(i.valid_to, p.period_end))             AS usage_to,
+       inv.invoice_id, inv.finalized_at,
+       (p.period_start <= $now AND $now < p.period_end)                    AS is_current_period
+FROM _periods p
+JOIN core.subscription_items i ON i.subscription_id = p.subscription_id AND i.usage_type = 'metered'
+LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.period_start = p.period_start
+                           AND inv.billing_reason <> 'subscription_create'
+WHERE greatest(p.period_start, i.valid_from) < least(p.period_end, coalesce(i.valid_to, p.period_end))
+"""
+
+QUANTITIES = """
+CREATE OR REPLACE TEMP TABLE _quantities AS
+SELECT w.w,
+       CAST(coalesce(sum(u.quantity), 0) AS DECIMAL(38, 9))                                   AS quantity,
+       CAST(coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0)
+            AS DECIMAL(38, 9))                                                                AS quantity_on_time,
+       count(u.event_id)                                                                      AS event_count
+FROM _windows w
+LEFT JOIN core.usage_events u ON u.subscription_id = w.subscription_id AND u.meter_name = w.meter_name
+                             AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+GROUP BY w.w
+"""
+
+RATED_USAGE_DDL = """
+CREATE OR REPLACE TABLE marts.rated_usage AS
+SELECT w.subscription_item_id, w.subscription_id, w.customer_id, w.price_id, w.meter_name, w.currency,
+       w.period_start, w.period_end, w.usage_from, w.usage_to, w.invoice_id, w.is_current_period,
+       q.quantity, q.quantity_on_time, CAST(q.quantity - q.quantity_on_time AS DECIMAL(38, 9)) AS late_quantity,
+       q.event_count,
+       r_all.amount AS amount, r_on.amount AS amount_on_time,
+       coalesce((SELECT to_json(list({'tier_index': t.tier_index, 'units': t.units,
+                                       'unit_amount_decimal': t.unit_amount_decimal,
+                                       'flat_amount': t.flat_amount, 'amount_exact': t.exact}
+                                      ORDER BY t.tier_index))
+                 FROM _tiers t WHERE t.row_id = 2 * w.w), to_json([])) AS tiers
+FROM _windows w
+JOIN _quantities q USING (w)
+JOIN _rated r_all ON r_all.row_id = 2 * w.w
+JOIN _rated r_on ON r_on.row_id = 2 * w.w + 1
+"""
+
+TIER_POSITIONS_DDL = """
+CREATE OR REPLACE TABLE marts.tier_positions AS
+WITH cur AS (
+    SELECT r.*, p.billing_scheme, p.tiers_mode
+    FROM marts.rated_usage r JOIN core.prices p USING (price_id)
+    WHERE r.is_current_period
+),
+placed AS (
+    SELECT c.subscription_item_id,
+           (SELECT min(t.tier_index) FROM core.price_tiers t
+             WHERE t.price_id = c.price_id AND (t.up_to IS NULL OR c.quantity <= t.up_to)) AS current_tier
+    FROM cur c
+)
+SELECT c.subscription_item_id, c.subscription_id, c.customer_id, c.price_id, c.meter_name, c.currency,
+       c.period_start, c.period_end, CAST($now AS TIMESTAMPTZ) AS as_of,
+       c.billing_scheme, c.tiers_mode,
+       pl.current_tier,
+       (SELECT count(*) FROM core.price_tiers t WHERE t.price_id = c.price_id) AS tier_count,
+       c.quantity AS units_used,
+       t.up_to AS current_tier_up_to,
+       CAST(t.up_to - c.quantity AS DECIMAL(38, 9)) AS units_to_next_tier,
+       c.amount AS amount_so_far
+FROM cur c
+JOIN placed pl USING (subscription_item_id)
+LEFT JOIN core.price_tiers t ON t.price_id = c.price_id AND t.tier_index = pl.current_tier
+"""
+
+LINES = """
+CREATE OR REPLACE TEMP TABLE _lines AS
+SELECT l.line_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id, l.line_type, l.description,
+       l.quantity AS quantity_billed, l.amount AS billed_amount, l.currency, l.period_start, l.period_end,
+       l.is_proration, i.period_start AS invoice_period_start, i.billing_reason,
+       p.usage_type, si.quantity AS item_quantity, si.valid_from, si.valid_to,
+       s.minimum_commitment,
+       row_number() OVER (PARTITION BY l.invoice_id, l.subscription_item_id, l.is_proration, l.period_start
+                          ORDER BY l.line_id) AS copy_no
+FROM core.invoice_lines l
+JOIN core.invoices i USING (invoice_id)
+LEFT JOIN core.prices p USING (price_id)
+LEFT JOIN core.subscription_items si USING (subscription_item_id)
+LEFT JOIN core.subscriptions s ON s.subscription_id = i.subscription_id
+"""
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    rounding_tolerance: int = 1  # minor units a line may differ by and count as a rounding difference
+
+
+def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
+                       settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
+    """Rebuild marts.rated_usage, marts.tier_positions and marts.invoice_reconciliation."""
+    params = {"now": now}
+    with wh.transaction(con):
+        wh.run(con, PERIODS, params)
+        wh.run(con, WINDOWS, params)
+        wh.run(con, QUANTITIES)
+        # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
+        wh.run(con, """CREATE OR REPLACE TEMP TABLE _to_rate AS
+                       SELECT 2 * w AS row_id, price_id, quantity FROM _windows JOIN _quantities USING (w)
+                       UNION ALL
+                       SELECT 2 * w + 1, price_id, quantity_on_time FROM _windows JOIN _quantities USING (w)""")
+        rate_relation(con, "_to_rate").create("_rated")
+        tier_breakdown_relation(con, "SELECT * FROM _to_rate WHERE row_id % 2 = 0").create("_tiers")
+        wh.run(con, RATED_USAGE_DDL)
+        wh.run(con, TIER_POSITIONS_DDL, params)
+        _build_reconciliation(con, settings)
+        wh.run(con, RECONCILIATION_EVENTS_VIEW)
+        for t in ("_periods", "_windows", "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
+            wh.run(con, f"DROP TABLE IF EXISTS {t}")
+    return {t: wh.count(con, f"marts.{t}") for t in ("rated_usage", "tier_positions", "invoice_reconciliation")}
+
+
+def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSettings) -> None:
+    wh.run(con, LINES)
+    # licensed, non-proration lines: the item's quantity at the item's price
+    wh.run(con, """CREATE OR REPLACE TEMP TABLE _licensed_in AS
+                   SELECT row_number() OVER (ORDER BY line_id) AS row_id, line_id, price_id,
+                          CAST(item_quantity AS DECIMAL(38, 9)) AS quantity
+                   FROM _lines WHERE usage_type = 'licensed' AND NOT is_proration AND item_quantity IS NOT NULL""")
+    rate_relation(con, "_licensed_in").create("_licensed_rated")
+    expected: dict[str, int] = dict(wh.run(con, """SELECT i.line_id, r.amount FROM _licensed_in i
+                                                   JOIN _licensed_rated r USING (row_id)"""))
+    # prorations (few): Stripe's rule, computed by the engine line by line
+    plans = load_plans(con)
+    for line_id, price_id, qty, start, end, inv_start, valid_from, valid_to in wh.run(con, """
+            SELECT line_id, price_id, item_quantity, period_start, period_end, invoice_period_start,
+                   valid_from, valid_to FROM _lines WHERE is_proration AND item_quantity IS NOT NULL"""):
+        full = rate(plans[price_id], qty).exact
+        amount = prorate(full, start, inv_start, end)
+        expected[line_id] = -amount if valid_to is not None and valid_to == start else amount
+    wh.run(con, "DROP TABLE IF EXISTS _licensed_in")
+    wh.run(con, "DROP TABLE IF EXISTS _licensed_rated")
+    # metered lines: the first copy of a line for an item and period expects the usage; a copy expects 0
+    for line_id, amount in wh.run(con, """
+            SELECT l.line_id, CASE WHEN l.copy_no = 1 THEN r.amount_on_time ELSE 0 END
+            FROM _lines l JOIN marts.rated_usage r
+              ON r.subscription_item_id = l.subscription_item_id AND r.invoice_id = l.invoice_id
+            WHERE l.usage_type = 'metered' AND NOT l.is_proration"""):
+        expected[line_id] = amount
+    # minimum commitment true-ups: the commitment less the period's expected usage amounts
+    usage_by_invoice = dict(wh.run(con, """SELECT invoice_id, sum(amount_on_time) FROM marts.rated_usage
+                                           WHERE invoice_id IS NOT NULL GROUP BY 1"""))
+    for line_id, invoice_id, commitment in wh.run(con, """
+            SELECT line_id, invoice_id, minimum_commitment FROM _lines
+            WHERE line_type = 'invoice_item' AND minimum_commitment IS NOT NULL"""):
+        expected[line_id] = minimum_commitment_true_up(int(usage_by_invoice.get(invoice_id) or 0), commitment)
+    con.register("_expected_df", _frame(expected))
+    wh.run(con, "CREATE OR REPLACE TEMP TABLE _expected AS SELECT * FROM _expected_df")
+    con.unregister("_expected_df")
+    wh.run(con, RECONCILIATION_DDL, {"tol": settings.rounding_tolerance})
+
+
+def _frame(expected: dict[str, int]):
+    import polars as pl
+
+    return pl.DataFrame({"line_id": list(expected), "expected_amount": list(expected.values())},
+                        schema={"line_id": pl.String, "expected_amount": pl.Int64})
+
+
+RECONCILIATION_DDL = """
+CREATE OR REPLACE TABLE marts.invoice_reconciliation AS
+WITH line_rows AS (
+    SELECT l.invoice_id, l.line_id, l.subscription_id, l.subscription_item_id, l.price_id, l.line_type,
+           l.description, l.currency, l.period_start, l.period_end, l.is_proration,
+           l.quantity_billed,
+           CASE WHEN l.usage_type = 'metered' AND NOT l.is_proration THEN r.quantity_on_time
+                ELSE l.item_quantity END                                   AS quantity_expected,
+           e.expected_amount, l.billed_amount,
+           CASE WHEN l.usage_type = 'metered' AND NOT l.is_proration THEN r.late_quantity END AS late_quantity,
+           r.amount - r.amount_on_time                                     AS late_amount,
+           r.usage_from, r.usage_to, r.event_count, l.copy_no
+    FROM _lines l
+    LEFT JOIN _expected e USING (line_id)
+    LEFT JOIN marts.rated_usage r ON r.subscription_item_id = l.subscription_item_id AND r.invoice_id = l.invoice_id
+                                 AND l.usage_type = 'metered' AND NOT l.is_proration
+),
+missing AS (
+    SELECT r.invoice_id, NULL AS line_id, r.subscription_id, r.subscription_item_id, r.price_id,
+           'subscription' AS line_type, 'expected usage line not on the invoice' AS description, r.currency,
+           r.usage_from AS period_start, r.usage_to AS period_end, false AS is_proration,
+           NULL AS quantity_billed, r.quantity_on_time AS quantity_expected,
+           r.amount_on_time AS expected_amount, 0 AS billed_amount, r.late_quantity,
+           r.amount - r.amount_on_time AS late_amount, r.usage_from, r.usage_to, r.event_count, 1 AS copy_no
+    FROM marts.rated_usage r
+    WHERE r.invoice_id IS NOT NULL AND r.amount_on_time > 0
+      AND NOT EXISTS (SELECT 1 FROM _lines l WHERE l.invoice_id = r.invoice_id
+                        AND l.subscription_item_id = r.subscription_item_id AND NOT l.is_proration)
+),
+unbilled AS (
+    -- usage in invoiced periods of a subscription that no item of its meter covered
+    SELECT inv.invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
+           'usage' AS line_type, 'usage no subscription item covers: ' || u.meter_name AS description,
+           inv.currency, min(u.event_ts) AS period_start, max(u.event_ts) AS period_end, false AS is_proration,
+           NULL AS quantity_billed, CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity_expected,
+           NULL AS expected_amount, 0 AS billed_amount, NULL AS late_quantity, NULL AS late_amount,
+           min(u.event_ts) AS usage_from, max(u.event_ts) + INTERVAL 1 SECOND AS usage_to, count(*) AS event_count,
+           1 AS copy_no
+    FROM core.usage_events u
+    JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
+                   AND u.event_ts < p.period_end
+    LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.period_start = p.period_start
+                               AND inv.billing_reason <> 'subscription_create'
+    WHERE NOT p.period_end > (SELECT max(created_at) FROM core.invoices)  -- closed periods only
+      AND NOT EXISTS (SELECT 1 FROM core.subscription_items i WHERE i.subscription_id = u.subscription_id
+                        AND i.meter_name = u.meter_name AND u.event_ts >= i.valid_from
+                        AND (i.valid_to IS NULL OR u.event_ts < i.valid_to))
+    GROUP BY inv.invoice_id, u.subscription_id, u.meter_name, inv.currency, p.period_start
+),
+unbilled_after_end AS (
+    -- usage after a subscription ended: no period, no invoice will ever bill it
+    SELECT NULL AS invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
+           'usage' AS line_type, 'usage after the subscription ended: ' || u.meter_name AS description,
+           s.currency, min(u.event_ts), max(u.event_ts), false, NULL,
+           CAST(sum(u.quantity) AS DECIMAL(38, 9)), NULL, 0, NULL, NULL,
+           min(u.event_ts), max(u.event_ts) + INTERVAL 1 SECOND, count(*), 1
+    FROM core.usage_events u JOIN core.subscriptions s USING (subscription_id)
+    WHERE s.ended_at IS NOT NULL AND u.event_ts >= s.ended_at
+    GROUP BY u.subscription_id, u.meter_name, s.currency
+),
+all_rows AS (
+    SELECT * FROM line_rows UNION ALL BY NAME SELECT * FROM missing
+    UNION ALL BY NAME SELECT * FROM unbilled UNION ALL BY NAME SELECT * FROM unbilled_after_end
+)
+SELECT invoice_id, line_id, subscription_id, subscription_item_id, price_id, line_type, description, currency,
+       period_start, period_end, is_proration, quantity_billed, quantity_expected,
+       expected_amount, billed_amount, billed_amount - expected_amount AS difference,
+       CASE
+           WHEN line_type = 'usage' THEN 'unbilled_usage'
+           WHEN line_id IS NULL THEN 'missing_line'
+           WHEN expected_amount IS NULL THEN 'unbilled_usage'
+           WHEN billed_amount = expected_amount AND coalesce(late_quantity, 0) > 0 THEN 'late_usage'
+           WHEN billed_amount = expected_amount THEN 'match'
+           WHEN abs(billed_amount - expected_amount) <= $tol AND copy_no = 1 THEN 'rounding'
+           WHEN billed_amount < expected_amount THEN 'underbilled'
+           ELSE 'overbilled'
+       END AS finding,
+       CASE WHEN copy_no > 1 THEN 'duplicate of another line for the same item and period' END AS detail,
+       late_quantity, late_amount, usage_from, usage_to, event_count
+FROM all_rows
+"""
+
+RECONCILIATION_EVENTS_VIEW = """
+CREATE OR REPLACE VIEW marts.reconciliation_events AS
+SELECT r.invoice_id, r.line_id, r.finding, u.event_id, u.event_ts, u.quantity, u.is_late, u.source_file
+FROM marts.invoice_reconciliation r
+JOIN core.subscription_items i ON i.subscription_item_id = r.subscription_item_id
+JOIN core.usage_events u ON u.subscription_id = r.subscription_id AND u.meter_name = i.meter_name
+                        AND u.event_ts >= r.usage_from AND u.event_ts < r.usage_to
+"""
