@@ -14,12 +14,15 @@ from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
 from billing_ai.marts.usage import usage_bucket_assets
+from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
+from billing_ai.rating.assets import rating_marts
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
+ANALYTICS_ASSETS = [rating_marts]
 published_warehouse = publish_asset(
-    deps=[k for a in [*core_platform_assets, *USAGE_ASSETS] for k in a.keys])
+    deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]
 
 # One job per partitions definition: a job over mixed partitions does not resolve.
@@ -36,10 +39,17 @@ usage_daily_job = dg.define_asset_job(
     tags={"dagster/max_retries": "2"},
 )
 
-publish_job = dg.define_asset_job(
-    "publish_job",
-    selection=dg.AssetSelection.assets(*PUBLISH_ASSETS),
-    description="Publish the read-only warehouse snapshot (after the usage job).",
+analytics_job = dg.define_asset_job(
+    "analytics_job",
+    selection=dg.AssetSelection.assets(*ANALYTICS_ASSETS, *PUBLISH_ASSETS),
+    description="Rating, tier positions and invoice reconciliation, then publish the read-only snapshot.",
+    tags={"dagster/max_retries": "2"},
+)
+
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.assets(*EVALUATION_ASSETS),
+    description="Score the analytics against the sandbox world's ground truth (sandbox only).",
 )
 
 nightly_schedule = dg.ScheduleDefinition(
@@ -74,12 +84,12 @@ def usage_after_platform_sync(context: dg.RunStatusSensorContext):
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[usage_daily_job],
-    request_job=publish_job,
-    name="publish_after_usage",
-    description="After each successful usage run, publish the read-only snapshot analysts and sensors query.",
+    request_job=analytics_job,
+    name="analytics_after_usage",
+    description="After each successful usage run, rebuild the analytics marts and publish the snapshot.",
 )
-def publish_after_usage(context: dg.RunStatusSensorContext):
-    return dg.RunRequest(run_key=f"publish-{context.dagster_run.run_id}")
+def analytics_after_usage(context: dg.RunStatusSensorContext):
+    return dg.RunRequest(run_key=f"analytics-{context.dagster_run.run_id}")
 
 
 def default_resources() -> dict:
@@ -90,6 +100,7 @@ def default_resources() -> dict:
             api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
         ),
+        "truth": GroundTruth(path=os.environ.get("BILLING_AI_TRUTH_DIR", "data/world/truth")),
         "settings": PipelineSettings(
             as_of=os.environ.get("BILLING_AI_AS_OF", ""),
             inbox_dir=os.environ.get("BILLING_AI_INBOX", DEFAULT_INBOX),
@@ -99,9 +110,9 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *PUBLISH_ASSETS],
-    jobs=[platform_sync_job, usage_daily_job, publish_job],
+    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *PUBLISH_ASSETS, *EVALUATION_ASSETS],
+    jobs=[platform_sync_job, usage_daily_job, analytics_job, evaluation_job],
     schedules=[nightly_schedule],
-    sensors=[usage_after_platform_sync, publish_after_usage],
+    sensors=[usage_after_platform_sync, analytics_after_usage],
     resources=default_resources(),
 )

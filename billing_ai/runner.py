@@ -115,12 +115,32 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
     )
     assert res.success
     say(f"usage_daily {first}..{last} (one run): {time.monotonic() - t:.1f}s")
-    res = dg.materialize([*d.PUBLISH_ASSETS], resources=resources, instance=instance, run_config=QUIET)
-    assert res.success
-    say("published the read-only snapshot")
+    t = time.monotonic()
+    res = dg.materialize([*d.ANALYTICS_ASSETS, *d.PUBLISH_ASSETS], resources=resources, instance=instance,
+                         run_config=QUIET, raise_on_error=False)
+    for ev in res.get_asset_check_evaluations():
+        if not ev.passed:
+            say(f"CHECK FAILED: {ev.asset_key.to_user_string()} {ev.check_name}: "
+                f"{ {k: v.value for k, v in ev.metadata.items()} }")
+    assert res.success, "the analytics run failed (see the check above)"
+    say(f"analytics (rating, reconciliation) and snapshot: {time.monotonic() - t:.1f}s")
 
 
-SUMMARY_TABLES = ("core.customers", "core.products", "core.prices", "core.price_tiers", "core.meters",
+def evaluate_all(resources: dict, instance: dg.DagsterInstance | None = None) -> dict:
+    """Materialize the evaluation assets (ground truth needed) and return their metadata."""
+    from billing_ai import definitions as d
+
+    res = dg.materialize([*d.EVALUATION_ASSETS, *d.ANALYTICS_ASSETS], selection=d.EVALUATION_ASSETS,
+                         resources=resources, instance=instance or dg.DagsterInstance.ephemeral(), run_config=QUIET)
+    out = {}
+    for m in res.get_asset_materialization_events():
+        mat = m.event_specific_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items() if k != "full_result"}
+    return out
+
+
+SUMMARY_TABLES = ("marts.usage_daily", "marts.usage_hourly", "marts.rated_usage", "marts.tier_positions",
+                  "marts.invoice_reconciliation", "core.customers", "core.products", "core.prices", "core.price_tiers", "core.meters",
                   "core.subscriptions", "core.subscription_items", "core.invoices", "core.invoice_lines",
                   "core.payments", "core.credit_notes", "core.meter_usage_summaries", "core.usage_events",
                   "core.quarantine")
@@ -137,6 +157,8 @@ def summary(warehouse_path: Path) -> str:
         files = wh.run(con, "SELECT count(*), sum(records), sum(landed), sum(quarantined) FROM raw.usage_files")[0]
         lines += ["", f"usage files landed: {files[0]}, records in {files[1]:,} = landed {files[2]:,} "
                       f"+ quarantined at landing {files[3]:,}"]
+        findings = wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation GROUP BY 1 ORDER BY 2 DESC")
+        lines.append("invoice reconciliation: " + ", ".join(f"{f}={n:,}" for f, n in findings))
         reasons = wh.run(con, "SELECT reason, count(*) FROM core.quarantine GROUP BY 1 ORDER BY 2 DESC")
         if reasons:
             lines.append("quarantine by reason: " + ", ".join(f"{r}={n:,}" for r, n in reasons))
@@ -158,9 +180,16 @@ def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Cal
     with sandbox_environment(layout, config) as url:
         say(f"sandbox: Stripe API emulator on {url}")
         materialize_all(config, say=say)
+        os.environ["BILLING_AI_TRUTH_DIR"] = str(layout.world.truth)
+        from billing_ai import definitions as d
+        evaluation = evaluate_all(d.default_resources())
     say("sandbox: stopped")
     say("")
     say(summary(layout.warehouse))
+    say("")
+    say("evaluation against the world's ground truth (evaluation group; the production graph never reads it):")
+    for asset, figures in evaluation.items():
+        say(f"  {asset}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
     say(f"\ndone in {time.monotonic() - t0:.1f}s")
 
 

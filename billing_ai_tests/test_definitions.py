@@ -4,14 +4,14 @@ from datetime import date
 
 import dagster as dg
 
-from billing_ai.definitions import (LATE_WINDOW_DAYS, defs, nightly_schedule, platform_sync_job,
-                                    publish_after_usage, usage_after_platform_sync, usage_daily_job)
+from billing_ai.definitions import (LATE_WINDOW_DAYS, analytics_after_usage, defs, nightly_schedule, platform_sync_job,
+                                    usage_after_platform_sync, usage_daily_job)
 
 
 def test_definitions_load_and_every_asset_is_in_a_job():
     repo = defs.get_repository_def()
     in_jobs = set()
-    for name in ("platform_sync_job", "usage_daily_job", "publish_job"):
+    for name in ("platform_sync_job", "usage_daily_job", "analytics_job", "evaluation_job"):
         job = defs.resolve_job_def(name)
         in_jobs |= set(job.asset_layer.executable_asset_keys)
     assert {k for k in repo.asset_graph.get_all_asset_keys()} <= in_jobs
@@ -32,10 +32,12 @@ def test_nightly_schedule_targets_the_platform_sync():
     assert req.job_name in (None, "platform_sync_job")
 
 
-def test_after_the_sync_the_late_window_is_rebuilt_in_one_run():
+def test_after_the_sync_the_late_window_is_rebuilt_in_one_run(monkeypatch):
+    monkeypatch.setenv("BILLING_AI_PII_KEY", "k")
+    monkeypatch.setenv("STRIPE_API_KEY", "k")
     run_id = "7c3e2b9a-1d4f-4e6a-9b8c-0a1b2c3d4e5f"
     with dg.instance_for_test() as instance:
-        run = instance.create_run_for_job(defs.resolve_job_def("publish_job"), run_id=run_id)
+        run = instance.create_run_for_job(defs.resolve_job_def("analytics_job"), run_id=run_id)
         ctx = dg.build_run_status_sensor_context(
             sensor_name=usage_after_platform_sync.name, dagster_instance=instance,
             dagster_run=run, dagster_event=dg.DagsterEvent(
@@ -45,4 +47,4 @@ def test_after_the_sync_the_late_window_is_rebuilt_in_one_run():
     assert (date.fromisoformat(end) - date.fromisoformat(start)).days == LATE_WINDOW_DAYS - 1
     assert req.run_key == f"after-{run_id}"  # a re-evaluated tick launches nothing twice
     assert usage_after_platform_sync.job_name == usage_daily_job.name
-    assert publish_after_usage.job_name == "publish_job"
+    assert analytics_after_usage.job_name == "analytics_job"

@@ -50,7 +50,8 @@ def evaluate_reconciliation(con: duckdb.DuckDBPyConnection, truth_dir: Path) -> 
                 hit = same["finding"].is_in(list(EXPECTED_FINDINGS[kind])).any()
             found += bool(hit)
         per_kind[kind] = {"truth": rows.height, "found": found, "recall": found / rows.height}
-    findings = rec.filter(~pl.col("finding").is_in(["match", "late_usage"]))
+    # billing errors are findings about lines; unbilled usage (before a start, after a cancellation) is not
+    findings = rec.filter(~pl.col("finding").is_in(["match", "late_usage", "unbilled_usage"]))
     errors = truth.filter(pl.col("kind") != "late_usage")
     explained_pairs = set(zip(errors["invoice_id"], errors["subscription_item_id"]))
     explained_invoices = set(errors["invoice_id"])
@@ -75,5 +76,7 @@ def evaluate_reconciliation(con: duckdb.DuckDBPyConnection, truth_dir: Path) -> 
         "late_findings": late_findings.height,
         "clean_lines": clean.height,
         "clean_line_mismatches": clean_mismatch,
-        "false_findings_on_clean_invoices": clean.filter(~pl.col("finding").is_in(["match", "late_usage"])).height,
+        "false_findings_on_clean_invoices": clean.filter(
+            ~pl.col("finding").is_in(["match", "late_usage", "unbilled_usage"])).height,
+        "unbilled_usage_rows": rec.filter(pl.col("finding") == "unbilled_usage").height,
     }

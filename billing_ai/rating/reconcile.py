@@ -215,6 +215,9 @@ def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSet
             SELECT line_id, invoice_id, minimum_commitment FROM _lines
             WHERE line_type = 'invoice_item' AND minimum_commitment IS NOT NULL"""):
         expected[line_id] = minimum_commitment_true_up(int(usage_by_invoice.get(invoice_id) or 0), commitment)
+    # a second copy of a line for the same item, period and kind expects nothing: it is billed twice
+    for (line_id,) in wh.run(con, "SELECT line_id FROM _lines WHERE copy_no > 1"):
+        expected[line_id] = 0
     con.register("_expected_df", _frame(expected))
     wh.run(con, "CREATE OR REPLACE TEMP TABLE _expected AS SELECT * FROM _expected_df")
     con.unregister("_expected_df")
