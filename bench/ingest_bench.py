@@ -172,7 +172,7 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         # that invoice was finalized (here: the one 'subscription_cycle' invoice of the event's subscription)
         anchor = anchors[frame["ci"].to_numpy()]
         fts, frecv = frame["ts"].to_numpy(), frame["recv"].to_numpy()
-        is_late = (fts >= anchor - 30 * 86400) & (fts < anchor) & (frecv > anchor + 3600) & frame["kind"].is_null().to_numpy()
+        is_late = (fts >= anchor - 30 * 86400) & (fts < anchor) & (frecv >= anchor + 3600) & frame["kind"].is_null().to_numpy()
         expected["is_late"] += int(is_late.sum())
         frame = frame.sort("ts")
         # ~0.1% duplicates: exact re-sends of valid, on-time events from this file or the previous one
@@ -232,21 +232,21 @@ def make_template(path: Path, n_customers: int, days: int) -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_FILES = ("billing_ai/ingestion/usage_files.py", "billing_ai/ingestion/usage_events.py", "billing_ai/warehouse.py")
-_CODE_AT_START: list[str] = []
 
 
-def code_hash() -> str:
-    """Hash of the ingestion sources as they are on disk now."""
+def code_hash(base: Path = REPO) -> str:
+    """Hash of the ingestion sources under ``base`` (the directory holding the billing_ai package)."""
     h = hashlib.sha256()
     for f in CODE_FILES:
-        h.update((REPO / f).read_bytes())
+        h.update((base / f).read_bytes())
     return h.hexdigest()[:12]
 
 
-def expected_code() -> str:
-    if not _CODE_AT_START:
-        _CODE_AT_START.append(code_hash())
-    return _CODE_AT_START[0]
+def snapshot_code(dest: Path) -> Path:
+    """Copy the billing_ai package as it is now; every measurement imports this copy, so all of them run
+    the same code even if the working tree changes during a long run."""
+    shutil.copytree(REPO / "billing_ai", dest / "billing_ai", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
 
 
 def git_version() -> str:
@@ -286,16 +286,19 @@ def _label(sql: str) -> str:
 
 
 def child(spec: dict) -> dict:
+    if spec.get("code_dir"):
+        sys.path.insert(0, spec["code_dir"])
     import duckdb  # noqa: F401  (import cost outside the timed region, the same for every measurement)
 
+    import billing_ai
     from billing_ai import warehouse as wh
     from billing_ai.ingestion import usage_events, usage_files
 
-    code = code_hash()  # what this process imported (modules are read once, just above)
+    code = code_hash(Path(billing_ai.__file__).resolve().parent.parent)  # what this process imported
     kind, fmt = spec["measurement"].split("_")
     db = Path(spec["db"])
     src = Path(spec["root"]) / fmt
-    out: dict = {"measurement": spec["measurement"], "code": code}
+    out: dict = {"measurement": spec["measurement"], "code": code, "billing_ai": billing_ai.__file__}
     rss0, _ = _rss_mib()
     out["rss_start_mib"] = rss0
 
@@ -383,7 +386,7 @@ def _run_child(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(res: dict, expected: dict) -> list[str]:
+def _check(res: dict, expected: dict, code: str) -> list[str]:
     errs = []
     if res["measurement"].startswith("floor"):
         if res["rows"] != expected["records"]:
@@ -403,10 +406,10 @@ def _check(res: dict, expected: dict) -> list[str]:
     if res["accepted"] != expected["accepted"]:
         errs.append(f"{m}: accepted {res['accepted']} != expected {expected['accepted']}")
     if res["late"] != expected["is_late"]:
-        errs.append(f"{m}: {res['late']} accepted rows is_late, expected {expected['is_late']} (received_at after "
-                    "the finalization of a non-create invoice whose period holds the event)")
-    if res["code"] != expected_code():
-        errs.append(f"{m}: billing_ai ingestion code changed during the run ({res['code']} != {expected_code()})")
+        errs.append(f"{m}: {res['late']} accepted rows is_late, expected {expected['is_late']} (received_at at or "
+                    "after the finalization of a non-create invoice whose period holds the event)")
+    if res["code"] != code:
+        errs.append(f"{m}: ran ingestion code {res['code']}, not the run's {code}")
     return errs
 
 
@@ -433,7 +436,11 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
           f"(parquet {manifest['bytes']['parquet'] / 2**20:,.0f} MiB, ndjson {manifest['bytes']['ndjson'] / 2**20:,.0f} MiB); "
           f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s); "
           f"load avg {cfg['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
-    print(f"   code: {cfg['version']} (ingestion sources {cfg['code']}); duckdb {cfg.get('duckdb', '?')}")
+    now_code = code_hash()
+    print(f"   code: {cfg['version']}, ingestion sources {cfg['code']}"
+          f"{' (snapshot taken at start)' if cfg['code_dir'] else ''}"
+          f"{f'; NOTE: the working tree has changed since ({now_code})' if now_code != cfg['code'] else ''}; "
+          f"duckdb {cfg.get('duckdb', '?')}")
     print(f"   data: {e['duplicates']:,} duplicates, {e['invalid']:,} invalid "
           f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late arrivals; "
           f"expect accepted {e['accepted']:,} (is_late {e['is_late']:,}) + quarantined {e['quarantined']:,}")
@@ -490,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(MEASUREMENTS))
     ap.add_argument("--tmpdir", default=None, help="where to put the generated data (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--no-snapshot", action="store_true",
+                    help="import billing_ai from the working tree in every measurement, not from a copy taken at start")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--top", type=int, default=12, help="statements to list in the breakdown")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -497,11 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(json.loads(args.child)), default=str))
         return 0
-    expected_code()  # the ingestion sources as they are when the run starts
     n = 1_000_000 if args.quick else args.events
     which = [m for m in MEASUREMENTS if not args.only or m in args.only.split(",")]
     root = Path(tempfile.mkdtemp(prefix="billing_ai_bench_", dir=args.tmpdir))
     try:
+        code_dir = None if args.no_snapshot else snapshot_code(root / "code")
+        version = git_version()
         print(f"[{NAME}] generating {n:,} events in {root} ...", flush=True)
         t = time.perf_counter()
         manifest = generate(root, n, days=args.days, n_customers=args.customers, seed=args.seed,
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         make_template(root / "template.duckdb", args.customers, args.days)
         print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
         cfg = {"threads": args.threads, "memory_limit": args.memory_limit, "repeats": args.repeats,
-               "load_before": os.getloadavg()[0], "version": git_version(), "code": expected_code(),
+               "load_before": os.getloadavg()[0], "version": version, "code": code_hash(code_dir or REPO), "code_dir": code_dir and str(code_dir),
                "duckdb": importlib.metadata.version("duckdb")}
         results: dict[str, list[dict]] = {m: [] for m in which}
         errors: list[str] = []
@@ -517,12 +527,13 @@ def main(argv: list[str] | None = None) -> int:
             for m in which:  # interleaved, so machine noise spreads over all measurements
                 db = root / f"{m}.duckdb"
                 spec = {"measurement": m, "root": str(root), "db": str(db), "template": str(root / "template.duckdb"),
+                        "code_dir": cfg["code_dir"],
                         "threads": args.threads, "memory_limit": args.memory_limit,
                         **{k: manifest[k] for k in ("start", "end", "window_start", "now")}}
                 res = _run_child(spec)
                 for p in root.glob(f"{m}.duckdb*"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-                errors += _check(res, manifest["expected"])
+                errors += _check(res, manifest["expected"], cfg["code"])
                 results[m].append(res)
                 print(f"  run {rep + 1}/{args.repeats} {m:<14} {res['seconds']:8.1f} s  peak RSS "
                       f"{res['peak_rss_mib']:,.0f} MiB", flush=True)

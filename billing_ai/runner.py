@@ -94,7 +94,8 @@ def sandbox_environment(layout: Layout, config: WorldConfig) -> Iterator[str]:
 
 
 def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = None,
-                    resources: dict | None = None, say: Callable[[str], None] = print) -> None:
+                    resources: dict | None = None, say: Callable[[str], None] = print,
+                    reconciliation_tolerance: dict | None = None) -> None:
     """Materialize every asset: platform snapshot, then all usage days as one run."""
     from billing_ai import definitions as d
 
@@ -116,8 +117,9 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
     assert res.success
     say(f"usage_daily {first}..{last} (one run): {time.monotonic() - t:.1f}s")
     t = time.monotonic()
+    run_config = {**QUIET, "ops": {"rating_marts": {"config": reconciliation_tolerance or {}}}}
     res = dg.materialize([*d.ANALYTICS_ASSETS, *d.PUBLISH_ASSETS], resources=resources, instance=instance,
-                         run_config=QUIET, raise_on_error=False)
+                         run_config=run_config, raise_on_error=False)
     for ev in res.get_asset_check_evaluations():
         if not ev.passed:
             say(f"CHECK FAILED: {ev.asset_key.to_user_string()} {ev.check_name}: "

@@ -140,7 +140,7 @@ CREATE OR REPLACE TEMP TABLE _lines AS
 SELECT l.line_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id, l.line_type, l.description,
        l.quantity AS quantity_billed, l.amount AS billed_amount, l.currency, l.period_start, l.period_end,
        l.is_proration, i.period_start AS invoice_period_start, i.billing_reason,
-       p.usage_type, si.quantity AS item_quantity, si.valid_from, si.valid_to,
+       p.usage_type, p.meter_name, si.quantity AS item_quantity, si.valid_from, si.valid_to,
        s.minimum_commitment,
        row_number() OVER (PARTITION BY l.invoice_id, l.subscription_item_id, l.is_proration, l.period_start
                           ORDER BY l.line_id) AS copy_no
@@ -234,8 +234,8 @@ def _frame(expected: dict[str, int]):
 RECONCILIATION_DDL = """
 CREATE OR REPLACE TABLE marts.invoice_reconciliation AS
 WITH line_rows AS (
-    SELECT l.invoice_id, l.line_id, l.subscription_id, l.subscription_item_id, l.price_id, l.line_type,
-           l.description, l.currency, l.period_start, l.period_end, l.is_proration,
+    SELECT l.invoice_id, l.line_id, l.subscription_id, l.subscription_item_id, l.price_id, l.meter_name,
+           l.line_type, l.description, l.currency, l.period_start, l.period_end, l.is_proration,
            l.quantity_billed,
            CASE WHEN l.usage_type = 'metered' AND NOT l.is_proration THEN r.quantity_on_time
                 ELSE l.item_quantity END                                   AS quantity_expected,
@@ -249,7 +249,7 @@ WITH line_rows AS (
                                  AND l.usage_type = 'metered' AND NOT l.is_proration
 ),
 missing AS (
-    SELECT r.invoice_id, NULL AS line_id, r.subscription_id, r.subscription_item_id, r.price_id,
+    SELECT r.invoice_id, NULL AS line_id, r.subscription_id, r.subscription_item_id, r.price_id, r.meter_name,
            'subscription' AS line_type, 'expected usage line not on the invoice' AS description, r.currency,
            r.usage_from AS period_start, r.usage_to AS period_end, false AS is_proration,
            NULL AS quantity_billed, r.quantity_on_time AS quantity_expected,
@@ -261,29 +261,38 @@ missing AS (
                         AND l.subscription_item_id = r.subscription_item_id AND NOT l.is_proration)
 ),
 unbilled AS (
-    -- usage in invoiced periods of a subscription that no item of its meter covered
+    -- usage in invoiced periods of a subscription that no known item of its meter covered. Inside the
+    -- subscription's life that is an item a plan change replaced whose line is missing too (Stripe shows
+    -- replaced items only on invoice lines), so its line is missing; before the start it is unbilled.
     SELECT inv.invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
-           'usage' AS line_type, 'usage no subscription item covers: ' || u.meter_name AS description,
+           u.meter_name,
+           CASE WHEN min(u.event_ts) >= any_value(s.started_at) THEN 'missing_usage' ELSE 'usage' END AS line_type,
+           CASE WHEN min(u.event_ts) >= any_value(s.started_at)
+                THEN 'usage of a replaced item no invoice line billed (its price is not known): ' || u.meter_name
+                ELSE 'usage before the subscription started: ' || u.meter_name END AS description,
            inv.currency, min(u.event_ts) AS period_start, max(u.event_ts) AS period_end, false AS is_proration,
            NULL AS quantity_billed, CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity_expected,
            NULL AS expected_amount, 0 AS billed_amount, NULL AS late_quantity, NULL AS late_amount,
            min(u.event_ts) AS usage_from, max(u.event_ts) + INTERVAL 1 SECOND AS usage_to, count(*) AS event_count,
            1 AS copy_no
     FROM core.usage_events u
+    JOIN core.subscriptions s ON s.subscription_id = u.subscription_id
     JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
                    AND u.event_ts < p.period_end
     LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.period_start = p.period_start
                                AND inv.billing_reason <> 'subscription_create'
     WHERE NOT p.period_end > (SELECT max(created_at) FROM core.invoices)  -- closed periods only
+      AND (s.ended_at IS NULL OR u.event_ts < s.ended_at)  -- after the end: unbilled_after_end
       AND NOT EXISTS (SELECT 1 FROM core.subscription_items i WHERE i.subscription_id = u.subscription_id
                         AND i.meter_name = u.meter_name AND u.event_ts >= i.valid_from
                         AND (i.valid_to IS NULL OR u.event_ts < i.valid_to))
-    GROUP BY inv.invoice_id, u.subscription_id, u.meter_name, inv.currency, p.period_start
+    GROUP BY inv.invoice_id, u.subscription_id, u.meter_name, inv.currency, p.period_start,
+             u.event_ts >= s.started_at
 ),
 unbilled_after_end AS (
     -- usage after a subscription ended: no period, no invoice will ever bill it
     SELECT NULL AS invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
-           'usage' AS line_type, 'usage after the subscription ended: ' || u.meter_name AS description,
+           u.meter_name, 'usage' AS line_type, 'usage after the subscription ended: ' || u.meter_name AS description,
            s.currency, min(u.event_ts), max(u.event_ts), false, NULL,
            CAST(sum(u.quantity) AS DECIMAL(38, 9)), NULL, 0, NULL, NULL,
            min(u.event_ts), max(u.event_ts) + INTERVAL 1 SECOND, count(*), 1
@@ -295,7 +304,9 @@ all_rows AS (
     SELECT * FROM line_rows UNION ALL BY NAME SELECT * FROM missing
     UNION ALL BY NAME SELECT * FROM unbilled UNION ALL BY NAME SELECT * FROM unbilled_after_end
 )
-SELECT invoice_id, line_id, subscription_id, subscription_item_id, price_id, line_type, description, currency,
+SELECT invoice_id, line_id, subscription_id, subscription_item_id, price_id, meter_name,
+       CASE WHEN line_type IN ('usage', 'missing_usage') THEN 'usage' ELSE line_type END AS line_type,
+       description, currency,
        period_start, period_end, is_proration, quantity_billed, quantity_expected,
        expected_amount, billed_amount, billed_amount - expected_amount AS difference,
        CASE
