@@ -16,7 +16,12 @@ Target (issue): ours within 2x of the floor, peak RSS under 4 GiB.
 The data carries ~0.1% duplicate event ids, ~0.1% invalid records (negative quantity,
 unknown customer / meter / subscription, timestamp before the window) and ~0.3% late
 events, so the dedup, quarantine and is_late paths all do work; the bench checks
-accepted + quarantined == records generated, and the exact expected split.
+accepted + quarantined == records generated, the exact quarantine reasons, and the is_late count.
+
+The billing_ai package is copied at start and every measurement imports that copy (the
+working tree may change during a long run); the header names the commit and the hash of the
+ingestion sources measured. ``ours_*`` also reports where its time goes, statement by statement
+(``warehouse.run`` is wrapped in the child), for the split between landing and build.
 
 Generated data lives in a temp dir and is deleted at the end (``--keep`` keeps it).
 """

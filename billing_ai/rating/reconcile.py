@@ -52,7 +52,7 @@ FINDINGS = ("match", "rounding", "underbilled", "overbilled", "missing_line", "u
 
 PERIODS = """
 CREATE OR REPLACE TEMP TABLE _periods AS
-SELECT s.subscription_id, s.customer_id, s.currency,
+SELECT s.subscription_id, s.customer_id, s.currency, CAST(k AS INTEGER) AS k,
        s.billing_cycle_anchor + to_months(CAST(k AS INTEGER))     AS period_start,
        s.billing_cycle_anchor + to_months(CAST(k + 1 AS INTEGER)) AS period_end
 FROM core.subscriptions s, range(0, 600) r(k)
@@ -63,7 +63,7 @@ WHERE s.billing_cycle_anchor + to_months(CAST(k AS INTEGER)) <= $now
 # usage windows: the part of each period a metered item priced, and the invoice that closed it
 WINDOWS = """
 CREATE OR REPLACE TEMP TABLE _windows AS
-SELECT row_number() OVER (ORDER BY i.subscription_item_id, p.period_start) AS w,
+SELECT row_number() OVER (ORDER BY i.subscription_item_id, p.period_start) AS w, p.k,
        i.subscription_item_id, i.subscription_id, i.customer_id, i.price_id, i.meter_name, p.currency,
        p.period_start, p.period_end,
        greatest(p.period_start, i.valid_from)                              AS usage_from,
@@ -77,16 +77,48 @@ LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.p
 WHERE greatest(p.period_start, i.valid_from) < least(p.period_end, coalesce(i.valid_to, p.period_end))
 """
 
+# One pass over the events: a range join on (subscription, meter, [usage_from, usage_to)) -- DuckDB
+# plans it as an equality hash join with a range filter over a small build side, no sort of the
+# events. The few events no window covers get their phase (before the start, during, after the
+# end) and the billing period they fall in (an ASOF join on the small periods table), for the
+# unbilled-usage rows.
+USAGE_AGG = """
+CREATE OR REPLACE TEMP TABLE _usage_agg AS
+WITH joined AS (
+    SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity, u.landed_at, w.w, w.finalized_at
+    FROM core.usage_events u
+    LEFT JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
+                        AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+),
+covered AS (
+    SELECT subscription_id, meter_name, w, 'during' AS phase, CAST(NULL AS INTEGER) AS k,
+           CAST(sum(quantity) AS DECIMAL(38, 9)) AS quantity,
+           CAST(coalesce(sum(quantity) FILTER (WHERE finalized_at IS NULL OR landed_at < finalized_at), 0)
+                AS DECIMAL(38, 9)) AS quantity_on_time,
+           count(*) AS event_count, min(event_ts) AS first_ts, max(event_ts) AS last_ts
+    FROM joined WHERE w IS NOT NULL GROUP BY ALL
+),
+uncovered AS (
+    SELECT j.subscription_id, j.meter_name, j.event_ts, j.quantity,
+           CASE WHEN j.event_ts < s.started_at THEN 'before'
+                WHEN s.ended_at IS NOT NULL AND j.event_ts >= s.ended_at THEN 'after' ELSE 'during' END AS phase
+    FROM joined j JOIN core.subscriptions s USING (subscription_id) WHERE j.w IS NULL
+)
+SELECT * FROM covered
+UNION ALL
+SELECT u.subscription_id, u.meter_name, NULL, u.phase, p.k, CAST(sum(u.quantity) AS DECIMAL(38, 9)),
+       CAST(sum(u.quantity) AS DECIMAL(38, 9)), count(*), min(u.event_ts), max(u.event_ts)
+FROM uncovered u ASOF LEFT JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
+GROUP BY u.subscription_id, u.meter_name, u.phase, p.k
+"""
+
 QUANTITIES = """
 CREATE OR REPLACE TEMP TABLE _quantities AS
 SELECT w.w,
-       CAST(coalesce(sum(u.quantity), 0) AS DECIMAL(38, 9))                                   AS quantity,
-       CAST(coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0)
-            AS DECIMAL(38, 9))                                                                AS quantity_on_time,
-       count(u.event_id)                                                                      AS event_count
-FROM _windows w
-LEFT JOIN core.usage_events u ON u.subscription_id = w.subscription_id AND u.meter_name = w.meter_name
-                             AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+       CAST(coalesce(sum(a.quantity), 0) AS DECIMAL(38, 9))          AS quantity,
+       CAST(coalesce(sum(a.quantity_on_time), 0) AS DECIMAL(38, 9))  AS quantity_on_time,
+       coalesce(sum(a.event_count), 0)                               AS event_count
+FROM _windows w LEFT JOIN _usage_agg a USING (w)
 GROUP BY w.w
 """
 
@@ -164,6 +196,7 @@ def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
     with wh.transaction(con):
         wh.run(con, PERIODS, params)
         wh.run(con, WINDOWS, params)
+        wh.run(con, USAGE_AGG)
         wh.run(con, QUANTITIES)
         # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
         wh.run(con, """CREATE OR REPLACE TEMP TABLE _to_rate AS
@@ -176,7 +209,7 @@ def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
         wh.run(con, TIER_POSITIONS_DDL, params)
         _build_reconciliation(con, settings)
         wh.run(con, RECONCILIATION_EVENTS_VIEW)
-        for t in ("_periods", "_windows", "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
+        for t in ("_periods", "_windows", "_usage_agg", "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
             wh.run(con, f"DROP TABLE IF EXISTS {t}")
     return {t: wh.count(con, f"marts.{t}") for t in ("rated_usage", "tier_positions", "invoice_reconciliation")}
 
@@ -264,41 +297,35 @@ unbilled AS (
     -- usage in invoiced periods of a subscription that no known item of its meter covered. Inside the
     -- subscription's life that is an item a plan change replaced whose line is missing too (Stripe shows
     -- replaced items only on invoice lines), so its line is missing; before the start it is unbilled.
-    SELECT inv.invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
-           u.meter_name,
-           CASE WHEN min(u.event_ts) >= any_value(s.started_at) THEN 'missing_usage' ELSE 'usage' END AS line_type,
-           CASE WHEN min(u.event_ts) >= any_value(s.started_at)
-                THEN 'usage of a replaced item no invoice line billed (its price is not known): ' || u.meter_name
-                ELSE 'usage before the subscription started: ' || u.meter_name END AS description,
-           inv.currency, min(u.event_ts) AS period_start, max(u.event_ts) AS period_end, false AS is_proration,
-           NULL AS quantity_billed, CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity_expected,
+    SELECT inv.invoice_id, NULL AS line_id, a.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
+           a.meter_name,
+           CASE a.phase WHEN 'during' THEN 'missing_usage' ELSE 'usage' END AS line_type,
+           CASE a.phase WHEN 'during'
+                THEN 'usage of a replaced item no invoice line billed (its price is not known): ' || a.meter_name
+                ELSE 'usage before the subscription started: ' || a.meter_name END AS description,
+           p.currency, min(a.first_ts) AS period_start, max(a.last_ts) AS period_end, false AS is_proration,
+           NULL AS quantity_billed, CAST(sum(a.quantity) AS DECIMAL(38, 9)) AS quantity_expected,
            NULL AS expected_amount, 0 AS billed_amount, NULL AS late_quantity, NULL AS late_amount,
-           min(u.event_ts) AS usage_from, max(u.event_ts) + INTERVAL 1 SECOND AS usage_to, count(*) AS event_count,
-           1 AS copy_no
-    FROM core.usage_events u
-    JOIN core.subscriptions s ON s.subscription_id = u.subscription_id
-    JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
-                   AND u.event_ts < p.period_end
+           min(a.first_ts) AS usage_from, max(a.last_ts) + INTERVAL 1 SECOND AS usage_to,
+           sum(a.event_count) AS event_count, 1 AS copy_no
+    FROM _usage_agg a
+    JOIN _periods p ON p.subscription_id = a.subscription_id AND p.k = a.k
     LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.period_start = p.period_start
                                AND inv.billing_reason <> 'subscription_create'
-    WHERE NOT p.period_end > (SELECT max(created_at) FROM core.invoices)  -- closed periods only
-      AND (s.ended_at IS NULL OR u.event_ts < s.ended_at)  -- after the end: unbilled_after_end
-      AND NOT EXISTS (SELECT 1 FROM core.subscription_items i WHERE i.subscription_id = u.subscription_id
-                        AND i.meter_name = u.meter_name AND u.event_ts >= i.valid_from
-                        AND (i.valid_to IS NULL OR u.event_ts < i.valid_to))
-    GROUP BY inv.invoice_id, u.subscription_id, u.meter_name, inv.currency, p.period_start,
-             u.event_ts >= s.started_at
+    WHERE a.w IS NULL AND a.phase <> 'after'
+      AND NOT p.period_end > (SELECT max(created_at) FROM core.invoices)  -- closed periods only
+    GROUP BY inv.invoice_id, a.subscription_id, a.meter_name, p.currency, p.period_start, a.phase
 ),
 unbilled_after_end AS (
     -- usage after a subscription ended: no period, no invoice will ever bill it
-    SELECT NULL AS invoice_id, NULL AS line_id, u.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
-           u.meter_name, 'usage' AS line_type, 'usage after the subscription ended: ' || u.meter_name AS description,
-           s.currency, min(u.event_ts), max(u.event_ts), false, NULL,
-           CAST(sum(u.quantity) AS DECIMAL(38, 9)), NULL, 0, NULL, NULL,
-           min(u.event_ts), max(u.event_ts) + INTERVAL 1 SECOND, count(*), 1
-    FROM core.usage_events u JOIN core.subscriptions s USING (subscription_id)
-    WHERE s.ended_at IS NOT NULL AND u.event_ts >= s.ended_at
-    GROUP BY u.subscription_id, u.meter_name, s.currency
+    SELECT NULL AS invoice_id, NULL AS line_id, a.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
+           a.meter_name, 'usage' AS line_type, 'usage after the subscription ended: ' || a.meter_name AS description,
+           s.currency, min(a.first_ts), max(a.last_ts), false, NULL,
+           CAST(sum(a.quantity) AS DECIMAL(38, 9)), NULL, 0, NULL, NULL,
+           min(a.first_ts), max(a.last_ts) + INTERVAL 1 SECOND, sum(a.event_count), 1
+    FROM _usage_agg a JOIN core.subscriptions s USING (subscription_id)
+    WHERE a.w IS NULL AND a.phase = 'after'
+    GROUP BY a.subscription_id, a.meter_name, s.currency
 ),
 all_rows AS (
     SELECT * FROM line_rows UNION ALL BY NAME SELECT * FROM missing

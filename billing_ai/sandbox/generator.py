@@ -377,13 +377,11 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
         "meter_name": ev_meter[order],
         "quantity_milli": qty_milli[order],
         "ts": ev_ts[order],
-        "project": project[order].astype(str),
-        "department": department[order],
+        "project": pl.Series(project[order].tolist(), dtype=pl.String),
+        "department": pl.Series(department[order].tolist(), dtype=pl.String),
         "endpoint": endpoint[order],
         "region": region[order],
-    }).with_columns(
-        pl.when(pl.col("department") == "None").then(None).otherwise(pl.col("department")).alias("department"),
-    )
+    })
     ev = ev.with_row_index("n").with_columns(
         (pl.lit(f"evt_{seed:04x}_") + pl.col("n").cast(pl.String).str.zfill(9)).alias("event_id"),
         pl.lit(None, dtype=pl.String).alias("duplicate_of"),
