@@ -77,37 +77,52 @@ LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.p
 WHERE greatest(p.period_start, i.valid_from) < least(p.period_end, coalesce(i.valid_to, p.period_end))
 """
 
-# One pass over the events: a range join on (subscription, meter, [usage_from, usage_to)) -- DuckDB
-# plans it as an equality hash join with a range filter over a small build side, no sort of the
-# events. The few events no window covers get their phase (before the start, during, after the
-# end) and the billing period they fall in (an ASOF join on the small periods table), for the
-# unbilled-usage rows.
-USAGE_AGG = """
+# Rating reads the events once: a range join on (subscription, meter, [usage_from, usage_to)),
+# which DuckDB plans as an equality hash join with a range filter over the small windows table --
+# no sort of the events.
+COVERED = """
+CREATE OR REPLACE TEMP TABLE _covered AS
+SELECT w.w,
+       CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity,
+       CAST(coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0)
+            AS DECIMAL(38, 9)) AS quantity_on_time,
+       count(*) AS event_count
+FROM core.usage_events u
+JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
+               AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+GROUP BY w.w
+"""
+
+# The reconciliation also needs the events no window covers. Only (subscription, meter) pairs whose
+# event count exceeds what the windows covered have any, and only those are scanned again (an anti
+# range join over every event costs several times the rating). They get their phase (before the
+# start, during, after the end) and billing period (an ASOF join on the small periods table).
+UNCOVERED = """
 CREATE OR REPLACE TEMP TABLE _usage_agg AS
-WITH joined AS (
-    SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity, u.landed_at, w.w, w.finalized_at
-    FROM core.usage_events u
-    LEFT JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
-                        AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+WITH covered_pairs AS (
+    SELECT w.subscription_id, w.meter_name, sum(c.event_count) AS n
+    FROM _covered c JOIN _windows w USING (w) GROUP BY ALL
 ),
-covered AS (
-    SELECT subscription_id, meter_name, w, 'during' AS phase, CAST(NULL AS INTEGER) AS k,
-           CAST(sum(quantity) AS DECIMAL(38, 9)) AS quantity,
-           CAST(coalesce(sum(quantity) FILTER (WHERE finalized_at IS NULL OR landed_at < finalized_at), 0)
-                AS DECIMAL(38, 9)) AS quantity_on_time,
-           count(*) AS event_count, min(event_ts) AS first_ts, max(event_ts) AS last_ts
-    FROM joined WHERE w IS NOT NULL GROUP BY ALL
+gaps AS (
+    SELECT t.subscription_id, t.meter_name
+    FROM (SELECT subscription_id, meter_name, count(*) AS n FROM core.usage_events GROUP BY ALL) t
+    LEFT JOIN covered_pairs c USING (subscription_id, meter_name)
+    WHERE t.n > coalesce(c.n, 0)
 ),
 uncovered AS (
-    SELECT j.subscription_id, j.meter_name, j.event_ts, j.quantity,
-           CASE WHEN j.event_ts < s.started_at THEN 'before'
-                WHEN s.ended_at IS NOT NULL AND j.event_ts >= s.ended_at THEN 'after' ELSE 'during' END AS phase
-    FROM joined j JOIN core.subscriptions s USING (subscription_id) WHERE j.w IS NULL
+    SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity,
+           CASE WHEN u.event_ts < s.started_at THEN 'before'
+                WHEN s.ended_at IS NOT NULL AND u.event_ts >= s.ended_at THEN 'after' ELSE 'during' END AS phase
+    FROM core.usage_events u
+    JOIN gaps g ON g.subscription_id = u.subscription_id AND g.meter_name = u.meter_name
+    JOIN core.subscriptions s ON s.subscription_id = u.subscription_id
+    LEFT JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
+                        AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+    WHERE w.w IS NULL
 )
-SELECT * FROM covered
-UNION ALL
-SELECT u.subscription_id, u.meter_name, NULL, u.phase, p.k, CAST(sum(u.quantity) AS DECIMAL(38, 9)),
-       CAST(sum(u.quantity) AS DECIMAL(38, 9)), count(*), min(u.event_ts), max(u.event_ts)
+SELECT u.subscription_id, u.meter_name, NULL AS w, u.phase, p.k,
+       CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity, count(*) AS event_count,
+       min(u.event_ts) AS first_ts, max(u.event_ts) AS last_ts
 FROM uncovered u ASOF LEFT JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
 GROUP BY u.subscription_id, u.meter_name, u.phase, p.k
 """
@@ -118,7 +133,7 @@ SELECT w.w,
        CAST(coalesce(sum(a.quantity), 0) AS DECIMAL(38, 9))          AS quantity,
        CAST(coalesce(sum(a.quantity_on_time), 0) AS DECIMAL(38, 9))  AS quantity_on_time,
        coalesce(sum(a.event_count), 0)                               AS event_count
-FROM _windows w LEFT JOIN _usage_agg a USING (w)
+FROM _windows w LEFT JOIN _covered a USING (w)
 GROUP BY w.w
 """
 
@@ -191,27 +206,34 @@ class ReconcileSettings:
 
 def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
                        settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
-    """Rebuild marts.rated_usage, marts.tier_positions and marts.invoice_reconciliation."""
-    params = {"now": now}
+    """Rebuild marts.rated_usage, marts.tier_positions and marts.invoice_reconciliation, in one transaction."""
     with wh.transaction(con):
-        wh.run(con, PERIODS, params)
-        wh.run(con, WINDOWS, params)
-        wh.run(con, USAGE_AGG)
-        wh.run(con, QUANTITIES)
-        # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
-        wh.run(con, """CREATE OR REPLACE TEMP TABLE _to_rate AS
-                       SELECT 2 * w AS row_id, price_id, quantity FROM _windows JOIN _quantities USING (w)
-                       UNION ALL
-                       SELECT 2 * w + 1, price_id, quantity_on_time FROM _windows JOIN _quantities USING (w)""")
-        rate_relation(con, "_to_rate").create("_rated")
-        tier_breakdown_relation(con, "SELECT * FROM _to_rate WHERE row_id % 2 = 0").create("_tiers")
-        wh.run(con, RATED_USAGE_DDL)
-        wh.run(con, TIER_POSITIONS_DDL, params)
+        rate_periods(con, now)
+        wh.run(con, UNCOVERED)
         _build_reconciliation(con, settings)
         wh.run(con, RECONCILIATION_EVENTS_VIEW)
-        for t in ("_periods", "_windows", "_usage_agg", "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
+        for t in ("_periods", "_windows", "_covered", "_usage_agg", "_quantities", "_to_rate", "_rated", "_tiers",
+                  "_lines", "_expected"):
             wh.run(con, f"DROP TABLE IF EXISTS {t}")
     return {t: wh.count(con, f"marts.{t}") for t in ("rated_usage", "tier_positions", "invoice_reconciliation")}
+
+
+def rate_periods(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """The rating itself: marts.rated_usage and marts.tier_positions (the caller holds the transaction)."""
+    params = {"now": now}
+    wh.run(con, PERIODS, params)
+    wh.run(con, WINDOWS, params)
+    wh.run(con, COVERED)
+    wh.run(con, QUANTITIES)
+    # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
+    wh.run(con, """CREATE OR REPLACE TEMP TABLE _to_rate AS
+                   SELECT 2 * w AS row_id, price_id, quantity FROM _windows JOIN _quantities USING (w)
+                   UNION ALL
+                   SELECT 2 * w + 1, price_id, quantity_on_time FROM _windows JOIN _quantities USING (w)""")
+    rate_relation(con, "_to_rate").create("_rated")
+    tier_breakdown_relation(con, "SELECT * FROM _to_rate WHERE row_id % 2 = 0").create("_tiers")
+    wh.run(con, RATED_USAGE_DDL)
+    wh.run(con, TIER_POSITIONS_DDL, params)
 
 
 def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSettings) -> None:
