@@ -113,3 +113,23 @@ def tiny_warehouse(tiny_world: GeneratedWorld, tmp_path_factory: pytest.TempPath
         res = pipeline_resources(server.url, tmp / "warehouse.duckdb", tiny_world, page_size=7)
         materialize_all(tiny_world.config, resources=res, say=lambda m: None)
     return tmp / "warehouse.duckdb"
+
+
+# ---------------------------------------------------------------------------
+# Hand-built warehouses
+# ---------------------------------------------------------------------------
+
+#: core.prices and core.price_tiers as the Stripe mapping creates them, for tests that build
+#: price tables by hand in an in-memory DuckDB.
+CORE_PRICES_DDL = """
+CREATE SCHEMA core;
+CREATE TABLE core.prices (
+    price_id VARCHAR, platform VARCHAR, product_id VARCHAR, plan VARCHAR, component VARCHAR,
+    currency VARCHAR, usage_type VARCHAR, billing_scheme VARCHAR, tiers_mode VARCHAR,
+    unit_amount_decimal DECIMAL(38, 12), package_size BIGINT, package_rounding VARCHAR,
+    meter_id VARCHAR, meter_name VARCHAR, billing_interval VARCHAR, billing_interval_count INTEGER,
+    lookup_key VARCHAR, active BOOLEAN, created_at TIMESTAMPTZ);
+CREATE TABLE core.price_tiers (
+    price_id VARCHAR, platform VARCHAR, tier_index INTEGER, up_to DECIMAL(38, 9),
+    unit_amount_decimal DECIMAL(38, 12), flat_amount BIGINT);
+"""

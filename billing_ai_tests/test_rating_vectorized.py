@@ -22,18 +22,7 @@ from billing_ai.money import round_minor
 from billing_ai.rating import PricePlan, Tier, load_plans, rate
 from billing_ai.rating.vectorized import rate_relation, register_plans, tier_breakdown_relation
 
-PRICES_DDL = """
-CREATE SCHEMA core;
-CREATE TABLE core.prices (
-    price_id VARCHAR, platform VARCHAR, product_id VARCHAR, plan VARCHAR, component VARCHAR,
-    currency VARCHAR, usage_type VARCHAR, billing_scheme VARCHAR, tiers_mode VARCHAR,
-    unit_amount_decimal DECIMAL(38, 12), package_size BIGINT, package_rounding VARCHAR,
-    meter_id VARCHAR, meter_name VARCHAR, billing_interval VARCHAR, billing_interval_count INTEGER,
-    lookup_key VARCHAR, active BOOLEAN, created_at TIMESTAMPTZ);
-CREATE TABLE core.price_tiers (
-    price_id VARCHAR, platform VARCHAR, tier_index INTEGER, up_to DECIMAL(38, 9),
-    unit_amount_decimal DECIMAL(38, 12), flat_amount BIGINT);
-"""
+from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL  # noqa: E402
 
 
 def _f(d: D | None) -> str | None:
