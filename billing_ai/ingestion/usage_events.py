@@ -20,6 +20,7 @@ from datetime import date, datetime
 import duckdb
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.usage_files import TS_TEXT
 
 SOURCE = "usage_events"
 MAX_QUANTITY = 10**12
@@ -32,80 +33,115 @@ CREATE TABLE IF NOT EXISTS core.usage_events (
     metadata JSON, source_file VARCHAR, source_row BIGINT, landed_at TIMESTAMPTZ, is_late BOOLEAN NOT NULL)
 """
 
-CLASSIFY = f"""
-WITH ranked AS (
-    SELECT r.*,
-        row_number() OVER (PARTITION BY r.event_id ORDER BY r.landed_at, r.source_file, r.source_row) AS copy_no,
-        first_value(r.source_file || ':' || r.source_row)
-            OVER (PARTITION BY r.event_id ORDER BY r.landed_at, r.source_file, r.source_row) AS first_copy
-    FROM raw.usage_events r
-    WHERE r.event_id IN (SELECT event_id FROM raw.usage_events
-                         WHERE CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN $start AND $end)
-       OR r.event_id IS NULL
-),
-typed AS (
-    SELECT *, TRY_CAST(quantity AS DECIMAL(38, 9)) AS q, TRY_CAST(quantity AS DOUBLE) AS qd,
-           CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS event_date
-    FROM ranked
-    WHERE CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN $start AND $end
-)
-SELECT t.*,
-    CASE
-        WHEN nullif(trim(t.event_id), '') IS NULL OR nullif(trim(t.customer_id), '') IS NULL
-             OR nullif(trim(t.meter_name), '') IS NULL OR t.quantity IS NULL THEN 'missing_field'
-        WHEN t.qd IS NULL OR isnan(t.qd) OR isinf(t.qd) THEN 'bad_quantity'
-        WHEN t.qd < 0 THEN 'negative_quantity'
-        WHEN t.qd > {MAX_QUANTITY} THEN 'huge_quantity'
-        WHEN t.q IS NULL THEN 'bad_quantity'
-        WHEN t.meter_name NOT IN (SELECT meter_name FROM core.meters) THEN 'unknown_meter'
-        WHEN t.customer_id NOT IN (SELECT customer_id FROM core.customers) THEN 'unknown_customer'
-        WHEN nullif(t.subscription_id, '') IS NOT NULL AND NOT EXISTS (
-             SELECT 1 FROM core.subscriptions s
-             WHERE s.subscription_id = t.subscription_id AND s.customer_id = t.customer_id) THEN 'unknown_subscription'
-        WHEN t.copy_no > 1 THEN 'duplicate_of'
-    END AS reason,
-    CASE WHEN t.copy_no > 1 THEN t.first_copy END AS detail
-FROM typed t
+# the raw rows of the range: their UTC event day, plus the same range on event_ts itself so that
+# zone maps skip the row groups of other days ({start}/{end}: ISO dates)
+IN_RANGE = ("event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
+            "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC' "
+            "AND CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{start}' AND DATE '{end}'")
+# raw keeps a typed timestamp without its text, and a received_at either as text or typed
+TIMESTAMP_TEXT = f"coalesce(\"timestamp\", strftime(event_ts, '{TS_TEXT}'))"
+RECEIVED_AT_TEXT = f"coalesce(received_at, strftime(received_ts, '{TS_TEXT}'))"
+RECEIVED = "coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), received_ts, landed_at)"
+
+# Every copy of an event_id but the first landed (landed_at, source_file, source_row), across all
+# partitions, with the first copy's key. Ranking all 10M rows by event_id is what is expensive, and
+# ~0.1% of them repeat: only the rows whose event_id *hash* occurs more than once are ranked (by the
+# event_id itself, so a hash collision only adds a candidate). A NULL event_id is one partition,
+# like in a window, so later NULL-id rows carry the first one as their detail.
+COPIES = """
+CREATE OR REPLACE TEMP TABLE _copies AS
+SELECT rid, first_copy FROM (
+    SELECT rowid AS rid,
+        row_number() OVER w AS copy_no,
+        first_value(source_file || ':' || source_row) OVER w AS first_copy
+    FROM raw.usage_events
+    WHERE hash(event_id) IN (SELECT hash(event_id) FROM raw.usage_events GROUP BY 1 HAVING count(*) > 1)
+    WINDOW w AS (PARTITION BY event_id ORDER BY landed_at, source_file, source_row))
+WHERE copy_no > 1
+"""
+
+# The range's records that fail validation, with their reason and quarantine record (few): the
+# accepted rows are then written straight from raw, without this table of rejects.
+REJECTS = f"""
+CREATE OR REPLACE TEMP TABLE _rejects AS
+SELECT rid, event_id, source_file, source_row, event_date, reason, detail,
+       CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity,
+                                "timestamp" := {TIMESTAMP_TEXT}, metadata,
+                                received_at := {RECEIVED_AT_TEXT})) AS VARCHAR) AS record
+FROM (
+    SELECT t.*,
+        CASE
+            WHEN nullif(trim(t.event_id), '') IS NULL OR nullif(trim(t.customer_id), '') IS NULL
+                 OR nullif(trim(t.meter_name), '') IS NULL OR t.quantity IS NULL THEN 'missing_field'
+            WHEN t.qd IS NULL OR isnan(t.qd) OR isinf(t.qd) THEN 'bad_quantity'
+            WHEN t.qd < 0 THEN 'negative_quantity'
+            WHEN t.qd > {MAX_QUANTITY} THEN 'huge_quantity'
+            WHEN t.q IS NULL THEN 'bad_quantity'
+            WHEN t.meter_name NOT IN (SELECT meter_name FROM core.meters) THEN 'unknown_meter'
+            WHEN t.customer_id NOT IN (SELECT customer_id FROM core.customers) THEN 'unknown_customer'
+            WHEN nullif(t.subscription_id, '') IS NOT NULL AND NOT EXISTS (
+                 SELECT 1 FROM core.subscriptions s
+                 WHERE s.subscription_id = t.subscription_id AND s.customer_id = t.customer_id) THEN 'unknown_subscription'
+            WHEN c.rid IS NOT NULL THEN 'duplicate_of'
+        END AS reason,
+        c.first_copy AS detail
+    FROM (SELECT *, rowid AS rid, TRY_CAST(quantity AS DECIMAL(38, 9)) AS q, TRY_CAST(quantity AS DOUBLE) AS qd,
+                 CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS event_date
+          FROM raw.usage_events WHERE {{in_range}}) t
+    LEFT JOIN _copies c ON c.rid = t.rid)
+WHERE reason IS NOT NULL
+"""
+
+# The range's events received (received_at, else landed) once their billing period had been
+# invoiced: a plain join against the (small) invoices table, instead of an EXISTS per event.
+LATE = f"""
+CREATE OR REPLACE TEMP TABLE _late AS
+SELECT DISTINCT r.rid
+FROM (SELECT rowid AS rid, subscription_id, event_ts, {RECEIVED} AS received
+      FROM raw.usage_events WHERE {{in_range}}) r
+JOIN core.invoices i ON i.subscription_id = r.subscription_id
+WHERE i.billing_reason <> 'subscription_create'
+  AND r.event_ts >= i.period_start AND r.event_ts < i.period_end AND r.received >= i.finalized_at
+"""
+
+# Accepted = the range's raw rows that are not rejects; metadata is parsed once for its four keys
+# (after the anti join: a rejected row's metadata is never parsed).
+INSERT_ACCEPTED = f"""
+INSERT INTO core.usage_events
+SELECT event_id, 'inbox', customer_id, nullif(subscription_id, ''), meter_name, TRY_CAST(quantity AS DECIMAL(38, 9)),
+       event_ts, CAST(event_ts AT TIME ZONE 'UTC' AS DATE), m[1], m[2], m[3], m[4], CAST(metadata AS JSON),
+       source_file, source_row, {RECEIVED}, rid IN (SELECT rid FROM _late)
+FROM (SELECT a.*, json_extract_string(a.metadata, ['project', 'department', 'endpoint', 'region']) AS m
+      FROM (SELECT *, rowid AS rid FROM raw.usage_events WHERE {{in_range}}) a
+      ANTI JOIN _rejects x ON x.rid = a.rid)
 """
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     wh.run(con, DDL)
+    # raw.usage_events of a warehouse landed before received_ts existed (see usage_files.DDL)
+    wh.run(con, "ALTER TABLE IF EXISTS raw.usage_events ADD COLUMN IF NOT EXISTS received_ts TIMESTAMPTZ")
 
 
 def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime) -> dict[str, int]:
     """Replace core.usage_events (and its quarantine rows) for event days [start, end]."""
     ensure_tables(con)
     params = {"start": start, "end": end}
+    in_range = IN_RANGE.format(start=start.isoformat(), end=end.isoformat())
     with wh.transaction(con):
-        wh.run(con, f"CREATE OR REPLACE TEMP TABLE _usage AS {CLASSIFY}", params)
+        wh.run(con, COPIES)
+        wh.run(con, REJECTS.format(in_range=in_range))
+        wh.run(con, LATE.format(in_range=in_range))
         wh.run(con, "DELETE FROM core.usage_events WHERE event_date BETWEEN $start AND $end", params)
         wh.run(con, "DELETE FROM core.quarantine WHERE source = ? AND partition_date BETWEEN ? AND ?",
                [SOURCE, start, end])
-        wh.run(con, """
-            INSERT INTO core.usage_events
-            SELECT u.event_id, 'inbox', u.customer_id, nullif(u.subscription_id, ''), u.meter_name, u.q, u.event_ts,
-                   u.event_date,
-                   CAST(u.metadata AS JSON)->>'project', CAST(u.metadata AS JSON)->>'department',
-                   CAST(u.metadata AS JSON)->>'endpoint', CAST(u.metadata AS JSON)->>'region',
-                   CAST(u.metadata AS JSON), u.source_file, u.source_row,
-                   coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at),
-                   EXISTS (SELECT 1 FROM core.invoices i
-                           WHERE i.subscription_id = u.subscription_id AND i.billing_reason <> 'subscription_create'
-                             AND u.event_ts >= i.period_start AND u.event_ts < i.period_end
-                             AND coalesce(TRY_CAST(u.received_at AS TIMESTAMPTZ), u.landed_at) >= i.finalized_at)
-                       AS is_late
-            FROM _usage u WHERE u.reason IS NULL
-            ORDER BY u.event_ts""")
-        wh.run(con, """
+        (accepted,), = wh.run(con, INSERT_ACCEPTED.format(in_range=in_range))
+        (quarantined,), = wh.run(con, """
             INSERT INTO core.quarantine
-            SELECT ?, coalesce(u.event_id, u.source_file || ':' || u.source_row), u.event_date, u.reason, u.detail,
-                   CAST(to_json(struct_pack(u.event_id, u.customer_id, u.subscription_id, u.meter_name, u.quantity,
-                                            u."timestamp", u.metadata, u.received_at)) AS VARCHAR), ?::TIMESTAMPTZ
-            FROM _usage u WHERE u.reason IS NOT NULL""", [SOURCE, now])
-        (records, accepted, late), = wh.run(
-            con, "SELECT count(*), count(*) FILTER (WHERE reason IS NULL), "
-                 "(SELECT count(*) FROM core.usage_events WHERE event_date BETWEEN $start AND $end AND is_late) "
-                 "FROM _usage", params)
-        wh.run(con, "DROP TABLE _usage")
-    return {"records": records, "accepted": accepted, "quarantined": records - accepted, "late": late}
+            SELECT ?, coalesce(event_id, source_file || ':' || source_row), event_date, reason, detail, record,
+                   ?::TIMESTAMPTZ
+            FROM _rejects""", [SOURCE, now])
+        (late,), = wh.run(con, "SELECT count(*) FROM _late WHERE rid NOT IN (SELECT rid FROM _rejects)")
+        for t in ("_copies", "_rejects", "_late"):
+            wh.run(con, f"DROP TABLE {t}")
+    return {"records": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "late": late}
