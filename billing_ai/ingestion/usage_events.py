@@ -20,7 +20,7 @@ from datetime import date, datetime
 import duckdb
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.usage_files import TS_TEXT
+from billing_ai.ingestion.usage_files import TS_TEXT, blank
 
 SOURCE = "usage_events"
 MAX_QUANTITY = 10**12
@@ -33,15 +33,28 @@ CREATE TABLE IF NOT EXISTS core.usage_events (
     metadata JSON, source_file VARCHAR, source_row BIGINT, landed_at TIMESTAMPTZ, is_late BOOLEAN NOT NULL)
 """
 
-# the raw rows of the range: their UTC event day, plus the same range on event_ts itself so that
-# zone maps skip the row groups of other days ({start}/{end}: ISO dates)
+# the raw rows whose UTC event day is in the range ({start}/{end}: ISO dates), as a range of event_ts
+# itself: the same rows, and zone maps skip the row groups of other days
 IN_RANGE = ("event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
-            "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC' "
-            "AND CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN DATE '{start}' AND DATE '{end}'")
+            "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC'")
+# the UTC day of event_ts, by arithmetic on the instant (no time zone conversion; the range holds no
+# infinite timestamp, the one case where it differs from CAST(event_ts AT TIME ZONE 'UTC' AS DATE))
+EVENT_DATE = "CAST(make_timestamp(epoch_us(event_ts)) AS DATE)"
 # raw keeps a typed timestamp without its text, and a received_at either as text or typed
 TIMESTAMP_TEXT = f"coalesce(\"timestamp\", strftime(event_ts, '{TS_TEXT}'))"
 RECEIVED_AT_TEXT = f"coalesce(received_at, strftime(received_ts, '{TS_TEXT}'))"
 RECEIVED = "coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), received_ts, landed_at)"
+# ... and a quantity either as text or typed, with its number of decimals
+QUANTITY_TEXT = ("coalesce(quantity, CASE quantity_scale " +
+                 " ".join(f"WHEN {s} THEN CAST(CAST(quantity_dec AS DECIMAL(38, {s})) AS VARCHAR)" for s in range(10)) +
+                 " END)")
+# the quantity's value as DECIMAL(38, 9), and as DOUBLE: TRY_CAST of its text. The DOUBLE only decides
+# the sign and "over MAX_QUANTITY"; a typed value's own conversion can be an ulp off the text's, which
+# only matters next to MAX_QUANTITY, where the text is parsed
+QUANTITY = "coalesce(quantity_dec, TRY_CAST(quantity AS DECIMAL(38, 9)))"
+QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DOUBLE) "
+                   f"WHEN quantity_dec BETWEEN {MAX_QUANTITY} - 1 AND {MAX_QUANTITY} + 1 "
+                   f"THEN TRY_CAST({QUANTITY_TEXT} AS DOUBLE) ELSE CAST(quantity_dec AS DOUBLE) END")
 
 # Every copy of an event_id but the first landed (landed_at, source_file, source_row), across all
 # partitions, with the first copy's key. Ranking all 10M rows by event_id is what is expensive, and
@@ -64,15 +77,15 @@ WHERE copy_no > 1
 # accepted rows are then written straight from raw, without this table of rejects.
 REJECTS = f"""
 CREATE OR REPLACE TEMP TABLE _rejects AS
-SELECT rid, event_id, source_file, source_row, event_date, reason, detail,
-       CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity,
+SELECT rid, event_id, source_file, source_row, {EVENT_DATE} AS event_date, reason, detail,
+       CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity := {QUANTITY_TEXT},
                                 "timestamp" := {TIMESTAMP_TEXT}, metadata,
                                 received_at := {RECEIVED_AT_TEXT})) AS VARCHAR) AS record
 FROM (
     SELECT t.*,
         CASE
-            WHEN nullif(trim(t.event_id), '') IS NULL OR nullif(trim(t.customer_id), '') IS NULL
-                 OR nullif(trim(t.meter_name), '') IS NULL OR t.quantity IS NULL THEN 'missing_field'
+            WHEN {blank("t.event_id")} OR {blank("t.customer_id")} OR {blank("t.meter_name")}
+                 OR (t.quantity IS NULL AND t.quantity_dec IS NULL) THEN 'missing_field'
             WHEN t.qd IS NULL OR isnan(t.qd) OR isinf(t.qd) THEN 'bad_quantity'
             WHEN t.qd < 0 THEN 'negative_quantity'
             WHEN t.qd > {MAX_QUANTITY} THEN 'huge_quantity'
@@ -85,8 +98,7 @@ FROM (
             WHEN c.rid IS NOT NULL THEN 'duplicate_of'
         END AS reason,
         c.first_copy AS detail
-    FROM (SELECT *, rowid AS rid, TRY_CAST(quantity AS DECIMAL(38, 9)) AS q, TRY_CAST(quantity AS DOUBLE) AS qd,
-                 CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS event_date
+    FROM (SELECT *, rowid AS rid, {QUANTITY} AS q, {QUANTITY_DOUBLE} AS qd
           FROM raw.usage_events WHERE {{in_range}}) t
     LEFT JOIN _copies c ON c.rid = t.rid)
 WHERE reason IS NOT NULL
@@ -108,8 +120,8 @@ WHERE i.billing_reason <> 'subscription_create'
 # (after the anti join: a rejected row's metadata is never parsed).
 INSERT_ACCEPTED = f"""
 INSERT INTO core.usage_events
-SELECT event_id, 'inbox', customer_id, nullif(subscription_id, ''), meter_name, TRY_CAST(quantity AS DECIMAL(38, 9)),
-       event_ts, CAST(event_ts AT TIME ZONE 'UTC' AS DATE), m[1], m[2], m[3], m[4], CAST(metadata AS JSON),
+SELECT event_id, 'inbox', customer_id, nullif(subscription_id, ''), meter_name, {QUANTITY},
+       event_ts, {EVENT_DATE}, m[1], m[2], m[3], m[4], CAST(metadata AS JSON),
        source_file, source_row, {RECEIVED}, rid IN (SELECT rid FROM _late)
 FROM (SELECT a.*, json_extract_string(a.metadata, ['project', 'department', 'endpoint', 'region']) AS m
       FROM (SELECT *, rowid AS rid FROM raw.usage_events WHERE {{in_range}}) a
@@ -120,7 +132,8 @@ FROM (SELECT a.*, json_extract_string(a.metadata, ['project', 'department', 'end
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     wh.run(con, DDL)
     # raw.usage_events of a warehouse landed before received_ts existed (see usage_files.DDL)
-    wh.run(con, "ALTER TABLE IF EXISTS raw.usage_events ADD COLUMN IF NOT EXISTS received_ts TIMESTAMPTZ")
+    for column in ("received_ts TIMESTAMPTZ", "quantity_dec DECIMAL(38, 9)", "quantity_scale UTINYINT"):
+        wh.run(con, f"ALTER TABLE IF EXISTS raw.usage_events ADD COLUMN IF NOT EXISTS {column}")
 
 
 def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime) -> dict[str, int]:

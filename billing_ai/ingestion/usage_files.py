@@ -57,29 +57,49 @@ TS_TEXT = "%Y-%m-%dT%H:%M:%S.%fZ"
 TS_SAFE = "BETWEEN TIMESTAMPTZ '1000-01-01 00:00:00+00' AND TIMESTAMPTZ '9999-12-31 23:59:59.999999+00'"
 # NDJSON files landed together: their lines are held in memory meanwhile
 NDJSON_BATCH_BYTES = 512 << 20
+# Parquet quantity types kept typed (as DECIMAL(38, 9)): their text is the value with a fixed number of
+# decimals (DOUBLE's shortest round-trip text, or a decimal of more than 9 decimals, is kept as text)
+_EXACT_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                   "UBIGINT", "UHUGEINT")
+_DECIMAL = re.compile(r"DECIMAL\(\d+,(\d+)\)")
 _DAY_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 DDL = """
 CREATE TABLE IF NOT EXISTS raw.usage_files (
     file_name VARCHAR, sha256 VARCHAR PRIMARY KEY, bytes BIGINT, format VARCHAR, file_day DATE,
     records BIGINT, landed BIGINT, quarantined BIGINT, status VARCHAR, error VARCHAR, landed_at TIMESTAMPTZ);
--- "timestamp" is NULL when event_ts holds it (its text is then strftime(event_ts, TS_TEXT)), and
--- received_ts holds a typed received_at (received_at is then NULL): at most one of the two is set
+-- Fields a typed source (Parquet) holds typed are kept typed, without their text:
+--   "timestamp" is NULL when event_ts holds it (its text is then strftime(event_ts, TS_TEXT));
+--   received_ts holds a typed received_at (received_at is then NULL);
+--   quantity_dec holds a decimal or integer quantity (quantity is then NULL), whose text is its
+--   value with quantity_scale decimals.
 CREATE TABLE IF NOT EXISTS raw.usage_events (
     event_id VARCHAR, customer_id VARCHAR, subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR,
     "timestamp" VARCHAR, metadata VARCHAR, received_at VARCHAR, event_ts TIMESTAMPTZ, source_file VARCHAR,
     source_sha256 VARCHAR,
-    source_row BIGINT, file_day DATE, landed_at TIMESTAMPTZ, received_ts TIMESTAMPTZ);
+    source_row BIGINT, file_day DATE, landed_at TIMESTAMPTZ, received_ts TIMESTAMPTZ, quantity_dec DECIMAL(38, 9),
+    quantity_scale UTINYINT);
 ALTER TABLE raw.usage_events ADD COLUMN IF NOT EXISTS received_ts TIMESTAMPTZ;
+ALTER TABLE raw.usage_events ADD COLUMN IF NOT EXISTS quantity_dec DECIMAL(38, 9);
+ALTER TABLE raw.usage_events ADD COLUMN IF NOT EXISTS quantity_scale UTINYINT;
 CREATE TABLE IF NOT EXISTS core.quarantine (
     source VARCHAR, record_key VARCHAR, partition_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR,
     quarantined_at TIMESTAMPTZ);
 """
 
+
+
+def blank(col: str) -> str:
+    """SQL: ``col IS NULL OR trim(col) = ''`` (empty, or only space separators). trim() decodes the whole
+    string, so a value starting with a printable ASCII character (not blank) skips it -- with CASE:
+    DuckDB evaluates both sides of an OR/AND, but only the chosen branch of a CASE."""
+    return f"CASE WHEN {col} IS NULL THEN true WHEN {col} >= '!' AND {col} < '~' THEN false ELSE trim({col}) = '' END"
+
+
 # The first failing check is the record's reason (columns: unreadable, ts (text), event_ts, metadata).
-REASON = """CASE
+REASON = f"""CASE
     WHEN unreadable IS NOT NULL THEN unreadable
-    WHEN ts IS NULL OR trim(ts) = '' THEN 'missing_timestamp'
+    WHEN {blank("ts")} THEN 'missing_timestamp'
     WHEN event_ts IS NULL THEN 'bad_timestamp'
     WHEN event_ts < CAST($window_start AS DATE) THEN 'timestamp_too_old'
     WHEN event_ts > $now::TIMESTAMPTZ + to_days($max_future_days) THEN 'timestamp_in_future'
@@ -150,7 +170,8 @@ def _ndjson_rows() -> str:
     return ("SELECT b.path, l.rowid - f.first_rowid + 1 AS source_row, l.line FROM _lines l "
             "JOIN (SELECT file_index, min(rowid) AS first_rowid FROM _lines GROUP BY 1) f USING (file_index) "
             "JOIN _batch b ON b.idx = l.file_index "
-            "WHERE l.line IS NOT NULL AND (starts_with(l.line, '{') OR trim(l.line) <> '')")
+            "WHERE CASE WHEN l.line IS NULL THEN false WHEN starts_with(l.line, '{') THEN true "
+            "ELSE trim(l.line) <> '' END")
 
 
 def _csv_rows(con: duckdb.DuckDBPyConnection, files: list[_File], rejects: str) -> str:
@@ -181,34 +202,32 @@ def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...]) -> st
 # --- the two statements of a landing: the records that pass (to raw), the others (to quarantine)
 
 def _ndjson_sql(rows: str) -> tuple[str, str]:
-    """Each line is parsed once (``json_extract`` of every field); the fields' texts and JSON types come
-    from those extracted values, with the same results as ``line->>'f'`` and ``json_type(line->'f')``
-    (the exact functions still settle whatever the cheap tests on the value's first character do not)."""
+    """Each line is parsed twice, whatever its number of fields: once for every field's text
+    (``json_extract_string``, i.e. ``line->>'f'``), once for every field's JSON type (``json_type``)."""
     paths = "[" + ", ".join(f"'{f}'" for f in FIELDS) + "]"
-    parsed = (f"SELECT path, source_row, line, valid, CASE WHEN valid THEN json_extract(line, {paths}) END AS v "
+    parsed = (f"SELECT path, source_row, line, valid, CASE WHEN valid THEN json_extract_string(line, {paths}) END AS s, "
+              f"CASE WHEN valid THEN json_type(line, {paths}) END AS t "
               f"FROM (SELECT *, json_valid(line) AS valid FROM ({rows}))")
 
     def text(i: int, f: str) -> str:
-        if f == "metadata":  # the object's JSON text, as CAST(line->'metadata' AS VARCHAR)
-            return f"v[{i}] AS metadata"
-        # a JSON string without escapes is its text between the quotes
-        return (f"CASE WHEN starts_with(v[{i}], '\"') AND NOT contains(v[{i}], '\\') THEN v[{i}][2:-2] "
-                f"ELSE json_extract_string(v[{i}], '$') END AS {'ts' if f == 'timestamp' else f}")
-
-    def wrong_type(i: int, f: str) -> str:
-        ok = JSON_TYPES[f]
-        cheap = " OR ".join([f"v[{i}] IS NULL"] + [f"starts_with(v[{i}], '{c}')" for t, c in
-                                                    (("VARCHAR", '"'), ("OBJECT", "{")) if t in ok])
-        return f"CASE WHEN {cheap} THEN false ELSE json_type(v[{i}]) NOT IN ('NULL', {', '.join(map(repr, ok))}) END"
+        if f == "metadata":  # the object's JSON text, as CAST(line->'metadata' AS VARCHAR) ('null' for null)
+            return f"CASE WHEN t[{i}] = 'NULL' THEN 'null' ELSE s[{i}] END AS metadata"
+        return f"s[{i}] AS {'ts' if f == 'timestamp' else f}"
 
     fields = ", ".join(text(i, f) for i, f in enumerate(FIELDS, 1))
-    wrong = " OR ".join(wrong_type(i, f) for i, f in enumerate(FIELDS, 1))
+    # (the types of a record with every field present as usual settle it at once)
+    usual = "[" + ", ".join(repr(JSON_TYPES[f][0]) for f in FIELDS) + "]"
+    wrong = f"CASE WHEN t = {usual} THEN false ELSE " + " OR ".join(
+        f"coalesce(t[{i}] NOT IN ('NULL', {', '.join(map(repr, JSON_TYPES[f]))}), false)"
+        for i, f in enumerate(FIELDS, 1)) + " END"
     records = (f"SELECT *, TRY_CAST(ts AS TIMESTAMPTZ) AS event_ts FROM ("
                f"SELECT path, source_row, line, {fields}, "
                f"CASE WHEN NOT valid THEN 'invalid_json' "
-               f"WHEN NOT starts_with(line, '{{') AND json_type(line) <> 'OBJECT' THEN 'not_an_object' "
+               f"WHEN CASE WHEN starts_with(line, '{{') THEN false ELSE json_type(line) <> 'OBJECT' END "
+               f"THEN 'not_an_object' "
                f"WHEN {wrong} THEN 'wrong_type' END AS unreadable FROM ({parsed}))")
-    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, quantity, ts, metadata, received_at, "
+    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, quantity, NULL AS quantity_dec, "
+              f"NULL AS quantity_scale, ts, metadata, received_at, "
               f"event_ts, NULL AS received_ts, source_row FROM ({records}) WHERE ({REASON}) IS NULL")
     quarantined = f"SELECT path, source_row, {REASON} AS reason, line AS record FROM ({records})"
     return landed, quarantined
@@ -216,37 +235,55 @@ def _ndjson_sql(rows: str) -> tuple[str, str]:
 
 def _csv_sql(rows: str) -> tuple[str, str]:
     records = f"SELECT *, TRY_CAST(ts AS TIMESTAMPTZ) AS event_ts, CAST(NULL AS VARCHAR) AS unreadable FROM ({rows})"
-    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, quantity, ts, metadata, received_at, "
+    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, quantity, NULL AS quantity_dec, "
+              f"NULL AS quantity_scale, ts, metadata, received_at, "
               f"event_ts, NULL AS received_ts, source_row FROM ({records}) WHERE ({REASON}) IS NULL")
     quarantined = f"SELECT path, source_row, {REASON} AS reason, {RECORD} AS record FROM ({records})"
     return landed, quarantined
 
 
 def _parquet_sql(rows: str, schema: tuple[tuple[str, str], ...]) -> tuple[str, str]:
-    """Typed values become the text they were always written as: ``CAST(x AS VARCHAR)``, metadata as
-    JSON, a timestamp as ``strftime(CAST(x AS TIMESTAMPTZ), TS_TEXT)`` whose value is that text cast
-    back -- but a timestamp inside the landing window skips the round trip (it gives back the same
-    instant, and passes the timestamp checks) and is stored typed; the text rules only run for the
-    others. A received_at whose round trip is exact is stored typed too."""
-    cols = {name for name, _ in schema}
+    """Typed values are judged as the text they were always written as (``CAST(x AS VARCHAR)``,
+    metadata as JSON, a timestamp as ``strftime(CAST(x AS TIMESTAMPTZ), TS_TEXT)``, its value that text
+    cast back), but landed typed where that text can be rebuilt from the value:
 
-    def typed(f: str) -> str:
+    * a timestamp inside the landing window skips the round trip (it gives back the same instant,
+      and passes the timestamp checks): event_ts alone holds it; the text rules run for the others;
+    * a received_at whose round trip is exact (TS_SAFE) is kept in received_ts;
+    * an integer or decimal quantity (up to 9 decimals) is kept in quantity_dec, with its decimals.
+    """
+    types = dict(schema)
+    q_type = types.get("quantity", "")
+    scale = 0 if q_type in _EXACT_INTEGERS else int(m.group(1)) if (m := _DECIMAL.fullmatch(q_type)) else None
+    typed_quantity = scale is not None and scale <= 9
+
+    def value(f: str, landing: bool) -> str:
         if f in ("timestamp", "received_at"):
             name = "ts_typed" if f == "timestamp" else "recv_typed"
-            return f'CAST("{f}" AS TIMESTAMPTZ) AS {name}' if f in cols else f"CAST(NULL AS TIMESTAMPTZ) AS {name}"
-        if f not in cols:
+            return f'CAST("{f}" AS TIMESTAMPTZ) AS {name}' if f in types else f"CAST(NULL AS TIMESTAMPTZ) AS {name}"
+        if f not in types:
             return f"CAST(NULL AS VARCHAR) AS {f}"
         if f == "metadata":
             return "CAST(to_json(metadata) AS VARCHAR) AS metadata"
+        if f == "quantity" and landing and typed_quantity:
+            return 'TRY_CAST(quantity AS DECIMAL(38, 9)) AS quantity_dec, quantity AS quantity_typed'
         return f'CAST("{f}" AS VARCHAR) AS {f}'
 
-    values = f"SELECT path, source_row, {', '.join(typed(f) for f in FIELDS)} FROM ({rows})"
+    def values(landing: bool) -> str:
+        return f"SELECT path, source_row, {', '.join(value(f, landing) for f in FIELDS)} FROM ({rows})"
+
+    if typed_quantity:  # as text only when too large for DECIMAL(38, 9)
+        quantity = ("CASE WHEN quantity_dec IS NULL THEN CAST(quantity_typed AS VARCHAR) END AS quantity, quantity_dec, "
+                    f"CASE WHEN quantity_dec IS NOT NULL THEN {scale} END AS quantity_scale")
+    else:
+        quantity = "quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, CAST(NULL AS UTINYINT) AS quantity_scale"
     checked = (f"SELECT *, CASE WHEN in_window THEN ts_typed ELSE TRY_CAST(ts AS TIMESTAMPTZ) END AS event_ts FROM ("
                f"SELECT *, CASE WHEN NOT in_window THEN strftime(ts_typed, '{TS_TEXT}') END AS ts, "
                f"CAST(NULL AS VARCHAR) AS unreadable FROM ("
                f"SELECT *, coalesce(ts_typed >= CAST($window_start AS DATE) AND "
-               f"ts_typed <= $now::TIMESTAMPTZ + to_days($max_future_days), false) AS in_window FROM ({values})))")
-    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, quantity, ts, metadata, "
+               f"ts_typed <= $now::TIMESTAMPTZ + to_days($max_future_days), false) AS in_window "
+               f"FROM ({values(landing=True)})))")
+    landed = (f"SELECT path, event_id, customer_id, subscription_id, meter_name, {quantity}, ts, metadata, "
               f"CASE WHEN NOT coalesce(recv_typed {TS_SAFE}, true) THEN strftime(recv_typed, '{TS_TEXT}') END "
               f"AS received_at, event_ts, CASE WHEN recv_typed {TS_SAFE} THEN recv_typed END AS received_ts, "
               f"source_row FROM ({checked}) "
@@ -255,15 +292,15 @@ def _parquet_sql(rows: str, schema: tuple[tuple[str, str], ...]) -> tuple[str, s
     # quarantined: every field as text, every check, as for a text source
     as_text = (f"SELECT *, TRY_CAST(ts AS TIMESTAMPTZ) AS event_ts FROM ("
                f"SELECT *, strftime(ts_typed, '{TS_TEXT}') AS ts, strftime(recv_typed, '{TS_TEXT}') AS received_at, "
-               f"CAST(NULL AS VARCHAR) AS unreadable FROM ({values}))")
+               f"CAST(NULL AS VARCHAR) AS unreadable FROM ({values(landing=False)}))")
     quarantined = f"SELECT path, source_row, {REASON} AS reason, {RECORD} AS record FROM ({as_text})"
     return landed, quarantined
 
 
-def _insert(con: duckdb.DuckDBPyConnection, files: list[_File], checks: dict) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, files: list[_File], checks: dict) -> dict[str, int]:
     """Land the records of files of one format that pass (raw.usage_events), and keep the others in
     ``_quarantined``: those are read again after the first statement, by an anti join on the row
-    number before any parsing, so only they are checked twice."""
+    number before any parsing, so only they are checked twice. Returns the records landed per file."""
     fmt = files[0].fmt
     if fmt == "ndjson":
         rows = _ndjson_rows()
@@ -277,20 +314,35 @@ def _insert(con: duckdb.DuckDBPyConnection, files: list[_File], checks: dict) ->
         to_sql = lambda r: _parquet_sql(r, schema)  # noqa: E731
     landed_sql, _ = to_sql(rows)
     wh.run(con, f"""
-        INSERT INTO raw.usage_events (event_id, customer_id, subscription_id, meter_name, quantity, "timestamp",
-                                      metadata, received_at, event_ts, received_ts, source_row,
-                                      source_file, source_sha256, file_day, landed_at)
+        INSERT INTO raw.usage_events (event_id, customer_id, subscription_id, meter_name, quantity, quantity_dec,
+                                      quantity_scale, "timestamp", metadata, received_at, event_ts, received_ts,
+                                      source_row, source_file, source_sha256, file_day, landed_at)
         SELECT l.* EXCLUDE (path), b.name, b.sha, b.file_day, $now::TIMESTAMPTZ
         FROM ({landed_sql}) l JOIN _batch b USING (path)""", checks)
-    if fmt == "csv":  # read the files again (their bad lines skipped, as the first read did)
-        rows = _csv_rows(con, files, "ignore_errors=true")
     shas = ", ".join(f"'{f.sha}'" for f in files)
-    not_landed = (f"SELECT * FROM ({rows}) ANTI JOIN ("
-                  f"SELECT b.path, r.source_row FROM raw.usage_events r JOIN _batch b "
-                  f"ON r.source_sha256 = b.sha AND r.source_file = b.name AND r.landed_at = $now::TIMESTAMPTZ "
-                  f"WHERE r.source_sha256 IN ({shas})) USING (path, source_row)")
+    landed_rows = (f"SELECT b.path, r.source_row, r.\"timestamp\" FROM raw.usage_events r JOIN _batch b "
+                   f"ON r.source_sha256 = b.sha AND r.source_file = b.name AND r.landed_at = $now::TIMESTAMPTZ "
+                   f"WHERE r.source_sha256 IN ({shas})")
+    tally = wh.run(con, f'SELECT path, count(*), count("timestamp") FROM ({landed_rows}) GROUP BY 1',
+                   {"now": checks["now"]})
+    landed = {path: n for path, n, _ in tally}
+    # the CSV files are read again with their bad lines skipped (as the first read did), but not stored twice
+    again = _csv_rows(con, files, "ignore_errors=true") if fmt == "csv" else rows
+    not_landed = f"SELECT * FROM ({again}) ANTI JOIN (SELECT path, source_row FROM ({landed_rows})) USING (path, source_row)"
+    if fmt == "parquet" and "timestamp" in {c for c, _ in schema} and not any(text for _, _, text in tally):
+        # Inside the window only oversized metadata (rare) is rejected, and telling it apart means
+        # converting every row's metadata to JSON again. None of the rows outside the window landed
+        # (a landed one would have kept its timestamp text): when they are as many as the records
+        # not landed, they are exactly those, and the only rows read again.
+        outside = ('NOT coalesce(CAST("timestamp" AS TIMESTAMPTZ) >= CAST($window_start AS DATE) AND '
+                   'CAST("timestamp" AS TIMESTAMPTZ) <= $now::TIMESTAMPTZ + to_days($max_future_days), false)')
+        counts = wh.run(con, f"SELECT path, count(*), count(*) FILTER (WHERE {outside}) FROM ({rows}) GROUP BY 1",
+                        {k: checks[k] for k in ("window_start", "now", "max_future_days")})
+        if all(n - landed.get(path, 0) == out for path, n, out in counts):
+            not_landed = f"SELECT * FROM ({rows}) WHERE {outside}"
     _, quarantined_sql = to_sql(not_landed)
     wh.run(con, f"INSERT INTO _quarantined {quarantined_sql}", checks)
+    return landed
 
 
 def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, window_start: date,
@@ -313,8 +365,8 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
             CREATE TEMP TABLE _lines AS
             SELECT file_index, line FROM read_csv([{paths}], columns={{'line': 'VARCHAR'}}, header=false,
                                                   delim='\x1f', quote='', escape='', auto_detect=false, {REJECTS})""")
-    _insert(con, files, checks)
-    counts = {str(f.path): [0, 0] for f in files}
+    landed = _insert(con, files, checks)
+    counts = {str(f.path): [landed.get(str(f.path), 0), 0] for f in files}
     if files[0].fmt != "parquet" and wh.run(con, "SELECT 1 FROM duckdb_tables() WHERE table_name = '_rejects'"):
         # lines the CSV reader rejected (bad encoding, wrong column count)
         wh.run(con, """
@@ -333,10 +385,6 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
         FROM _quarantined q JOIN _batch b USING (path)""", [SOURCE, now])
     for path, n in wh.run(con, "SELECT path, count(*) FROM _quarantined GROUP BY 1"):
         counts[path][1] += n
-    for path, n in wh.run(con, """
-            SELECT b.path, count(*) FROM raw.usage_events r JOIN _batch b
-            ON r.source_sha256 = b.sha AND r.source_file = b.name AND r.landed_at = ?::TIMESTAMPTZ GROUP BY 1""", [now]):
-        counts[path][0] = n
     return {Path(p): (landed, quarantined) for p, (landed, quarantined) in counts.items()}
 
 
