@@ -68,9 +68,9 @@ DDL = """
 CREATE TABLE IF NOT EXISTS raw.usage_files (
     file_name VARCHAR, sha256 VARCHAR PRIMARY KEY, bytes BIGINT, format VARCHAR, file_day DATE,
     records BIGINT, landed BIGINT, quarantined BIGINT, status VARCHAR, error VARCHAR, landed_at TIMESTAMPTZ);
--- Fields a typed source (Parquet) holds typed are kept typed, without their text:
---   "timestamp" is NULL when event_ts holds it (its text is then strftime(event_ts, TS_TEXT));
---   received_ts holds a typed received_at (received_at is then NULL);
+-- Fields a typed source (Parquet) holds typed are kept typed, without their text (no semicolons here):
+--   "timestamp" is NULL when event_ts holds it (its text is then strftime(event_ts, TS_TEXT)),
+--   received_ts holds a typed received_at (received_at is then NULL),
 --   quantity_dec holds a decimal or integer quantity (quantity is then NULL), whose text is its
 --   value with quantity_scale decimals.
 CREATE TABLE IF NOT EXISTS raw.usage_events (
