@@ -11,6 +11,12 @@ when the record has one, else the time its file was landed.
 
 A range is replaced inside one transaction, so a replay gives the same rows
 and a crash leaves the previous contents.
+
+Built for tens of millions of events: the few special rows are found first, each by one pass over
+raw that keeps only them in a small temp table (``_copies``: the later copies of repeated event
+ids; ``_rejects``: the range's rows that fail validation, with their quarantine record; ``_late``:
+the range's late events), then the accepted rows are written straight from raw, in no particular
+order, by one ``INSERT`` that excludes the rejects and flags the late ones.
 """
 
 from __future__ import annotations
@@ -94,7 +100,8 @@ FROM (
             WHEN t.customer_id NOT IN (SELECT customer_id FROM core.customers) THEN 'unknown_customer'
             WHEN nullif(t.subscription_id, '') IS NOT NULL AND NOT EXISTS (
                  SELECT 1 FROM core.subscriptions s
-                 WHERE s.subscription_id = t.subscription_id AND s.customer_id = t.customer_id) THEN 'unknown_subscription'
+                 WHERE s.subscription_id = t.subscription_id AND s.customer_id = t.customer_id)
+                 THEN 'unknown_subscription'
             WHEN c.rid IS NOT NULL THEN 'duplicate_of'
         END AS reason,
         c.first_copy AS detail
@@ -131,7 +138,7 @@ FROM (SELECT a.*, json_extract_string(a.metadata, ['project', 'department', 'end
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     wh.run(con, DDL)
-    # raw.usage_events of a warehouse landed before received_ts existed (see usage_files.DDL)
+    # raw.usage_events of a warehouse landed before raw kept typed values (see usage_files.DDL)
     for column in ("received_ts TIMESTAMPTZ", "quantity_dec DECIMAL(38, 9)", "quantity_scale UTINYINT"):
         wh.run(con, f"ALTER TABLE IF EXISTS raw.usage_events ADD COLUMN IF NOT EXISTS {column}")
 

@@ -8,19 +8,23 @@ either landed in ``raw.usage_events`` or quarantined with its reason
 pipeline covers); a file that cannot be read at all is recorded as failed and
 the others go on.
 
-How a file is landed (one transaction per file), built for files of millions of records:
+How files are landed, built for millions of records (see ``land_inbox``): new files are landed in
+batches (Parquet files of one schema; NDJSON files up to NDJSON_BATCH_BYTES; CSV files), one
+transaction per batch, the ledger exact per file; if a batch fails, its files are landed one by one
+so that only the unreadable one fails. Per batch:
 
-1. one ``INSERT INTO raw.usage_events`` straight from the file, the checks inline, keeping the
-   records that pass: the data is read once and written once, never staged in a temp table;
-2. one ``INSERT INTO core.quarantine`` of the records the first statement did not land (an anti
-   join on ``source_row`` against what it just landed): only those few are checked again and get
-   their quarantine ``record``.
+1. one ``INSERT INTO raw.usage_events`` straight from the files, the checks inline, of the records
+   that pass: the data is read once and written once, never staged whole in a temp table (NDJSON
+   lines excepted, see ``_land``), and one large append is much cheaper for DuckDB than one per
+   file (it reads the files in parallel, and leaves no partial row groups for the checkpoint to
+   merge and rewrite);
+2. one ``INSERT`` of the records the first statement did not land (an anti join on the row number
+   against what it just landed): only those few are parsed and checked again, and get their
+   quarantine ``record``.
 
 Raw keeps every field as the text the record carried, except what a typed source (Parquet) makes
-cheap to keep typed: a timestamp ``event_ts`` already holds is not also stored as text (its text is
-``strftime(event_ts, TS_TEXT)``, rebuilt when needed), and a typed ``received_at`` goes to
-``received_ts``. Either way the build sees exactly the values (and texts) it would have seen had
-everything been stored as text.
+cheap to keep typed (see DDL): the build sees exactly the values, and the texts, it would have seen
+had everything been stored as text.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -88,7 +93,6 @@ CREATE TABLE IF NOT EXISTS core.quarantine (
 """
 
 
-
 def blank(col: str) -> str:
     """SQL: ``col IS NULL OR trim(col) = ''`` (empty, or only space separators). trim() decodes the whole
     string, so a value starting with a printable ASCII character (not blank) skips it -- with CASE:
@@ -96,14 +100,18 @@ def blank(col: str) -> str:
     return f"CASE WHEN {col} IS NULL THEN true WHEN {col} >= '!' AND {col} < '~' THEN false ELSE trim({col}) = '' END"
 
 
-# The first failing check is the record's reason (columns: unreadable, ts (text), event_ts, metadata).
+# The first failing check is the record's reason (columns: unreadable, ts (text), event_ts, metadata):
+# unreadable, missing_timestamp, bad_timestamp (NULL event_ts), timestamp_too_old (before the window),
+# timestamp_in_future, oversized_metadata. (A record inside the window is told apart first: the
+# planner inlines event_ts, so each test of it parses the text again.)
 REASON = f"""CASE
     WHEN unreadable IS NOT NULL THEN unreadable
     WHEN {blank("ts")} THEN 'missing_timestamp'
+    WHEN event_ts BETWEEN CAST($window_start AS DATE) AND $now::TIMESTAMPTZ + to_days($max_future_days)
+        THEN CASE WHEN strlen(metadata) > $max_metadata THEN 'oversized_metadata' END
     WHEN event_ts IS NULL THEN 'bad_timestamp'
     WHEN event_ts < CAST($window_start AS DATE) THEN 'timestamp_too_old'
-    WHEN event_ts > $now::TIMESTAMPTZ + to_days($max_future_days) THEN 'timestamp_in_future'
-    WHEN strlen(metadata) > $max_metadata THEN 'oversized_metadata'
+    ELSE 'timestamp_in_future'
 END"""
 # the quarantine record of a record that is not a line of text: its fields as text, as JSON
 RECORD = ("CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity, "
@@ -195,7 +203,8 @@ def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...]) -> st
         return (f"SELECT filename AS path, file_row_number + 1 AS source_row{cols} "
                 f"FROM read_parquet([{paths}], filename=true, file_row_number=true)")
     return " UNION ALL ".join(  # the files have columns of those names: number the rows ourselves
-        f"SELECT '{_quote(f.path)}' AS path, row_number() OVER () AS source_row{cols} FROM read_parquet('{_quote(f.path)}')"
+        f"SELECT '{_quote(f.path)}' AS path, row_number() OVER () AS source_row{cols} "
+        f"FROM read_parquet('{_quote(f.path)}')"
         for f in files)
 
 
@@ -205,7 +214,8 @@ def _ndjson_sql(rows: str) -> tuple[str, str]:
     """Each line is parsed twice, whatever its number of fields: once for every field's text
     (``json_extract_string``, i.e. ``line->>'f'``), once for every field's JSON type (``json_type``)."""
     paths = "[" + ", ".join(f"'{f}'" for f in FIELDS) + "]"
-    parsed = (f"SELECT path, source_row, line, valid, CASE WHEN valid THEN json_extract_string(line, {paths}) END AS s, "
+    parsed = (f"SELECT path, source_row, line, valid, "
+              f"CASE WHEN valid THEN json_extract_string(line, {paths}) END AS s, "
               f"CASE WHEN valid THEN json_type(line, {paths}) END AS t "
               f"FROM (SELECT *, json_valid(line) AS valid FROM ({rows}))")
 
@@ -273,8 +283,8 @@ def _parquet_sql(rows: str, schema: tuple[tuple[str, str], ...]) -> tuple[str, s
         return f"SELECT path, source_row, {', '.join(value(f, landing) for f in FIELDS)} FROM ({rows})"
 
     if typed_quantity:  # as text only when too large for DECIMAL(38, 9)
-        quantity = ("CASE WHEN quantity_dec IS NULL THEN CAST(quantity_typed AS VARCHAR) END AS quantity, quantity_dec, "
-                    f"CASE WHEN quantity_dec IS NOT NULL THEN {scale} END AS quantity_scale")
+        quantity = ("CASE WHEN quantity_dec IS NULL THEN CAST(quantity_typed AS VARCHAR) END AS quantity, "
+                    f"quantity_dec, CASE WHEN quantity_dec IS NOT NULL THEN {scale} END AS quantity_scale")
     else:
         quantity = "quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, CAST(NULL AS UTINYINT) AS quantity_scale"
     checked = (f"SELECT *, CASE WHEN in_window THEN ts_typed ELSE TRY_CAST(ts AS TIMESTAMPTZ) END AS event_ts FROM ("
@@ -287,8 +297,8 @@ def _parquet_sql(rows: str, schema: tuple[tuple[str, str], ...]) -> tuple[str, s
               f"CASE WHEN NOT coalesce(recv_typed {TS_SAFE}, true) THEN strftime(recv_typed, '{TS_TEXT}') END "
               f"AS received_at, event_ts, CASE WHEN recv_typed {TS_SAFE} THEN recv_typed END AS received_ts, "
               f"source_row FROM ({checked}) "
-              f"WHERE (CASE WHEN in_window THEN CASE WHEN strlen(metadata) > $max_metadata THEN 'oversized_metadata' END "
-              f"ELSE {REASON} END) IS NULL")
+              f"WHERE (CASE WHEN in_window THEN "
+              f"CASE WHEN strlen(metadata) > $max_metadata THEN 'oversized_metadata' END ELSE {REASON} END) IS NULL")
     # quarantined: every field as text, every check, as for a text source
     as_text = (f"SELECT *, TRY_CAST(ts AS TIMESTAMPTZ) AS event_ts FROM ("
                f"SELECT *, strftime(ts_typed, '{TS_TEXT}') AS ts, strftime(recv_typed, '{TS_TEXT}') AS received_at, "
@@ -311,7 +321,7 @@ def _insert(con: duckdb.DuckDBPyConnection, files: list[_File], checks: dict) ->
     else:
         schema = _describe(con, files[0])
         rows = _parquet_rows(files, schema)
-        to_sql = lambda r: _parquet_sql(r, schema)  # noqa: E731
+        to_sql = partial(_parquet_sql, schema=schema)
     landed_sql, _ = to_sql(rows)
     wh.run(con, f"""
         INSERT INTO raw.usage_events (event_id, customer_id, subscription_id, meter_name, quantity, quantity_dec,
@@ -328,7 +338,8 @@ def _insert(con: duckdb.DuckDBPyConnection, files: list[_File], checks: dict) ->
     landed = {path: n for path, n, _ in tally}
     # the CSV files are read again with their bad lines skipped (as the first read did), but not stored twice
     again = _csv_rows(con, files, "ignore_errors=true") if fmt == "csv" else rows
-    not_landed = f"SELECT * FROM ({again}) ANTI JOIN (SELECT path, source_row FROM ({landed_rows})) USING (path, source_row)"
+    not_landed = (f"SELECT * FROM ({again}) "
+                  f"ANTI JOIN (SELECT path, source_row FROM ({landed_rows})) USING (path, source_row)")
     if fmt == "parquet" and "timestamp" in {c for c, _ in schema} and not any(text for _, _, text in tally):
         # Inside the window only oversized metadata (rare) is rejected, and telling it apart means
         # converting every row's metadata to JSON again. None of the rows outside the window landed
@@ -372,7 +383,8 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
         wh.run(con, """
             CREATE TEMP TABLE _rejected_lines AS
             SELECT b.path, b.name || ':L' || r.line AS record_key,
-                   CASE r.error_type WHEN 'INVALID ENCODING' THEN 'invalid_encoding' ELSE 'malformed_line' END AS reason,
+                   CASE r.error_type WHEN 'INVALID ENCODING' THEN 'invalid_encoding' ELSE 'malformed_line' END
+                       AS reason,
                    split_part(r.error_message, chr(10), 1) AS detail, r.csv_line AS record
             FROM _rejects r JOIN _rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path""")
         wh.run(con, """INSERT INTO core.quarantine SELECT ?, record_key, NULL, reason, detail, record, ?::TIMESTAMPTZ
@@ -454,12 +466,7 @@ def _batches(con: duckdb.DuckDBPyConnection, files: list[_File]) -> list[list[_F
 
 
 def land_inbox(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetime, window_start: date) -> list[FileResult]:
-    """Land every file of the inbox that the ledger has not seen (by content hash).
-
-    The new files are landed in a few batches (one per format), each by one statement and in one
-    transaction: a single large append is much cheaper for DuckDB than one per file (it reads the
-    files in parallel, and leaves no partial row groups for the checkpoint to merge and rewrite).
-    """
+    """Land every file of the inbox that the ledger has not seen (by content hash), in batches."""
     ensure_tables(con)
     seen = {r[0] for r in wh.run(con, "SELECT sha256 FROM raw.usage_files")}
     new = []
