@@ -96,8 +96,7 @@ def sandbox_serve(port: int, data_dir: Path, rate_limit: float | None) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 def dev(port: int, sandbox_port: int, data_dir: Path) -> None:
     """Sandbox + Dagster UI with every asset visible and materializable."""
-    from billing_ai.runner import SANDBOX_PII_KEY, Layout, ensure_world
-    from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
+    from billing_ai.runner import Layout, ensure_world, sandbox_settings_env
     from billing_ai.sandbox.world import load_config
 
     layout = Layout(data_dir)
@@ -107,12 +106,8 @@ def dev(port: int, sandbox_port: int, data_dir: Path) -> None:
     home = layout.dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "STRIPE_API_BASE": f"http://127.0.0.1:{sandbox_port}",
-           "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
-           "STRIPE_REQUESTS_PER_SECOND": "300", "BILLING_AI_AS_OF": cfg.as_of,
-           "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
-           "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),
-           "BILLING_AI_PII_KEY": os.environ.get("BILLING_AI_PII_KEY", SANDBOX_PII_KEY)}
+    env = {**os.environ, "DAGSTER_HOME": str(home),
+           **sandbox_settings_env(layout, cfg.as_of, f"http://127.0.0.1:{sandbox_port}")}
     bin_dir = Path(sys.executable).parent
     sandbox_proc = subprocess.Popen([str(bin_dir / "billing-ai"), "sandbox", "serve", "--port", str(sandbox_port),
                                      "--data-dir", str(data_dir)], env=env)

@@ -25,25 +25,28 @@ published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]
 
+# a failed run is retried (run_retries in dagster.yaml); writes are idempotent, so retries never double-count
+RUN_RETRIES = {"dagster/max_retries": "2"}
+
 # One job per partitions definition: a job over mixed partitions does not resolve.
 platform_sync_job = dg.define_asset_job(
     "platform_sync_job",
     selection=dg.AssetSelection.assets(*PLATFORM_ASSETS, *PUBLISH_ASSETS),
     description="Snapshot the billing platform and land new usage files (unpartitioned).",
-    tags={"dagster/max_retries": "2"},
+    tags=RUN_RETRIES,
 )
 usage_daily_job = dg.define_asset_job(
     "usage_daily_job",
     selection=dg.AssetSelection.assets(*USAGE_ASSETS),
     description="Validate and deduplicate usage events by event day (a date range runs as one run).",
-    tags={"dagster/max_retries": "2"},
+    tags=RUN_RETRIES,
 )
 
 analytics_job = dg.define_asset_job(
     "analytics_job",
     selection=dg.AssetSelection.assets(*ANALYTICS_ASSETS, *PUBLISH_ASSETS),
     description="Rating, tier positions and invoice reconciliation, then publish the read-only snapshot.",
-    tags={"dagster/max_retries": "2"},
+    tags=RUN_RETRIES,
 )
 
 evaluation_job = dg.define_asset_job(

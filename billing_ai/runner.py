@@ -13,7 +13,6 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -66,21 +65,27 @@ def ensure_world(layout: Layout, config: WorldConfig, say: Callable[[str], None]
     return config
 
 
+def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[str, str]:
+    """The pipeline settings (env vars) that point it at the sandbox and its world.
+    Keys and the PII key already set in the environment win over the sandbox defaults."""
+    return {
+        "STRIPE_API_BASE": sandbox_url,
+        "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
+        "STRIPE_REQUESTS_PER_SECOND": os.environ.get("STRIPE_REQUESTS_PER_SECOND", "300"),
+        "BILLING_AI_AS_OF": as_of,
+        "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
+        "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),
+        "BILLING_AI_PII_KEY": os.environ.get("BILLING_AI_PII_KEY", SANDBOX_PII_KEY),
+    }
+
+
 @contextmanager
 def sandbox_environment(layout: Layout, config: WorldConfig) -> Iterator[str]:
     """Start the sandbox and point the pipeline's settings at it (env vars)."""
     from billing_ai.sandbox.server import SandboxServer
 
     with SandboxServer(layout.world.world_dir, layout.sandbox_state) as server:
-        env = {
-            "STRIPE_API_BASE": server.url,
-            "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
-            "STRIPE_REQUESTS_PER_SECOND": os.environ.get("STRIPE_REQUESTS_PER_SECOND", "300"),
-            "BILLING_AI_AS_OF": config.as_of,
-            "BILLING_AI_INBOX": str(layout.world.inbox_dir),
-            "BILLING_AI_WAREHOUSE": str(layout.warehouse),
-            "BILLING_AI_PII_KEY": os.environ.get("BILLING_AI_PII_KEY", SANDBOX_PII_KEY),
-        }
+        env = sandbox_settings_env(layout, config.as_of, server.url)
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -193,7 +198,3 @@ def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Cal
     for asset, figures in evaluation.items():
         say(f"  {asset}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
     say(f"\ndone in {time.monotonic() - t0:.1f}s")
-
-
-def world_span(config: WorldConfig) -> tuple[str, str]:
-    return config.start_dt().date().isoformat(), (config.as_of_dt() - timedelta(seconds=1)).date().isoformat()
