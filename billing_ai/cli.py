@@ -119,5 +119,174 @@ def dev(port: int, sandbox_port: int, data_dir: Path) -> None:
         sandbox_proc.wait(timeout=10)
 
 
+# ---- proposed actions ---------------------------------------------------------------------------
+def _ledger(path: str | None):
+    from billing_ai.actions.ledger import Ledger
+
+    return Ledger(path)
+
+
+def _safe(text: object) -> str:
+    """Untrusted text (rationales may quote customer strings) shown as text: no terminal control sequences."""
+    import re
+
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def _identity(value: str | None) -> str:
+    import getpass
+
+    return value or os.environ.get("BILLING_AI_USER") or getpass.getuser()
+
+
+LEDGER_OPTION = click.option("--ledger", "ledger_path", default=None,
+                             help="Action ledger (default: $BILLING_AI_LEDGER or data/ops/actions.sqlite).")
+
+
+@main.group()
+def actions() -> None:
+    """Review, approve, reject and push proposed actions."""
+
+
+@actions.command("list")
+@click.option("--status", default=None, help="e.g. proposed, approved, succeeded")
+@click.option("--kind", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@LEDGER_OPTION
+def actions_list(status: str | None, kind: str | None, limit: int, ledger_path: str | None) -> None:
+    """List proposals (newest last)."""
+    from billing_ai.money import format_minor
+
+    rows = _ledger(ledger_path).actions(status=status, kind=kind)
+    click.echo(f"{len(rows)} action(s)" + (f", showing the last {limit}" if len(rows) > limit else ""))
+    for r in rows[-limit:]:
+        amount = format_minor(r["amount"], r["currency"]) if r["amount"] is not None else ""
+        click.echo(f"{r['action_id']}  {r['status']:<18} {r['kind']:<24} {r['target_id']:<22} {amount:>14}  "
+                   f"{_safe(r['rationale'])[:70]}")
+
+
+@actions.command("show")
+@click.argument("action_id")
+@LEDGER_OPTION
+def actions_show(action_id: str, ledger_path: str | None) -> None:
+    """A proposal with its evidence, approvals, push attempts and audit rows."""
+    import json
+
+    ledger = _ledger(ledger_path)
+    r = ledger.get(action_id)
+    click.echo(f"{r['action_id']}  [{r['status']}]  {r['kind']} -> {r['platform']} {r['target_type']} {r['target_id']}")
+    click.echo(f"proposed by {_safe(r['proposer'])} at {r['created_at']}, expires {r['expires_at']}, "
+               f"confidence {r['confidence']:.2f}, approvals required {r['required_approvals']}")
+    if r["status_reason"]:
+        click.echo(f"reason: {_safe(r['status_reason'])}")
+    click.echo("\nparams (what would be executed):\n  " + _safe(json.dumps(json.loads(r["params"]), indent=2,
+                                                                            ensure_ascii=False)).replace("\n", "\n  "))
+    click.echo("\nrationale (text for the reviewer; never executed):\n  " + _safe(r["rationale"]))
+    click.echo("\nevidence:\n  " + _safe(json.dumps(json.loads(r["evidence"]), indent=2,
+                                                     ensure_ascii=False)).replace("\n", "\n  "))
+    hist = ledger.history(action_id)
+    click.echo("\napprovals:")
+    for a in hist["approvals"] or [{"approver": "-", "decision": "none yet", "method": "", "reason": "",
+                                     "recorded_at": ""}]:
+        click.echo(f"  {a['recorded_at']}  {_safe(a['approver'])} {a['decision']} ({a['method']}): {_safe(a['reason'])}")
+    click.echo("attempts:")
+    for a in hist["attempts"]:
+        click.echo(f"  #{a['attempt']} {a['idempotency_key']} -> {a['outcome']} {a['platform_object'] or ''} "
+                   f"{_safe(a['error'] or '')}")
+    click.echo("audit:")
+    for a in hist["audit_log"]:
+        click.echo(f"  #{a['seq']} {a['recorded_at']} {_safe(a['actor'])} {a['event']}")
+
+
+def _decide(action_ids: tuple[str, ...], decision: str, who: str | None, reason: str, ledger_path: str | None) -> None:
+    from billing_ai.actions.ledger import ApprovalRefused, UnknownAction
+    from billing_ai.actions.policy import Policy
+    from billing_ai.clock import Clock
+
+    ledger, policy = _ledger(ledger_path), Policy.load()
+    now = Clock.from_setting(os.environ.get("BILLING_AI_AS_OF") or ledger.meta().get("clock", "")).now()
+    failed = False
+    for aid in action_ids:
+        try:
+            status = ledger.decide(aid, _identity(who), decision, reason, "cli", policy, now)
+            click.echo(f"{aid}: {status}")
+        except (ApprovalRefused, UnknownAction) as e:
+            failed = True
+            click.echo(f"{aid}: REFUSED: {_safe(e)}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@actions.command("approve")
+@click.argument("action_ids", nargs=-1, required=True)
+@click.option("--as", "who", default=None, help="Your approver name (default: $BILLING_AI_USER, then your login).")
+@click.option("--reason", required=True)
+@LEDGER_OPTION
+def actions_approve(action_ids: tuple[str, ...], who: str | None, reason: str, ledger_path: str | None) -> None:
+    """Approve actions (works while a run writes the warehouse)."""
+    _decide(action_ids, "approve", who, reason, ledger_path)
+
+
+@actions.command("reject")
+@click.argument("action_ids", nargs=-1, required=True)
+@click.option("--as", "who", default=None)
+@click.option("--reason", required=True)
+@LEDGER_OPTION
+def actions_reject(action_ids: tuple[str, ...], who: str | None, reason: str, ledger_path: str | None) -> None:
+    """Reject actions with a reason."""
+    _decide(action_ids, "reject", who, reason, ledger_path)
+
+
+@actions.command("push")
+@click.argument("action_id")
+@LEDGER_OPTION
+def actions_push(action_id: str, ledger_path: str | None) -> None:
+    """Push one approved action now (what the sensor's run does), using the environment's settings."""
+    from billing_ai.actions.policy import Policy
+    from billing_ai.actions.push import Executor, Sinks, StripeWriter, push_action
+
+    executor = Executor(StripeWriter(os.environ.get("STRIPE_PUSH_API_KEY", ""),
+                                     os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")),
+                        Sinks(case_url=os.environ.get("BILLING_AI_CASE_URL", ""),
+                              chat_webhook_url=os.environ.get("BILLING_AI_CHAT_WEBHOOK_URL", ""),
+                              outbox_dir=Path(os.environ.get("BILLING_AI_OUTBOX", "data/outbox"))))
+    row = push_action(_ledger(ledger_path), executor, Policy.load(), action_id, actor=f"cli:{_identity(None)}")
+    click.echo(f"{action_id}: {row['status']} {row['platform_object'] or ''} {_safe(row['status_reason'] or '')}")
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+@LEDGER_OPTION
+@click.option("--heads", type=click.Path(path_type=Path), default=None,
+              help="Chain heads recorded after each run (default: beside the ledger, audit_heads.jsonl).")
+@click.option("--warehouse", type=click.Path(path_type=Path), default=None,
+              help="Also verify this warehouse's ops.audit_log (reads its published snapshot).")
+def audit_verify(ledger_path: str | None, heads: Path | None, warehouse: Path | None) -> None:
+    """Check the hash chain; name the first broken row. Exit 1 if broken."""
+    from billing_ai.actions import audit as chain
+    from billing_ai.actions.ledger import read_heads
+
+    ledger = _ledger(ledger_path)
+    heads = heads or ledger.path.with_name("audit_heads.jsonl")
+    verdicts = [("ledger", ledger.verify(heads))]
+    if warehouse:
+        from billing_ai import warehouse as wh
+
+        con = wh.connect_published(warehouse)
+        try:
+            rows = con.sql("SELECT * FROM ops.audit_log ORDER BY seq").pl().iter_rows(named=True)
+            verdicts.append(("warehouse ops.audit_log", chain.verify(rows, read_heads(heads))))
+        finally:
+            con.close()
+    for name, v in verdicts:
+        click.echo(f"{name}: {v}")
+    if not all(v.ok for _, v in verdicts):
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

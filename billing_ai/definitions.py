@@ -14,13 +14,15 @@ from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
 from billing_ai.marts.usage import usage_bucket_assets
+from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
+                                      ops_sync_on_ledger_change, ops_tables, push_action_job, push_approved_actions)
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
-ANALYTICS_ASSETS = [rating_marts]
+ANALYTICS_ASSETS = [rating_marts, *ACTION_ASSETS]
 published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]
@@ -45,8 +47,14 @@ usage_daily_job = dg.define_asset_job(
 analytics_job = dg.define_asset_job(
     "analytics_job",
     selection=dg.AssetSelection.assets(*ANALYTICS_ASSETS, *PUBLISH_ASSETS),
-    description="Rating, tier positions and invoice reconciliation, then publish the read-only snapshot.",
+    description="Rating, tier positions, invoice reconciliation and the proposals it makes, then publish.",
     tags=RUN_RETRIES,
+)
+
+ops_sync_job = dg.define_asset_job(
+    "ops_sync_job",
+    selection=dg.AssetSelection.assets(ops_tables, *PUBLISH_ASSETS),
+    description="Take approvals and push outcomes from the action ledger into the ops tables, then publish.",
 )
 
 evaluation_job = dg.define_asset_job(
@@ -103,6 +111,17 @@ def default_resources() -> dict:
             api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
         ),
+        "actions": ActionsResource(
+            ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),
+            heads_file=os.environ.get("BILLING_AI_AUDIT_HEADS", "data/ops/audit_heads.jsonl"),
+        ),
+        "push": PushResource(
+            stripe_api_key=dg.EnvVar("STRIPE_PUSH_API_KEY"),
+            stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
+            case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
+            chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
+            outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
+        ),
         "truth": GroundTruth(path=os.environ.get("BILLING_AI_TRUTH_DIR", "data/world/truth")),
         "settings": PipelineSettings(
             as_of=os.environ.get("BILLING_AI_AS_OF", ""),
@@ -114,8 +133,9 @@ def default_resources() -> dict:
 
 defs = dg.Definitions(
     assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *PUBLISH_ASSETS, *EVALUATION_ASSETS],
-    jobs=[platform_sync_job, usage_daily_job, analytics_job, evaluation_job],
+    jobs=[platform_sync_job, usage_daily_job, analytics_job, ops_sync_job, approve_actions_job, push_action_job,
+          evaluation_job],
     schedules=[nightly_schedule],
-    sensors=[usage_after_platform_sync, analytics_after_usage],
+    sensors=[usage_after_platform_sync, analytics_after_usage, push_approved_actions, ops_sync_on_ledger_change],
     resources=default_resources(),
 )

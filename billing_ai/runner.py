@@ -43,6 +43,10 @@ class Layout:
         return self.data_dir / "warehouse.duckdb"
 
     @property
+    def ops_dir(self) -> Path:
+        return self.data_dir / "ops"
+
+    @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
 
@@ -55,7 +59,8 @@ def ensure_world(layout: Layout, config: WorldConfig, say: Callable[[str], None]
     if stored_fingerprint(paths.world_dir) == config.fingerprint():
         say(f"world: reusing {paths.world_dir} (seed {config.seed})")
         return config
-    for d in (paths.world_dir, paths.inbox_dir, layout.sandbox_state):
+    # the action ledger and outbox refer to the old world's objects: they go with it
+    for d in (paths.world_dir, paths.inbox_dir, layout.sandbox_state, layout.ops_dir, layout.data_dir / "outbox"):
         shutil.rmtree(d, ignore_errors=True)
     layout.warehouse.unlink(missing_ok=True)
     t = time.monotonic()
@@ -76,6 +81,12 @@ def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[s
         "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
         "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),
         "BILLING_AI_PII_KEY": os.environ.get("BILLING_AI_PII_KEY", SANDBOX_PII_KEY),
+        "STRIPE_PUSH_API_KEY": os.environ.get("STRIPE_PUSH_API_KEY", DEFAULT_SECRET_KEY),
+        "BILLING_AI_LEDGER": str((layout.ops_dir / "actions.sqlite").resolve()),
+        "BILLING_AI_AUDIT_HEADS": str((layout.ops_dir / "audit_heads.jsonl").resolve()),
+        "BILLING_AI_OUTBOX": str((layout.data_dir / "outbox").resolve()),
+        "BILLING_AI_CASE_URL": f"{sandbox_url}/sinks/cases",
+        "BILLING_AI_CHAT_WEBHOOK_URL": f"{sandbox_url}/sinks/chat/T0SANDBOX/B0SANDBOX/sandbox",
     }
 
 
@@ -104,7 +115,13 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
     """Materialize every asset: platform snapshot, then all usage days as one run."""
     from billing_ai import definitions as d
 
-    resources = resources or d.default_resources()
+    resources = dict(resources or d.default_resources())
+    if "actions" not in resources:  # the action ledger beside the warehouse, unless configured
+        from billing_ai.actions.assets import ActionsResource
+
+        ops = Path(resources["warehouse"].path).parent / "ops"
+        resources["actions"] = ActionsResource(ledger_path=str(ops / "actions.sqlite"),
+                                               heads_file=str(ops / "audit_heads.jsonl"))
     instance = instance or dg.DagsterInstance.ephemeral()
     t = time.monotonic()
     res = dg.materialize(d.PLATFORM_ASSETS, resources=resources, instance=instance, run_config=QUIET)
@@ -166,6 +183,10 @@ def summary(warehouse_path: Path) -> str:
                       f"+ quarantined at landing {files[3]:,}"]
         findings = wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation GROUP BY 1 ORDER BY 2 DESC")
         lines.append("invoice reconciliation: " + ", ".join(f"{f}={n:,}" for f, n in findings))
+        if wh.table_exists(con, "ops.proposed_actions"):
+            kinds = wh.run(con, "SELECT kind || ':' || status, count(*) FROM ops.proposed_actions GROUP BY 1 "
+                                "ORDER BY 2 DESC")
+            lines.append("proposed actions (await approval): " + ", ".join(f"{k}={n:,}" for k, n in kinds))
         reasons = wh.run(con, "SELECT reason, count(*) FROM core.quarantine GROUP BY 1 ORDER BY 2 DESC")
         if reasons:
             lines.append("quarantine by reason: " + ", ".join(f"{r}={n:,}" for r, n in reasons))
@@ -174,7 +195,10 @@ def summary(warehouse_path: Path) -> str:
     lines += ["", "example query:",
               "  .venv/bin/billing-ai query \"SELECT c.segment, u.meter_name, sum(u.quantity) AS units "
               "FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL\""
-              + (f" --warehouse {warehouse_path}" if warehouse_path != Path("data/warehouse.duckdb") else "")]
+              + (f" --warehouse {warehouse_path}" if warehouse_path != Path("data/warehouse.duckdb") else ""),
+              "review and approve proposals:",
+              "  .venv/bin/billing-ai actions list --status proposed   |   actions show ID   |   "
+              "actions approve ID --as ana --reason '...'"]
     return "\n".join(lines)
 
 

@@ -90,9 +90,12 @@ TEST_PII_KEY = "test-pii-key"
 def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, page_size: int = 100,
                        api_key: str = "rk_test_sandbox_readonly") -> dict:
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
+    from billing_ai.actions.assets import ActionsResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
 
+    ops = Path(warehouse_path).parent / "ops"
     return {
+        "actions": ActionsResource(ledger_path=str(ops / "actions.sqlite"), heads_file=str(ops / "audit_heads.jsonl")),
         "warehouse": WarehouseResource(path=str(warehouse_path)),
         "stripe": StripeResource(api_key=api_key, api_base=url, requests_per_second=500, page_size=page_size),
         "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),

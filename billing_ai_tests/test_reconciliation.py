@@ -130,5 +130,5 @@ def test_isolated_errors_pass_the_check_with_the_default_tolerance(tiny_warehous
     shutil.copy(tiny_warehouse, path)
     res = pipeline_resources("http://127.0.0.1:9", path, tiny_world)  # no platform call is made
     result = dg.materialize([*ANALYTICS_ASSETS], resources=res)
-    (check,) = result.get_asset_check_evaluations()
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "reconciliation_within_tolerance"]
     assert check.passed and check.metadata["mismatched_lines"].value <= 2

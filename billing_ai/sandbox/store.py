@@ -174,5 +174,8 @@ class Store:
         with self._lock:
             self.db.execute("INSERT INTO outbox (kind, body) VALUES (?, ?)", (kind, json.dumps(body)))
 
+    def outbox_list(self, kind: str) -> list[dict]:
+        return [json.loads(b) for (b,) in self.db.execute("SELECT body FROM outbox WHERE kind=? ORDER BY seq", (kind,))]
+
     def close(self) -> None:
         self.db.close()

@@ -125,13 +125,15 @@ LISTABLE = {
     "customers": "customer", "products": "product", "prices": "price", "subscriptions": "subscription",
     "subscription_items": "subscription_item", "invoices": "invoice", "payment_intents": "payment_intent",
     "invoice_payments": "invoice_payment", "credit_notes": "credit_note", "invoiceitems": "invoiceitem",
-    "billing/meters": "billing.meter",
+    "billing/meters": "billing.meter", "quotes": "quote",
 }
 RETRIEVABLE = {k: v for k, v in LISTABLE.items()}
 NOUN = {"customer": "customer", "product": "product", "price": "price", "subscription": "subscription",
         "subscription_item": "subscription_item", "invoice": "invoice", "payment_intent": "payment_intent",
         "invoice_payment": "invoice_payment", "credit_note": "credit_note", "invoiceitem": "invoiceitem",
-        "billing.meter": "billing.meter"}
+        "billing.meter": "billing.meter", "quote": "quote"}
+# payment failures a retry cannot fix: the sandbox declines a retried payment for these
+HARD_DECLINES = ("expired_card", "lost_card", "stolen_card", "incorrect_number")
 
 
 def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlette:
@@ -231,7 +233,18 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 return 200, create_invoice_item(params)
             if rest == "credit_notes":
                 return 200, create_credit_note(params)
-            mm = re.fullmatch(r"(customers|subscriptions)/([^/]+)", rest)
+            if rest == "quotes":
+                return 200, create_quote(params)
+            mm = re.fullmatch(r"invoices/([^/]+)/lines/([^/]+)", rest)
+            if mm:
+                return 200, update_invoice_line(mm.group(1), mm.group(2), params)
+            mm = re.fullmatch(r"invoices/([^/]+)/pay", rest)
+            if mm:
+                return pay_invoice(mm.group(1))
+            mm = re.fullmatch(r"subscriptions/([^/]+)", rest)
+            if mm and "items" in params:
+                return 200, update_subscription_items(mm.group(1), params)
+            mm = re.fullmatch(r"(customers|subscriptions|invoices|quotes)/([^/]+)", rest)
             if mm:
                 return 200, update_metadata(RETRIEVABLE[mm.group(1)], mm.group(2), params)
         raise StripeError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
@@ -418,7 +431,98 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
         store.put("credit_note", obj, customer=inv["customer"], parent=inv["id"])
         return obj
 
-    return Starlette(routes=[Route("/{path:path}", handler, methods=["GET", "POST", "DELETE"])])
+    def update_invoice_line(invoice_id: str, line_id: str, params: dict) -> dict:
+        inv = retrieve("invoice", invoice_id)
+        if inv["status"] != "draft":
+            raise StripeError(400, "invalid_request_error",
+                              f"Invoice {invoice_id} is no longer a draft: only draft invoices' lines can be updated.",
+                              code="invoice_not_editable", param="invoice")
+        line = store.get("line_item", line_id)
+        if line is None or line.get("invoice") != invoice_id:
+            raise StripeError(404, "invalid_request_error", f"No such invoice line item: '{line_id}'",
+                              code="resource_missing", param="line_item_id")
+        if "description" in params:
+            line["description"] = params["description"]
+        for k, v in (params.get("metadata") or {}).items():
+            line.setdefault("metadata", {})[k] = v
+        store.put("line_item", line)
+        embedded = inv.get("lines", {}).get("data", [])
+        inv["lines"]["data"] = [line if x["id"] == line_id else x for x in embedded]
+        store.put("invoice", inv)
+        return line
+
+    def pay_invoice(invoice_id: str) -> tuple[int, dict]:
+        inv = retrieve("invoice", invoice_id)
+        if inv["status"] != "open":
+            raise StripeError(400, "invalid_request_error", f"Invoice is already {inv['status']}.",
+                              code="invoice_not_open", param="invoice")
+        intents = store.list("payment_intent", limit=100, where={"parent": invoice_id})[0]
+        last_error = next((pi["last_payment_error"] for pi in intents if pi.get("last_payment_error")), None)
+        inv["attempt_count"] = inv.get("attempt_count", 0) + 1
+        inv["attempted"] = True
+        if last_error and last_error.get("code") in HARD_DECLINES:
+            store.put("invoice", inv)
+            raise StripeError(402, "card_error", f"Your card was declined: {last_error['code'].replace('_', ' ')}.",
+                              code=last_error["code"])
+        inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0, paid=True)
+        inv.setdefault("status_transitions", {})["paid_at"] = now()
+        store.put("invoice", inv)
+        return 200, inv
+
+    def update_subscription_items(sub_id: str, params: dict) -> dict:
+        sub = retrieve("subscription", sub_id)
+        if sub["status"] == "canceled":
+            raise StripeError(400, "invalid_request_error",
+                              "A canceled subscription can only update its cancellation_details and metadata.",
+                              param="items")
+        changes = params["items"] if isinstance(params["items"], list) else list(params["items"].values())
+        by_id = {it["id"]: it for it in sub["items"]["data"]}
+        for change in changes:
+            item = by_id.get(change.get("id"))
+            if item is None:
+                raise StripeError(400, "invalid_request_error", f"No such subscription item: '{change.get('id')}'",
+                                  code="resource_missing", param="items[0][id]")
+            price = retrieve("price", change.get("price", ""))
+            if not price.get("active", True):
+                raise StripeError(400, "invalid_request_error", "The price specified is inactive.",
+                                  param="items[0][price]")
+            item["price"] = {k: v for k, v in price.items() if k != "_tiers"}
+            stored = store.get("subscription_item", item["id"])
+            if stored is not None:
+                stored["price"] = item["price"]
+                store.put("subscription_item", stored)
+        for k, v in (params.get("metadata") or {}).items():
+            sub.setdefault("metadata", {})[k] = v
+        store.put("subscription", sub)
+        return sub
+
+    def create_quote(params: dict) -> dict:
+        cust = params.get("customer")
+        if not cust or store.get("customer", cust) is None:
+            raise StripeError(400, "invalid_request_error", f"No such customer: '{cust}'", code="resource_missing",
+                              param="customer")
+        items = params.get("line_items") or []
+        items = items if isinstance(items, list) else list(items.values())
+        if not items:
+            raise StripeError(400, "invalid_request_error", "Missing required param: line_items.",
+                              param="line_items")
+        prices = [retrieve("price", it.get("price", "")) for it in items]
+        oid = make_id("qt", 0, cust, time.time_ns())
+        obj = {"id": oid, "object": "quote", "customer": cust, "status": "draft", "created": now(),
+               "currency": prices[0]["currency"], "description": params.get("description"),
+               "header": params.get("header"), "livemode": False, "metadata": params.get("metadata") or {},
+               "line_items": {"object": "list", "data": [
+                   {"id": make_id("li", 0, oid, k), "object": "item", "price": {"id": p["id"]},
+                    "quantity": int(it.get("quantity", 1))} for k, (p, it) in enumerate(zip(prices, items))],
+                   "has_more": False, "url": f"/v1/quotes/{oid}/line_items"},
+               "subscription_data": params.get("subscription_data") or {}}
+        store.put("quote", obj, customer=cust)
+        return obj
+
+    from billing_ai.sandbox.sinks import sink_routes
+
+    return Starlette(routes=[*sink_routes(store),
+                             Route("/{path:path}", handler, methods=["GET", "POST", "DELETE"])])
 
 
 def open_store(state_dir: Path, world_dir: Path) -> Store:
