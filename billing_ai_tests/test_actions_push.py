@@ -340,3 +340,28 @@ def test_nightly_proposals_ops_tables_launchpad_sensor_and_push(tiny_warehouse, 
     tampered = dg.materialize([*ANALYTICS_ASSETS], resources=res, selection=[ops_tables], raise_on_error=False)
     (check,) = tampered.get_asset_check_evaluations()
     assert not check.passed and check.metadata["first_broken_seq"].value == 2
+
+
+def test_approving_works_while_a_run_holds_the_warehouse(env, tmp_path):
+    """A writer process holds the DuckDB file (as a nightly run does); the CLI approval still lands."""
+    import subprocess
+    import sys
+
+    warehouse = tmp_path / "busy.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.execute('CREATE TABLE t AS SELECT 1');"
+        "print('holding', flush=True); time.sleep(60)"), str(warehouse)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        import duckdb
+
+        with pytest.raises(duckdb.IOException):  # the warehouse really is locked
+            duckdb.connect(str(warehouse), read_only=True)
+        aid = corrective_charge(env, 555)
+        out = CliRunner().invoke(cli, ["actions", "approve", aid, "--as", "ana", "--reason", "ok",
+                                       "--ledger", str(env.ledger.path)])
+        assert out.exit_code == 0
+        assert env.ledger.get(aid)["status"] == "approved"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,20 +97,35 @@ class Ledger:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path or os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
         with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")  # persistent in the file: readers never block the writer
             con.executescript(SCHEMA)
 
     # ---- plumbing -------------------------------------------------------------------------
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA busy_timeout=60000")
+        """The ledger's one connection, opened on first use and kept (opening and closing
+        an SQLite file per call costs a WAL checkpoint each time)."""
+        with self._lock:
+            if self._con is None:
+                self._con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                self._con.row_factory = sqlite3.Row
+                self._con.execute("PRAGMA busy_timeout=60000")
+            yield self._con
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __del__(self) -> None:  # a Ledger dropped without close() must not leak its file handle
         try:
-            yield con
-        finally:
-            con.close()
+            self.close()
+        except Exception:
+            pass
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
