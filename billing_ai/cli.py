@@ -186,8 +186,9 @@ def actions_show(action_id: str, ledger_path: str | None) -> None:
                                                      ensure_ascii=False)).replace("\n", "\n  "))
     hist = ledger.history(action_id)
     click.echo("\napprovals:")
-    for a in hist["approvals"] or [{"approver": "-", "decision": "none yet", "method": "", "reason": "",
-                                     "recorded_at": ""}]:
+    if not hist["approvals"]:
+        click.echo("  none yet")
+    for a in hist["approvals"]:
         click.echo(f"  {a['recorded_at']}  {_safe(a['approver'])} {a['decision']} ({a['method']}): {_safe(a['reason'])}")
     click.echo("attempts:")
     for a in hist["attempts"]:
