@@ -6,6 +6,7 @@ through ``EnvVar``.
 
 
 import os
+from datetime import UTC, timedelta
 
 import dagster as dg
 
@@ -16,13 +17,14 @@ from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_event
 from billing_ai.marts.usage import usage_bucket_assets
 from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
                                       ops_sync_on_ledger_change, ops_tables, push_action_job, push_approved_actions)
+from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS, usage_hourly_partitions
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
-ANALYTICS_ASSETS = [rating_marts, *ACTION_ASSETS]
+ANALYTICS_ASSETS = [rating_marts, *ANOMALY_ASSETS, *ACTION_ASSETS]
 published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]
@@ -51,6 +53,22 @@ analytics_job = dg.define_asset_job(
     tags=RUN_RETRIES,
 )
 
+# Within the hour: land new usage files and rebuild today's usage partition, then look for anomalies in the
+# hour that just ended (a daily-partitioned job, then an hourly-partitioned one: one job per partitions def).
+usage_intraday_job = dg.define_asset_job(
+    "usage_intraday_job",
+    selection=dg.AssetSelection.assets(raw_usage_events, *USAGE_ASSETS),
+    description="Land new usage files and rebuild today's usage partition (hourly, for anomaly detection).",
+    tags=RUN_RETRIES,
+)
+usage_anomalies_hourly_job = dg.define_asset_job(
+    "usage_anomalies_hourly_job",
+    selection=dg.AssetSelection.assets(*HOURLY_ANOMALY_ASSETS),
+    partitions_def=usage_hourly_partitions,
+    description="Anomalies revealed by the hour that just ended; confident ones proposed for review.",
+    tags=RUN_RETRIES,
+)
+
 ops_sync_job = dg.define_asset_job(
     "ops_sync_job",
     selection=dg.AssetSelection.assets(ops_tables, *PUBLISH_ASSETS),
@@ -70,6 +88,33 @@ nightly_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     description="02:00 UTC: platform snapshot; on success the usage job rebuilds the late window.",
 )
+
+@dg.schedule(job=usage_intraday_job, cron_schedule="5 * * * *", execution_timezone="UTC",
+             name="hourly_usage_intraday",
+             description="Every hour at :05: land the new usage files and rebuild today's usage partition.")
+def hourly_usage_intraday(context: dg.ScheduleEvaluationContext):
+    day = context.scheduled_execution_time.astimezone(UTC).date().isoformat()
+    return dg.RunRequest(run_key=f"intraday-{context.scheduled_execution_time.isoformat()}", partition_key=day)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[usage_intraday_job],
+    request_job=usage_anomalies_hourly_job,
+    name="anomalies_after_intraday",
+    description="After each intraday usage run: detect anomalies in the hour that just ended (pipeline clock).",
+)
+def anomalies_after_intraday(context: dg.RunStatusSensorContext):
+    from billing_ai.clock import Clock
+
+    now = Clock.from_setting(os.environ.get("BILLING_AI_AS_OF", "")).now()
+    return dg.RunRequest(run_key=f"anomalies-{context.dagster_run.run_id}", partition_key=hour_that_ended(now))
+
+
+def hour_that_ended(now) -> str:
+    """The hourly partition to score at ``now``: the last complete hour."""
+    return (now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M")
+
 
 LATE_WINDOW_DAYS = int(os.environ.get("BILLING_AI_LATE_WINDOW_DAYS", "14"))
 
@@ -132,10 +177,12 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *PUBLISH_ASSETS, *EVALUATION_ASSETS],
-    jobs=[platform_sync_job, usage_daily_job, analytics_job, ops_sync_job, approve_actions_job, push_action_job,
-          evaluation_job],
-    schedules=[nightly_schedule],
-    sensors=[usage_after_platform_sync, analytics_after_usage, push_approved_actions, ops_sync_on_ledger_change],
+    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *HOURLY_ANOMALY_ASSETS, *PUBLISH_ASSETS,
+            *EVALUATION_ASSETS],
+    jobs=[platform_sync_job, usage_daily_job, analytics_job, usage_intraday_job, usage_anomalies_hourly_job,
+          ops_sync_job, approve_actions_job, push_action_job, evaluation_job],
+    schedules=[nightly_schedule, hourly_usage_intraday],
+    sensors=[usage_after_platform_sync, analytics_after_usage, anomalies_after_intraday, push_approved_actions,
+             ops_sync_on_ledger_change],
     resources=default_resources(),
 )

@@ -220,5 +220,21 @@ def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Cal
     say("")
     say("evaluation against the world's ground truth (evaluation group; the production graph never reads it):")
     for asset, figures in evaluation.items():
-        say(f"  {asset}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        if "report" in figures:  # a formatted table
+            say(f"  {asset}:\n" + figures["report"].strip("`\n"))
+        else:
+            say(f"  {asset}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
     say(f"\ndone in {time.monotonic() - t0:.1f}s")
+
+
+def evaluate_seed(config: WorldConfig, data_dir: Path, say: Callable[[str], None] = print) -> dict:
+    """The whole pipeline on the world of ``config.seed``, then the evaluation assets; returns their figures."""
+    layout = Layout(data_dir)
+    ensure_world(layout, config, say)
+    layout.warehouse.unlink(missing_ok=True)
+    with sandbox_environment(layout, config):
+        materialize_all(config, say=say)
+        os.environ["BILLING_AI_TRUTH_DIR"] = str(layout.world.truth)
+        from billing_ai import definitions as d
+
+        return evaluate_all(d.default_resources())

@@ -11,7 +11,8 @@ from billing_ai.definitions import (LATE_WINDOW_DAYS, analytics_after_usage, def
 def test_definitions_load_and_every_asset_is_in_a_job():
     repo = defs.get_repository_def()
     in_jobs = set()
-    for name in ("platform_sync_job", "usage_daily_job", "analytics_job", "evaluation_job"):
+    for name in ("platform_sync_job", "usage_daily_job", "analytics_job", "usage_anomalies_hourly_job",
+                 "evaluation_job"):
         job = defs.resolve_job_def(name)
         in_jobs |= set(job.asset_layer.executable_asset_keys)
     assert {k for k in repo.asset_graph.get_all_asset_keys()} <= in_jobs
@@ -48,3 +49,18 @@ def test_after_the_sync_the_late_window_is_rebuilt_in_one_run(monkeypatch):
     assert req.run_key == f"after-{run_id}"  # a re-evaluated tick launches nothing twice
     assert usage_after_platform_sync.job_name == usage_daily_job.name
     assert analytics_after_usage.job_name == "analytics_job"
+
+
+def test_hourly_chain_lands_today_then_scores_the_hour_that_ended():
+    from datetime import UTC, datetime
+
+    from billing_ai.definitions import hour_that_ended, hourly_usage_intraday
+
+    assert isinstance(defs.resolve_job_def("usage_anomalies_hourly_job").partitions_def,
+                      dg.HourlyPartitionsDefinition)
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 1, 7, 5, tzinfo=UTC),
+                                    repository_def=defs.get_repository_def())
+    (req,) = hourly_usage_intraday.evaluate_tick(ctx).run_requests
+    assert req.partition_key == "2026-11-01" and hourly_usage_intraday.cron_schedule == "5 * * * *"
+    assert hour_that_ended(datetime(2026, 11, 1, 7, 5, tzinfo=UTC)) == "2026-11-01-06:00"
+    assert hour_that_ended(datetime(2026, 11, 1, 0, 0, tzinfo=UTC)) == "2026-10-31-23:00"

@@ -102,3 +102,15 @@ def test_add_months_keeps_anchor_day():
     jan31 = datetime(2026, 1, 31, tzinfo=UTC)
     assert add_months(jan31, 1).day == 28
     assert add_months(add_months(jan31, 1), 1, anchor_day=31).day == 31
+
+
+def test_a_negative_invoice_total_becomes_credit_not_a_negative_amount_due():
+    """Stripe never asks for a negative amount: a downgrade's net credit goes to the customer's balance."""
+    w = generate_world(WorldConfig(seed=8, customers=40, days=75, downgrade_rate=0.6, upgrade_rate=0.3))
+    inv = w.tables["invoices"]
+    assert inv["amount_due"].min() >= 0
+    negative = inv.filter(pl.col("total") < 0)
+    assert negative.height > 0  # the case is exercised
+    assert (negative["ending_balance"] == negative["starting_balance"] + negative["total"]).all()
+    assert (negative["amount_due"] == 0).all()
+

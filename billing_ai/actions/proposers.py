@@ -136,3 +136,75 @@ def proposals_from_reconciliation(findings: pl.DataFrame, policy: Policy, now: d
             params=params, rationale=rationale, evidence=evidence, confidence=confidence,
             proposer=RECONCILIATION_PROPOSER, created_at=now, expires_at=now + policy.ttl(kind)))
     return out
+
+
+# ---- usage anomalies ------------------------------------------------------------------------------
+ANOMALY_PROPOSER = "analytics:usage_anomalies"
+ANOMALY_TAG = "Billing - Usage Anomaly"
+MIN_ANOMALY_CONFIDENCE = 0.9
+# what a customer may be told about, and how
+CUSTOMER_NOTICE = {"spike": "usage_anomaly_heads_up", "drop": "usage_anomaly_heads_up",
+                   "zero_usage": "usage_anomaly_heads_up", "usage_after_cancel": "usage_anomaly_heads_up"}
+KIND_WORDS = {"spike": "a usage spike", "drop": "a sudden usage drop", "zero_usage": "no usage at all",
+              "usage_after_cancel": "usage after cancellation", "duplicate": "duplicated usage events",
+              "unusual_mix": "an unusual mix of usage", "out_of_period": "usage outside the subscription period",
+              "unplanned_meter": "usage of a meter the plan does not include"}
+
+
+def proposals_from_anomalies(anomaly_episodes: pl.DataFrame, customers: pl.DataFrame, policy: Policy,
+                             now: datetime) -> list[Proposal]:
+    """Each confident anomaly episode: a support case, a message to the success manager and, where it
+    concerns the customer, a templated heads-up e-mail. ``anomaly_episodes``: the output of
+    :func:`billing_ai.anomalies.episodes`; ``customers``: ``customer_id, success_manager``."""
+    managers = dict(customers.select("customer_id", "success_manager").iter_rows())
+    confident = anomaly_episodes.filter(pl.col("confidence") >= MIN_ANOMALY_CONFIDENCE)
+    # re-sent events are a data-quality matter for support, not one alert per hour: one case per customer
+    dups = (confident.filter(pl.col("kind") == "duplicate")
+                     .group_by("customer_id").agg(
+                         pl.lit("*").alias("meter_name"), pl.lit("duplicate").alias("kind"), pl.col("start").min(),
+                         pl.col("end").max(), pl.col("score").max(), pl.col("confidence").max(),
+                         pl.col("observed").sum(), pl.col("expected").sum(), pl.col("buckets").sum(),
+                         pl.format("events re-sent under new ids in {} hour(s); they are billed twice unless removed",
+                                   pl.col("buckets").sum()).alias("root_cause"),
+                         pl.col("evidence").first()))
+    rows = pl.concat([confident.filter(pl.col("kind") != "duplicate").select(dups.columns), dups.select(dups.columns)],
+                     how="vertical_relaxed") if dups.height else confident
+    out: list[Proposal] = []
+    for ep in rows.iter_rows(named=True):
+        cust, kind, meter = ep["customer_id"], ep["kind"], ep["meter_name"]
+        words = KIND_WORDS.get(kind, kind)
+        when = f"{ep['start']:%Y-%m-%d %H:%M} to {ep['end']:%Y-%m-%d %H:%M} UTC"
+        ratio = (f"{ep['observed']:,.0f} observed vs {ep['expected']:,.0f} expected"
+                 if ep.get("expected") else f"{ep['observed']:,.0f} observed")
+        summary = f"{words} on {meter if meter != '*' else 'all meters'} from {when} ({ratio}); {ep['root_cause']}"
+        evidence = {"kind": kind, "meter_name": meter, "start": str(ep["start"]), "end": str(ep["end"]),
+                    "observed": ep["observed"], "expected": ep["expected"], "score": round(ep["score"], 2),
+                    "confidence": round(ep["confidence"], 3), "buckets": ep["buckets"],
+                    "root_cause": ep["root_cause"], "detector_evidence": ep["evidence"],
+                    "query": "SELECT * FROM marts.usage_anomalies WHERE customer_id = "
+                             f"'{cust}' AND kind = '{kind}' ORDER BY ts"}
+        # nightly and hourly runs see one anomaly once (duplicates: once a week per customer)
+        key = f"{cust}|{meter}|{kind}|{ep['start']:%G-W%V}" if kind == "duplicate" else \
+            f"{cust}|{meter}|{kind}|{ep['start']:%Y-%m-%d}"
+        base = dict(platform="stripe", target_type="customer", target_id=cust, evidence=evidence,
+                    confidence=float(ep["confidence"]), proposer=ANOMALY_PROPOSER, created_at=now)
+        out.append(Proposal(action_id=action_id(ANOMALY_PROPOSER, "support_case", key), kind="support_case",
+                            params={"subject": f"Usage anomaly: {words} ({cust})"[:200],
+                                    "body": f"Detected {summary}. Evidence query: {evidence['query']}"[:5000],
+                                    "tags": [ANOMALY_TAG], "priority": "high" if ep["score"] >= 20 else "normal"},
+                            rationale=f"Confident {words}: {summary}.", expires_at=now + policy.ttl("support_case"),
+                            **base))
+        manager = managers.get(cust)
+        if manager and kind != "duplicate":
+            out.append(Proposal(action_id=action_id(ANOMALY_PROPOSER, "chat_message", key), kind="chat_message",
+                                params={"recipient": manager, "text": f"Heads-up for {cust}: {summary}"[:3000]},
+                                rationale=f"The account's success manager should know: {summary}.",
+                                expires_at=now + policy.ttl("chat_message"), **base))
+        if kind in CUSTOMER_NOTICE:
+            out.append(Proposal(action_id=action_id(ANOMALY_PROPOSER, "customer_email", key), kind="customer_email",
+                                params={"template": CUSTOMER_NOTICE[kind],
+                                        "subject": "We noticed unusual usage on your account",
+                                        "variables": {"summary": summary}},
+                                rationale=f"Tell the customer before it shows on an invoice: {summary}.",
+                                expires_at=now + policy.ttl("customer_email"), **base))
+    return out

@@ -7,7 +7,7 @@ import dagster as dg
 
 from billing_ai.evaluation.reconciliation import evaluate_reconciliation
 from billing_ai.rating.assets import INVOICE_RECONCILIATION
-from billing_ai.resources import WAREHOUSE_POOL, WarehouseResource
+from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
 
 class GroundTruth(dg.ConfigurableResource):
@@ -40,4 +40,28 @@ def reconciliation_quality(warehouse: WarehouseResource, truth: GroundTruth) -> 
     return dg.MaterializeResult(metadata=meta)
 
 
-EVALUATION_ASSETS = [reconciliation_quality]
+@dg.asset(
+    key=dg.AssetKey(["evaluation", "anomaly_quality"]),
+    deps=[dg.AssetKey(["marts", "usage_anomalies"])],
+    group_name="evaluation",
+    kinds={"duckdb"},
+    pool=WAREHOUSE_POOL,
+    description="Precision, recall and F1 per injected anomaly kind, beside the naive 5x-daily-volume rule.",
+)
+def anomaly_quality(warehouse: WarehouseResource, truth: GroundTruth,
+                    settings: PipelineSettings) -> dg.MaterializeResult:
+    from billing_ai.evaluation.anomalies import evaluate_warehouse, format_report
+
+    with warehouse.connect(read_only=False) as con:
+        report = evaluate_warehouse(con, truth.dir(), settings.clock().now())
+    meta = {}
+    for side in ("ours", "naive"):
+        for kind, figures in report[side].items():
+            for m in ("precision", "recall", "f1"):
+                meta[f"{side}_{kind}_{m}"] = figures[m]
+    meta["f1_margin_over_naive"] = report["f1_margin_over_naive"]
+    meta["report"] = dg.MetadataValue.md("```\n" + format_report(report) + "\n```")
+    return dg.MaterializeResult(metadata=meta)
+
+
+EVALUATION_ASSETS = [reconciliation_quality, anomaly_quality]

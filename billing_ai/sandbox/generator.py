@@ -8,8 +8,9 @@ whose rate carries weekly and hour-of-day seasonality, per-customer growth and
 noise; each event's quantity is drawn around the customer's event size.
 Injected faults have fixed magnitudes and are recorded in ``truth/``:
 
-* ``spike``: the rate times 3-10 for 1-6 hours, mostly on one endpoint+region
-* ``drop``: the rate times at most 0.2 for 6-48 hours
+* ``spike``: the rate times 3-10 for 1-6 hours, mostly on one endpoint+region (adding >= 10
+  expected events)
+* ``drop``: the rate times at most 0.2 for 6-48 hours (over >= 30 expected events)
 * ``duplicate``: 0.5% of events re-sent with the same payload and a new id
 * ``usage_after_cancel``: events keep coming after a cancellation
 * ``zero_usage``: an active account that goes silent
@@ -54,6 +55,11 @@ MONTHLY_VOLUME = {  # typical monthly units by segment (median of a lognormal)
 DOW = np.array([1.0, 1.06, 1.06, 1.02, 0.95, 0.55, 0.5])  # Monday first
 REGION_UTC_OFFSET = {"na": -5, "eu": 1, "apac": 9}
 MILLI = 1000  # quantities are simulated in integer thousandths of a unit
+# Spikes and drops are injected only where the data can show them (see _simulate_usage): on a series
+# with one event every few hours a 6-hour "drop" removes two events, which no detector can tell from
+# chance, and ground truth that nobody could see would measure the generator, not the detector.
+MIN_SPIKE_SURPLUS_EVENTS = 10.0
+MIN_DROP_EVENTS = 30.0
 
 
 @dataclass
@@ -307,7 +313,9 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
                 h0 = int(rng.integers(lo, hi))
                 dur = int(rng.integers(1, 7))
                 mag = float(rng.uniform(3, 10))
-                if active[h0:h0 + dur].all():
+                # injected only where it is observable: the surplus must be a handful of events, not
+                # one (a 3x "spike" on 0.3 expected events is indistinguishable from noise by any method)
+                if active[h0:h0 + dur].all() and (mag - 1) * lam[h0:h0 + dur].sum() >= MIN_SPIKE_SURPLUS_EVENTS:
                     lam[h0:h0 + dur] *= mag
                     spike[h0:h0 + dur] = True
                     faults.append({"kind": "spike", "customer_id": c["customer_id"],
@@ -318,7 +326,11 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
                 h0 = int(rng.integers(lo, hi))
                 dur = int(rng.integers(6, 49))
                 mag = float(rng.uniform(0.0, 0.2))
-                if active[h0:h0 + dur].all() and not spike[h0:h0 + dur].any():
+                # ... and a drop must remove enough events to be seen (longer, up to 48 h, if need be)
+                while dur < 48 and lam[h0:h0 + dur].sum() < MIN_DROP_EVENTS:
+                    dur += 1
+                if (active[h0:h0 + dur].all() and not spike[h0:h0 + dur].any()
+                        and lam[h0:h0 + dur].sum() >= MIN_DROP_EVENTS):
                     lam[h0:h0 + dur] *= mag
                     faults.append({"kind": "drop", "customer_id": c["customer_id"],
                                    "subscription_id": sub["subscription_id"], "meter_name": meter,

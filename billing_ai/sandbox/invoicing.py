@@ -247,6 +247,9 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
             applied = max(starting, -max(total, 0))  # credit (negative) used up to the total
             balance[cid] = starting - applied
             amount_due = total + applied
+            if total < 0:  # as Stripe does: a negative total (a downgrade's credit) becomes balance, 0 is due
+                balance[cid] = starting + total
+                amount_due = 0
             finalized = inv_at + FINALIZE_GRACE
             pay = _simulate_payment(rng, seed, inv_id, cust, amount_due, finalized, as_of, cur)
             status = "paid" if pay["paid_at"] is not None and pay["paid_at"] <= as_of else "open"

@@ -25,7 +25,7 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 DEFAULT_AS_OF = "2026-11-01T06:00:00+00:00"
 # bump when the generator or the sandbox's billing changes what a config produces: a world on disk
 # with another version is regenerated rather than reused
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class WorldConfig:
     future_days: int = 35  # simulated after as_of, kept only in truth/
     as_of: str = DEFAULT_AS_OF
     # injected faults (fixed magnitudes, see generator)
-    spike_rate: float = 0.04  # share of metered series with one spike
-    drop_rate: float = 0.03  # share of metered series with one drop
+    spike_rate: float = 0.08  # share of metered series drawing a spike (kept only where observable)
+    drop_rate: float = 0.06  # share of metered series drawing a drop (kept only where observable)
     duplicate_rate: float = 0.005  # share of events re-sent with a new id
     late_rate: float = 0.003  # share of events landing 1-10 days late
     zero_usage_rate: float = 0.03  # share of customers going silent

@@ -1,0 +1,120 @@
+"""Dagster assets over the anomaly detectors: the nightly table, the hourly partitions, proposals."""
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from billing_ai import warehouse as wh
+from billing_ai.actions.assets import ActionsResource
+from billing_ai.actions.proposers import proposals_from_anomalies
+from billing_ai.anomalies.detect import OUTPUT_SCHEMA, detect_anomalies, episodes
+from billing_ai.ingestion.partitions import PARTITION_START
+from billing_ai.metadata import markdown_preview
+from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
+
+HISTORY_DAYS = 42  # events the detectors see: six weeks of level, hour-of-day and weekday profile
+PROPOSE_DAYS = 7  # the nightly run proposes actions for anomalies this recent (older ones are history)
+
+COLUMNS_DDL = """customer_id VARCHAR, meter_name VARCHAR, ts TIMESTAMPTZ, grain VARCHAR, kind VARCHAR,
+    detector VARCHAR, score DOUBLE, confidence DOUBLE, is_anomaly BOOLEAN, observed DOUBLE, expected DOUBLE,
+    ratio DOUBLE, window_buckets INTEGER, root_cause VARCHAR, evidence VARCHAR, detected_at TIMESTAMPTZ"""
+
+USAGE_SQL = """
+SELECT event_id, customer_id, meter_name, event_ts AS ts, quantity, endpoint, region, project, subscription_id
+FROM core.usage_events WHERE event_ts >= $start AND event_ts < $end
+"""
+SUBSCRIPTIONS_SQL = "SELECT customer_id, started_at, canceled_at FROM core.subscriptions"
+CUSTOMERS_SQL = "SELECT customer_id, success_manager FROM core.customers"
+
+usage_hourly_partitions = dg.HourlyPartitionsDefinition(start_date=f"{PARTITION_START}-00:00", timezone="UTC",
+                                                        end_offset=1)
+
+
+def detect_window(con, now: datetime, history_days: int = HISTORY_DAYS) -> pl.DataFrame:
+    """Run the detectors over the events of the ``history_days`` before ``now``."""
+    usage = con.sql(USAGE_SQL, params={"start": now - timedelta(days=history_days), "end": now}).pl()
+    subs = con.sql(SUBSCRIPTIONS_SQL).pl()
+    flags = detect_anomalies(usage, "1h", subscriptions=subs, now=now)
+    return flags.with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("detected_at"))
+
+
+def _propose(con, flags: pl.DataFrame, since: datetime, now: datetime, actions: ActionsResource,
+             run_id: str) -> dict[str, int]:
+    recent = flags.filter(pl.col("is_anomaly") & (pl.col("ts") >= since))
+    if recent.height == 0:
+        return {"new": 0, "existing": 0}
+    eps = episodes(recent, "1h")
+    policy, ledger = actions.policy(), actions.ledger()
+    counts = ledger.propose(proposals_from_anomalies(eps, con.sql(CUSTOMERS_SQL).pl(), policy, now), policy, now)
+    ledger.record_head(Path(actions.heads_file), run_id)
+    return counts
+
+
+def _metadata(flags: pl.DataFrame, counts: dict) -> dict:
+    by_kind = (flags.filter(pl.col("is_anomaly")).group_by("kind").len().sort("kind").rows())
+    return {"dagster/row_count": flags.height, "anomalies": int(flags["is_anomaly"].sum() or 0),
+            "by_kind": dg.MetadataValue.json(dict(by_kind)),
+            **{f"proposals_{k}": v for k, v in counts.items() if k in ("new", "existing", "invalid")},
+            "preview": markdown_preview(flags.filter(pl.col("is_anomaly")).select(
+                "customer_id", "meter_name", "ts", "kind", "score", "observed", "expected", "root_cause"))}
+
+
+@dg.asset(
+    key=["marts", "usage_anomalies"],
+    deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscriptions"]),
+          dg.AssetKey(["core", "customers"])],
+    group_name="anomalies",
+    pool=WAREHOUSE_POOL,
+    description="Nightly: flagged usage buckets (hourly grain) over the last six weeks; each confident anomaly "
+                "of the last week is proposed as a support case, a success-manager message and a heads-up.",
+)
+def usage_anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings,
+                    actions: ActionsResource) -> dg.MaterializeResult:
+    now = settings.clock().now()
+    with warehouse.connect() as con:
+        flags = detect_window(con, now)
+        with wh.transaction(con):
+            wh.run(con, f"CREATE OR REPLACE TABLE marts.usage_anomalies ({COLUMNS_DDL})")
+            con.register("_flags", flags)
+            wh.run(con, "INSERT INTO marts.usage_anomalies BY NAME SELECT * FROM _flags")
+            con.unregister("_flags")
+        counts = _propose(con, flags, now - timedelta(days=PROPOSE_DAYS), now, actions, context.run.run_id)
+    return dg.MaterializeResult(metadata=_metadata(flags, counts))
+
+
+@dg.asset(
+    key=["marts", "usage_anomalies_hourly"],
+    deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscriptions"]),
+          dg.AssetKey(["core", "customers"])],
+    partitions_def=usage_hourly_partitions,
+    group_name="anomalies",
+    pool=WAREHOUSE_POOL,
+    description="Within the hour: the anomalies whose window ends in this hour, detected as soon as its events "
+                "landed (usage_intraday_job), proposed for review right away.",
+)
+def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                           settings: PipelineSettings, actions: ActionsResource) -> dg.MaterializeResult:
+    hour = context.partition_time_window.start
+    end = hour + timedelta(hours=1)
+    with warehouse.connect() as con:
+        flags = detect_window(con, end)
+        # the windows ending in this hour reach back up to six hours (spikes) and two days (drops): keep the
+        # buckets they flag, once, keyed by the hour that revealed them
+        flags = flags.filter(pl.col("ts") >= hour - timedelta(hours=48)).with_columns(
+            pl.lit(hour).cast(pl.Datetime("us", "UTC")).alias("partition_hour"))
+        with wh.transaction(con):
+            wh.run(con, f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly ({COLUMNS_DDL}, "
+                        "partition_hour TIMESTAMPTZ)")
+            wh.run(con, "DELETE FROM marts.usage_anomalies_hourly WHERE partition_hour = $h", {"h": hour})
+            con.register("_flags", flags)
+            wh.run(con, "INSERT INTO marts.usage_anomalies_hourly BY NAME SELECT * FROM _flags")
+            con.unregister("_flags")
+        counts = _propose(con, flags, hour - timedelta(hours=6), end, actions, context.run.run_id)
+    return dg.MaterializeResult(metadata=_metadata(flags, counts))
+
+
+ANOMALY_ASSETS = [usage_anomalies]
+HOURLY_ANOMALY_ASSETS = [usage_anomalies_hourly]
+__all__ = ["ANOMALY_ASSETS", "HOURLY_ANOMALY_ASSETS", "OUTPUT_SCHEMA", "usage_hourly_partitions"]
