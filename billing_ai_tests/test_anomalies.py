@@ -235,3 +235,15 @@ def test_nightly_asset_and_an_hourly_spike_flagged_within_one_run(tiny_warehouse
     kinds = {a["kind"] for a in ledger.actions() if a["target_id"] == cust and a["proposer"] == "analytics:usage_anomalies"}
     assert {"support_case", "customer_email"} <= kinds  # proposed, not sent: a person reviews first
     assert not any(a["status"] == "succeeded" for a in ledger.actions())
+
+
+def test_batching_by_customer_changes_nothing(monkeypatch):
+    import billing_ai.anomalies.detect as d
+
+    usage = pl.concat([events(8, 24 * 21, seed=s, customer=f"cus_{s}", extra={24 * 18 + s: 60}) for s in range(4)])
+    whole = detect_anomalies(usage, "1h", multivariate_features=False)
+    monkeypatch.setattr(d, "ROWS_PER_BATCH", 5000)  # several batches
+    batched = detect_anomalies(usage, "1h", multivariate_features=False)
+    key = ["customer_id", "meter_name", "ts", "kind"]
+    assert whole.filter(pl.col("is_anomaly")).select(key).sort(key).equals(
+        batched.filter(pl.col("is_anomaly")).select(key).sort(key))

@@ -52,6 +52,7 @@ import polars as pl
 from scipy.special import gammainc, gammaincc
 
 GRAINS = {"1h": (3600, "1h"), "1d": (86400, "1d")}
+ROWS_PER_BATCH = 2_000_000  # input rows per statistical batch (bounds peak memory; series stay whole)
 
 OUTPUT_SCHEMA = {
     "customer_id": pl.String, "meter_name": pl.String, "ts": pl.Datetime("us", "UTC"), "grain": pl.String,
@@ -504,7 +505,16 @@ def detect_anomalies(usage: pl.DataFrame, grain: str = "1h", *, subscriptions: p
               .otherwise(pl.col("canceled_at").cast(pl.Datetime("us", "UTC")).max()).first().alias("active_to"))
     if rows not in ("events", "buckets"):
         raise ValueError(f"rows must be 'events' or 'buckets', not {rows!r}")
-    parts = [statistical(scored, grain, config, end, active, rows), duplicates(df, grain)]
+    # the statistical pass holds a few dozen columns per bucket: run it on batches of customers so memory
+    # stays bounded (series never span batches)
+    batches = max(1, -(-scored.height // ROWS_PER_BATCH))
+    if batches == 1:
+        stat = [statistical(scored, grain, config, end, active, rows)]
+    else:
+        keyed = scored.with_columns((pl.col("customer_id").hash(seed=7) % batches).alias("_batch"))
+        stat = [statistical(part.drop("_batch"), grain, config, end, active, rows)
+                for _, part in keyed.group_by("_batch")]
+    parts = [*stat, duplicates(df, grain)]
     if subscriptions is not None:
         parts.append(lifecycle(df, grain, subscriptions, now, config))
     if multivariate_features and df["endpoint"].null_count() < df.height:
