@@ -139,6 +139,21 @@ def evaluate_anomalies(seed: int, customers: int, days: int, data_dir: Path | No
     click.echo(figures["evaluation/anomaly_quality"]["report"].strip("`\n"))
 
 
+@evaluate.command("forecasts")
+@click.option("--seed", type=int, required=True, help="The world's seed (use seeds nobody tuned on).")
+@click.option("--customers", type=int, default=WorldConfig.customers, show_default=True)
+@click.option("--days", type=int, default=WorldConfig.days, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Default: data/eval/seed-<seed> (kept, so a second call reuses the world).")
+def evaluate_forecasts(seed: int, customers: int, days: int, data_dir: Path | None) -> None:
+    """Generate the world of SEED, run the pipeline, print forecast MASE, coverage and tier-crossing calls."""
+    from billing_ai.runner import evaluate_seed
+
+    figures = evaluate_seed(WorldConfig(seed=seed, customers=customers, days=days),
+                            data_dir or Path("data/eval") / f"seed-{seed}", say=lambda m: None)
+    click.echo(figures["evaluation/forecast_quality"]["report"].strip("`\n"))
+
+
 # ---- proposed actions ---------------------------------------------------------------------------
 def _ledger(path: str | None):
     from billing_ai.actions.ledger import Ledger

@@ -18,13 +18,14 @@ from billing_ai.marts.usage import usage_bucket_assets
 from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
                                       ops_sync_on_ledger_change, ops_tables, push_action_job, push_approved_actions)
 from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS, usage_hourly_partitions
+from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
-ANALYTICS_ASSETS = [rating_marts, *ANOMALY_ASSETS, *ACTION_ASSETS]
+ANALYTICS_ASSETS = [rating_marts, *ANOMALY_ASSETS, *FORECAST_ASSETS, *ACTION_ASSETS]
 published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
 PUBLISH_ASSETS = [published_warehouse]
@@ -68,6 +69,17 @@ usage_anomalies_hourly_job = dg.define_asset_job(
     description="Anomalies revealed by the hour that just ended; confident ones proposed for review.",
     tags=RUN_RETRIES,
 )
+
+forecast_selection_job = dg.define_asset_job(
+    "forecast_selection_job",
+    selection=dg.AssetSelection.assets(*SELECTION_ASSETS),
+    description="Choose the forecasting model per series by rolling-origin cross-validation (weekly).",
+    tags=RUN_RETRIES,
+)
+weekly_forecast_selection = dg.ScheduleDefinition(
+    name="weekly_forecast_selection", job=forecast_selection_job, cron_schedule="0 1 * * 0",
+    execution_timezone="UTC",
+    description="Sundays 01:00 UTC: refresh the model choice; the nightly forecasts reuse it for a week.")
 
 ops_sync_job = dg.define_asset_job(
     "ops_sync_job",
@@ -177,11 +189,11 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *HOURLY_ANOMALY_ASSETS, *PUBLISH_ASSETS,
-            *EVALUATION_ASSETS],
+    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *HOURLY_ANOMALY_ASSETS, *SELECTION_ASSETS,
+            *PUBLISH_ASSETS, *EVALUATION_ASSETS],
     jobs=[platform_sync_job, usage_daily_job, analytics_job, usage_intraday_job, usage_anomalies_hourly_job,
-          ops_sync_job, approve_actions_job, push_action_job, evaluation_job],
-    schedules=[nightly_schedule, hourly_usage_intraday],
+          forecast_selection_job, ops_sync_job, approve_actions_job, push_action_job, evaluation_job],
+    schedules=[nightly_schedule, hourly_usage_intraday, weekly_forecast_selection],
     sensors=[usage_after_platform_sync, analytics_after_usage, anomalies_after_intraday, push_approved_actions,
              ops_sync_on_ledger_change],
     resources=default_resources(),

@@ -12,7 +12,7 @@ def test_definitions_load_and_every_asset_is_in_a_job():
     repo = defs.get_repository_def()
     in_jobs = set()
     for name in ("platform_sync_job", "usage_daily_job", "analytics_job", "usage_anomalies_hourly_job",
-                 "evaluation_job"):
+                 "forecast_selection_job", "evaluation_job"):
         job = defs.resolve_job_def(name)
         in_jobs |= set(job.asset_layer.executable_asset_keys)
     assert {k for k in repo.asset_graph.get_all_asset_keys()} <= in_jobs

@@ -87,6 +87,10 @@ def reconciliation_proposals(context: dg.AssetExecutionContext, warehouse: Wareh
 
 
 # ---- the warehouse copy of the ledger ----------------------------------------------------------------
+# every asset that writes proposals into the ledger: the ops copy is taken after all of them
+PROPOSERS = [dg.AssetKey(["ledger", "reconciliation_proposals"]), dg.AssetKey(["ledger", "forecast_proposals"]),
+             dg.AssetKey(["marts", "usage_anomalies"])]
+
 OPS_TABLES = {
     "proposed_actions": "actions",
     "approvals": "approvals",
@@ -137,7 +141,7 @@ def verify_warehouse_audit_log(con, heads: list[dict] = ()) -> audit.Verdict:
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(["ops", t], deps=[dg.AssetKey(["ledger", "reconciliation_proposals"])], group_name="actions",
+    specs=[dg.AssetSpec(["ops", t], deps=PROPOSERS, group_name="actions",
                         description=d) for t, d in [
         ("proposed_actions", "Every proposal with its status (copy of the action ledger)."),
         ("approvals", "Every approval and rejection: who, how (cli, launchpad, policy), why."),

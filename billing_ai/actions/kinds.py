@@ -105,6 +105,8 @@ class TierUpgradeQuote(_Params):
     to_price: str = Field(pattern=r"^price_[A-Za-z0-9_]+$")
     currency: Currency
     projected_saving: int = Field(ge=0)  # minor units per period, from the customer's own projection
+    prorated_change: int = 0  # net proration of switching the licensed fees now (minor units, may be < 0)
+    to_plan: str | None = Field(default=None, max_length=50)
 
 
 class SubscriptionChange(_Params):

@@ -64,4 +64,24 @@ def anomaly_quality(warehouse: WarehouseResource, truth: GroundTruth,
     return dg.MaterializeResult(metadata=meta)
 
 
-EVALUATION_ASSETS = [reconciliation_quality, anomaly_quality]
+@dg.asset(
+    key=dg.AssetKey(["evaluation", "forecast_quality"]),
+    deps=[dg.AssetKey(["marts", "tier_projections"])],
+    group_name="evaluation",
+    kinds={"duckdb"},
+    pool=WAREHOUSE_POOL,
+    description="Forecast MASE beside SeasonalNaive, interval coverage, tier-crossing precision and recall, "
+                "against what the world did after as_of.",
+)
+def forecast_quality(warehouse: WarehouseResource, truth: GroundTruth,
+                     settings: PipelineSettings) -> dg.MaterializeResult:
+    from billing_ai.evaluation.forecasts import evaluate_forecasts, format_forecast_report
+
+    with warehouse.connect(read_only=False) as con:
+        result = evaluate_forecasts(con, truth.dir(), settings.clock().now())
+    return dg.MaterializeResult(metadata={**{k: v for k, v in result.items() if v is not None},
+                                          "report": dg.MetadataValue.md("```\n" + format_forecast_report(result)
+                                                                        + "\n```")})
+
+
+EVALUATION_ASSETS = [reconciliation_quality, anomaly_quality, forecast_quality]

@@ -1,0 +1,133 @@
+"""Forecasting benchmark: N daily usage series x 180 days, seconds and peak memory.
+
+Ours:
+  * ``select``  -- :func:`billing_ai.forecasting.select_models` (weekly: rolling-origin CV of every
+    candidate model, 3 windows of 14 days);
+  * ``nightly`` -- :func:`billing_ai.forecasting.forecast_usage` with a cached selection (refit of the
+    chosen model per series, conformal intervals, 31-day horizon: to the end of a monthly period).
+
+Floor (same run, same process isolation): the least any per-series statistical forecaster must do over
+the same rows -- StatsForecast ``SeasonalNaive(7)`` alone, one call over the whole frame, 31 days with
+its own intervals.
+
+The series mix what production sees: seasonal Poisson usage at scales from a few units to millions a
+day, some trending, 15% intermittent, 3% all-zero, 5% new (fewer than 14 days). Each measurement runs in
+its own subprocess so peak RSS is its own (the selection the nightly run reuses is computed beforehand
+in that subprocess, outside the timing); medians of the repeats.
+
+    .venv/bin/python bench/run.py --bench forecast [--series N] [--days D] [--repeats K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NIGHTLY_HORIZON = 31
+SELECTION_HORIZON = 14
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_history(series: int, days: int, seed: int = 0):
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    week = np.array([1.0, 1.1, 1.2, 1.1, 1.0, 0.45, 0.35])
+    t = np.arange(days)
+    scale = rng.lognormal(3, 2.5, series)  # any scale: below 1 to millions a day
+    trend = 1 + rng.choice([0.0, 0.0, 0.0, 1.0], series)[:, None] * rng.uniform(-0.3, 0.8, series)[:, None] * t / days
+    lam = scale[:, None] * week[None, t % 7] * trend
+    y = rng.poisson(lam).astype(np.float64)
+    kind = rng.random(series)
+    sparse = kind < 0.15
+    y[sparse] *= rng.random((int(sparse.sum()), days)) < 0.15  # intermittent: ~85% zero days
+    y[(kind >= 0.15) & (kind < 0.18)] = 0.0  # all-zero
+    new = (kind >= 0.18) & (kind < 0.23)
+    y[new, : days - 10] = np.nan  # new customers: only the last 10 days exist
+    ds = np.datetime64("2026-03-01") + t.astype("timedelta64[D]")
+    df = pl.DataFrame({"series_id": np.repeat(np.array([f"si_{i:06d}" for i in range(series)]), days),
+                       "ds": np.tile(ds, series), "y": y.ravel()})
+    return df.filter(pl.col("y").is_not_nan())
+
+
+def child(spec: dict) -> dict:
+    sys.path.insert(0, str(REPO))
+    import polars as pl
+
+    history = make_history(spec["series"], spec["days"])
+    extra: dict = {}
+    if spec["what"] == "floor":
+        from statsforecast import StatsForecast
+        from statsforecast.models import SeasonalNaive
+
+        df = history.rename({"series_id": "unique_id"}).with_columns(pl.col("ds").cast(pl.Datetime("us")))
+        t = time.perf_counter()
+        out = StatsForecast(models=[SeasonalNaive(season_length=7)], freq="1d", n_jobs=2).forecast(
+            df=df, h=NIGHTLY_HORIZON, level=[80])
+    elif spec["what"] == "select":
+        from billing_ai.forecasting import select_models
+
+        t = time.perf_counter()
+        out = select_models(history, SELECTION_HORIZON, "1d")
+        extra = {"by_model": dict(out.group_by("model").len().rows()),
+                 "median_rmsse": out["backtest_error"].median()}
+    else:
+        from billing_ai.forecasting import forecast_usage, select_models
+
+        sel = select_models(history, SELECTION_HORIZON, "1d")
+        t = time.perf_counter()
+        out = forecast_usage(history, NIGHTLY_HORIZON, "1d", level=80, selection=sel)
+        extra = {"by_interval": dict(out.group_by("interval_method").len().rows())}
+    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(), "rows": history.height,
+            "out_rows": out.height, **extra}
+
+
+def _run_child(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--series", type=int, default=1_000)
+    ap.add_argument("--days", type=int, default=180)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child")
+    args, _ = ap.parse_known_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    results: dict[str, list[dict]] = {"floor": [], "select": [], "nightly": []}
+    for _ in range(args.repeats):
+        for what in results:  # interleaved: all see the same machine load
+            results[what].append(_run_child({"what": what, "series": args.series, "days": args.days}))
+    med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
+    peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
+    rows = results["select"][0]["rows"]
+    print(f"{args.series:,} daily series x {args.days} days = {rows:,} rows; {args.repeats} repeats, medians")
+    print(f"  floor SeasonalNaive (StatsForecast, h={NIGHTLY_HORIZON})     {med['floor']:7.1f} s  "
+          f"peak {peak['floor']:7,.0f} MiB")
+    print(f"  ours select_models (CV 3x{SELECTION_HORIZON} d, 4 models)       {med['select']:7.1f} s  "
+          f"peak {peak['select']:7,.0f} MiB  ratio {med['select'] / med['floor']:.1f}x  "
+          f"models {results['select'][0]['by_model']}  median RMSSE {results['select'][0]['median_rmsse']:.2f}")
+    print(f"  ours forecast_usage nightly (cached selection, h={NIGHTLY_HORIZON}) {med['nightly']:7.1f} s  "
+          f"peak {peak['nightly']:7,.0f} MiB  ratio {med['nightly'] / med['floor']:.1f}x  "
+          f"intervals {results['nightly'][0]['by_interval']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
