@@ -73,12 +73,15 @@ def _selection(con, now: datetime) -> pl.DataFrame | None:
 
 def project(con, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, str]:
     """Forecasts, per-item projections, tier projections and how the models were chosen."""
-    from billing_ai.forecasting.forecast import forecast_usage
+    from billing_ai.forecasting.forecast import forecast_usage, select_models
 
     positions = con.sql(POSITIONS_SQL).pl()
     history = _history(con, now)
     horizon = max((pj.next_days(now, e) for e in positions["period_end"].to_list()), default=1)
     sel = _selection(con, now)
+    cached = sel is not None
+    if not cached:  # no fresh weekly choice: choose now, with the weekly job's cross-validation horizon
+        sel = select_models(history, SELECTION_HORIZON, "1d")
     fc = forecast_usage(history, horizon, "1d", level=LEVEL, selection=sel)
     proj = pj.period_projection(fc, positions, now, LEVEL)
     plans = load_plans(con)
@@ -108,7 +111,7 @@ def project(con, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFram
     tiers = proj.select("subscription_item_id", "subscription_id", "customer_id", "price_id", "meter_name",
                         "currency", "period_start", "period_end").join(pl.DataFrame(rows, infer_schema_length=None),
                                                                         on="subscription_item_id")
-    how = "cached weekly selection" if sel is not None else "selected in this run (no fresh weekly selection)"
+    how = "cached weekly selection" if cached else "selected in this run (no fresh weekly selection)"
     return fc, proj, tiers, how
 
 

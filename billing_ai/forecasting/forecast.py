@@ -216,8 +216,15 @@ def _model(name: str, season: int):
 
 
 def _n_jobs(n_series: int) -> int:
-    # process start-up costs ~a second: not worth it for a handful of series
-    return 1 if n_series < 200 else max(1, min(os.cpu_count() or 1, 8))
+    """One process unless BILLING_AI_FORECAST_JOBS says otherwise.
+
+    StatsForecast parallelises by forking worker processes, and a fork taken while Polars' (or
+    DuckDB's, or the sandbox server's) threads hold a lock deadlocks the child: it happened in a
+    nightly run. Inside the pipeline, forecasting stays in-process; a standalone caller with no
+    such threads may set the variable to use more cores.
+    """
+    jobs = int(os.environ.get("BILLING_AI_FORECAST_JOBS", "1"))
+    return 1 if n_series < 200 else max(1, min(jobs, os.cpu_count() or 1))
 
 
 def _statsforecast(models: list, freq: str, n_series: int):
