@@ -132,3 +132,79 @@ def test_isolated_errors_pass_the_check_with_the_default_tolerance(tiny_warehous
     result = dg.materialize([*ANALYTICS_ASSETS], resources=res)
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "reconciliation_within_tolerance"]
     assert check.passed and check.metadata["mismatched_lines"].value <= 2
+
+
+def test_rating_by_pieces_equals_the_rules_applied_event_by_event(error_world, tmp_path):
+    """rate_periods sums the events once per piece of their subscription's time line (reconcile.PIECES); the
+    quantities, on-time quantities and event counts per window, and the usage no window covers, must be
+    exactly those of the rules applied to every event. Edge cases added to the error world: events on every
+    window edge and landed exactly at / just before the invoice, a day with several cuts (an item valid for
+    hours on a renewal day) and a period with two invoices (windows disagreeing on finalized_at)."""
+    from billing_ai.clock import parse_instant
+    from billing_ai.rating import reconcile
+
+    path = tmp_path / "w.duckdb"
+    shutil.copy(error_world[1], path)
+    con = wh.connect(path)
+    now = parse_instant(ERROR_WORLD.as_of)
+    with wh.transaction(con):
+        wh.run(con, reconcile.PERIODS, {"now": now})
+        wh.run(con, reconcile.WINDOWS, {"now": now})
+        # an extra item, valid two to five hours after one renewal, and a second invoice for another period
+        wh.run(con, """INSERT INTO core.subscription_items
+                       SELECT i.* REPLACE ('si_edge' AS subscription_item_id,
+                                           w.period_start + INTERVAL 2 HOUR AS valid_from,
+                                           w.period_start + INTERVAL 5 HOUR AS valid_to)
+                       FROM core.subscription_items i JOIN _windows w USING (subscription_item_id)
+                       WHERE w.k = 1 ORDER BY w.w LIMIT 1""")
+        wh.run(con, """INSERT INTO core.invoices
+                       SELECT * REPLACE ('in_edge' AS invoice_id, finalized_at + INTERVAL 1 DAY AS finalized_at)
+                       FROM core.invoices WHERE invoice_id = (SELECT min(invoice_id) FROM _windows
+                                                              WHERE finalized_at IS NOT NULL AND k = 1)""")
+        edges = ["usage_from", "usage_from + INTERVAL 1 MICROSECOND", "usage_to - INTERVAL 1 MICROSECOND", "usage_to"]
+        landed = ["finalized_at - INTERVAL 1 MICROSECOND", "finalized_at", "NULL"]
+        for i, ts in enumerate(edges):
+            for j, at in enumerate(landed):
+                wh.run(con, f"""INSERT INTO core.usage_events
+                                SELECT u.* REPLACE ('edge_{i}_{j}_' || w.w AS event_id, w.{ts} AS event_ts,
+                                                    CAST(w.{ts} AS DATE) AS event_date, {at} AS landed_at)
+                                FROM _windows w JOIN core.usage_events u USING (subscription_id, meter_name)
+                                QUALIFY row_number() OVER (PARTITION BY w.w ORDER BY u.event_id) = 1""")
+    with wh.transaction(con):
+        reconcile.rate_periods(con, now)
+        wh.run(con, reconcile.UNCOVERED)
+        # the edge cases reached the general path
+        assert wh.run(con, "SELECT count(*) FROM _slots WHERE piece IS NULL")[0][0] >= 2
+        assert wh.run(con, "SELECT count(*) FROM _windows WHERE invoice_id = 'in_edge'")[0][0] > 0
+        per_event = wh.run(con, """
+            SELECT w.subscription_item_id, w.period_start, w.invoice_id,
+                   coalesce(sum(u.quantity), 0),
+                   coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0),
+                   count(u.event_id)
+            FROM _windows w
+            LEFT JOIN core.usage_events u ON u.subscription_id = w.subscription_id AND u.meter_name = w.meter_name
+                                         AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
+            GROUP BY ALL ORDER BY ALL""")
+        ours = wh.run(con, """SELECT subscription_item_id, period_start, invoice_id, quantity, quantity_on_time,
+                                     event_count FROM marts.rated_usage ORDER BY ALL""")
+        assert ours == per_event and sum(r[5] for r in ours) > 0
+        uncovered_per_event = wh.run(con, """
+            WITH uncovered AS (
+                SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity,
+                       CASE WHEN u.event_ts < s.started_at THEN 'before'
+                            WHEN s.ended_at IS NOT NULL AND u.event_ts >= s.ended_at THEN 'after'
+                            ELSE 'during' END AS phase
+                FROM core.usage_events u
+                JOIN core.subscriptions s ON s.subscription_id = u.subscription_id
+                WHERE NOT EXISTS (SELECT 1 FROM _windows w WHERE w.subscription_id = u.subscription_id
+                                    AND w.meter_name = u.meter_name
+                                    AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to))
+            SELECT u.subscription_id, u.meter_name, u.phase, p.k, sum(u.quantity), count(*),
+                   min(u.event_ts), max(u.event_ts)
+            FROM uncovered u
+            ASOF LEFT JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
+            GROUP BY ALL ORDER BY ALL""")
+        uncovered = wh.run(con, """SELECT subscription_id, meter_name, phase, k, quantity, event_count, first_ts,
+                                          last_ts FROM _usage_agg ORDER BY ALL""")
+        assert uncovered == uncovered_per_event and len(uncovered) > 0
+    con.close()

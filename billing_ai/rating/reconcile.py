@@ -50,12 +50,16 @@ from billing_ai.rating.vectorized import rate_relation, tier_breakdown_relation
 
 FINDINGS = ("match", "rounding", "underbilled", "overbilled", "missing_line", "unbilled_usage", "late_usage")
 
+# Periods up to now. k only runs to the number of 28-day spans between the anchor and now (a month is at least
+# 28 days; 600 stays the hard cap), so no subscription expands 600 candidate months through the (slow) time
+# zone arithmetic only to filter them out.
 PERIODS = """
 CREATE OR REPLACE TEMP TABLE _periods AS
 SELECT s.subscription_id, s.customer_id, s.currency, CAST(k AS INTEGER) AS k,
        s.billing_cycle_anchor + to_months(CAST(k AS INTEGER))     AS period_start,
        s.billing_cycle_anchor + to_months(CAST(k + 1 AS INTEGER)) AS period_end
-FROM core.subscriptions s, range(0, 600) r(k)
+FROM core.subscriptions s,
+     range(0, least(600, (epoch_us($now) - epoch_us(s.billing_cycle_anchor)) // (28 * 86400000000) + 1)) r(k)
 WHERE s.billing_cycle_anchor + to_months(CAST(k AS INTEGER)) <= $now
   AND (s.ended_at IS NULL OR s.billing_cycle_anchor + to_months(CAST(k AS INTEGER)) < s.ended_at)
 """
@@ -77,52 +81,160 @@ LEFT JOIN core.invoices inv ON inv.subscription_id = p.subscription_id AND inv.p
 WHERE greatest(p.period_start, i.valid_from) < least(p.period_end, coalesce(i.valid_to, p.period_end))
 """
 
-# Rating reads the events once: a range join on (subscription, meter, [usage_from, usage_to)),
-# which DuckDB plans as an equality hash join with a range filter over the small windows table --
-# no sort of the events.
+# -- the one pass over the events ---------------------------------------------------------------------------
+#
+# Which window an event counts in, whether it arrived on time, and (for the reconciliation) its phase and
+# billing period all depend only on where its event_ts falls among a few instants of its subscription ("cuts":
+# the window edges, period starts, started_at and ended_at), and on its landed_at against the finalized_at of
+# the windows there. Between two consecutive cuts ("a piece") all of a subscription's events of one meter are
+# alike, so they are summed once per (piece, meter) into _usage -- with the on-time part already split off, as
+# every window covering a piece has the same finalized_at -- and the rules (the range join to the windows,
+# phase, the ASOF period) run on those few rows, each standing for its events through its first event_ts.
+#
+# An event finds its piece by equality joins, not a range join: a range join on (subscription, meter) meets
+# every event with every window of its meter -- one per period of the whole history -- and a second one would
+# be needed for the usage no window covers. Here an event meets one slot: _slots has one row per subscription
+# and UTC day, with the piece the day starts in and the (at most two) cuts inside the day, the next pieces
+# being the next numbers. So the pass is two equality joins on small tables, two comparisons per event and a
+# hash aggregate on (piece, meter), whatever the length of the history. A day with more cuts inside, or one
+# touching a piece whose windows disagree on finalized_at (a period with two invoices), is "exact": its (few)
+# events are summed per event_ts and landed_at by EXACT_USAGE instead, and the rules see them as they are.
+
+PIECES = """
+CREATE OR REPLACE TEMP TABLE _pieces AS
+WITH subs AS (SELECT DISTINCT subscription_id FROM core.subscriptions WHERE subscription_id IS NOT NULL),
+cuts AS (
+    SELECT subscription_id, usage_from AS t FROM _windows
+    UNION SELECT subscription_id, usage_to FROM _windows
+    UNION SELECT subscription_id, period_start FROM _periods
+    UNION SELECT subscription_id, started_at FROM core.subscriptions WHERE started_at IS NOT NULL
+    UNION SELECT subscription_id, ended_at FROM core.subscriptions WHERE ended_at IS NOT NULL
+),
+spans AS (  -- a NULL piece_from / piece_to is unbounded; a subscription without cuts is one piece
+    SELECT subscription_id, t AS piece_from, lead(t) OVER (PARTITION BY subscription_id ORDER BY t) AS piece_to
+    FROM cuts
+    UNION ALL
+    SELECT s.subscription_id, NULL, min(c.t) FROM subs s LEFT JOIN cuts c USING (subscription_id) GROUP BY 1
+),
+fins AS (   -- the finalized_at of the windows covering each piece; exact when they differ
+    SELECT p.subscription_id, p.piece_from, p.piece_to, max(w.finalized_at) AS finalized_at,
+           count(DISTINCT w.finalized_at) + CAST(bool_or(w.w IS NOT NULL AND w.finalized_at IS NULL) AS INTEGER) > 1
+               AS exact
+    FROM spans p
+    LEFT JOIN _windows w ON w.subscription_id = p.subscription_id
+                        AND w.usage_from <= p.piece_from AND p.piece_to <= w.usage_to
+    GROUP BY ALL
+)
+-- numbered in time order within a subscription: the piece after piece n is n + 1
+SELECT row_number() OVER (ORDER BY subscription_id, piece_from NULLS FIRST) AS piece, *
+FROM fins
+"""
+
+# Days: epoch_us // 86400000000 (truncating, but monotone: all that matters, as events and slots use the same).
+# $lo..$hi are the days of all cuts and one more each side; an event's day is clamped into them (all of a
+# subscription's days before its first cut are in its first piece, all after its last cut in its last).
+# A slot's number is its subscription's base + day - $lo.
+SLOT_SUBS = """
+CREATE OR REPLACE TEMP TABLE _slot_subs AS
+SELECT subscription_id, CAST(row_number() OVER (ORDER BY subscription_id) - 1 AS BIGINT) * ($hi - $lo + 1) AS base
+FROM (SELECT DISTINCT subscription_id FROM _pieces)
+"""
+
+# Per slot: piece (NULL on an exact day), cut1 and cut2 (infinity when fewer cuts), and for the on-time split
+# on_time_before = the piece's finalized_at in epoch microseconds (2^62 when it has no invoice: then the on-time
+# sum is never used) with step1 / step2 = how much later the next pieces' are. An event's piece is piece +
+# (event_ts >= cut1) + (event_ts >= cut2), and it is on time if it landed before on_time_before +
+# (event_ts >= cut1) * step1 + (event_ts >= cut2) * step2: arithmetic on every event, no CASE.
+SLOTS = """
+CREATE OR REPLACE TEMP TABLE _slots AS
+WITH days AS (
+    SELECT subscription_id, piece, exact, unnest(range(
+        coalesce(epoch_us(piece_from) // 86400000000, $lo),
+        coalesce(epoch_us(piece_to - INTERVAL 1 MICROSECOND) // 86400000000, $hi) + 1)) AS day
+    FROM _pieces
+),
+per_day AS (
+    SELECT subscription_id, day, min(piece) AS first, count(*) AS n, bool_or(exact) AS exact
+    FROM days GROUP BY ALL
+),
+until AS (SELECT piece, piece_from, coalesce(epoch_us(finalized_at), 4611686018427387904) AS us FROM _pieces)
+SELECT s.base + d.day - $lo AS slot,
+       CASE WHEN d.n <= 3 AND NOT d.exact THEN d.first END AS piece,
+       coalesce(p1.piece_from, 'infinity') AS cut1, coalesce(p2.piece_from, 'infinity') AS cut2,
+       p0.us AS on_time_before, coalesce(p1.us - p0.us, 0) AS step1, coalesce(p2.us - p1.us, 0) AS step2
+FROM per_day d
+JOIN _slot_subs s USING (subscription_id)
+JOIN until p0 ON p0.piece = d.first
+LEFT JOIN until p1 ON p1.piece = d.first + 1 AND d.n >= 2
+LEFT JOIN until p2 ON p2.piece = d.first + 2 AND d.n >= 3
+"""
+
+EVENTS_IN_SLOTS = """core.usage_events u
+JOIN _slot_subs s ON s.subscription_id = u.subscription_id
+JOIN _slots sl ON sl.slot = s.base + least(greatest(epoch_us(u.event_ts) // 86400000000, $lo), $hi) - $lo"""
+
+# _usage: subscription_id, meter_name, event_ts (the first), last_ts, quantity, event_count, and either
+# quantity_on_time (a piece's row) or landed_at (an exact row: one event_ts and landed_at)
+USAGE = f"""
+CREATE OR REPLACE TEMP TABLE _usage AS
+WITH summed AS (
+    SELECT sl.piece + CAST(u.event_ts >= sl.cut1 AS INTEGER) + CAST(u.event_ts >= sl.cut2 AS INTEGER) AS piece,
+           u.meter_name, min(u.event_ts) AS event_ts, max(u.event_ts) AS last_ts,
+           CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity,
+           CAST(coalesce(sum(u.quantity) FILTER (WHERE epoch_us(u.landed_at) < sl.on_time_before
+                    + CAST(u.event_ts >= sl.cut1 AS BIGINT) * sl.step1
+                    + CAST(u.event_ts >= sl.cut2 AS BIGINT) * sl.step2), 0) AS DECIMAL(38, 9)) AS quantity_on_time,
+           count(*) AS event_count
+    FROM {EVENTS_IN_SLOTS}
+    GROUP BY ALL
+)
+SELECT p.subscription_id, u.meter_name, u.event_ts, u.last_ts, u.quantity, u.quantity_on_time,
+       CAST(NULL AS TIMESTAMPTZ) AS landed_at, u.event_count
+FROM summed u JOIN _pieces p USING (piece)  -- exact days' events (no piece) drop out here
+"""
+
+EXACT_USAGE = f"""
+INSERT INTO _usage
+SELECT u.subscription_id, u.meter_name, u.event_ts, u.event_ts, CAST(sum(u.quantity) AS DECIMAL(38, 9)), NULL,
+       u.landed_at, count(*)
+FROM {EVENTS_IN_SLOTS}
+WHERE sl.piece IS NULL
+GROUP BY u.subscription_id, u.meter_name, u.event_ts, u.landed_at
+"""
+
+# The rating's quantities per window, from the _usage rows in it
 COVERED = """
 CREATE OR REPLACE TEMP TABLE _covered AS
 SELECT w.w,
        CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity,
-       CAST(coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0)
+       CAST(coalesce(sum(CASE WHEN w.finalized_at IS NULL THEN u.quantity
+                              WHEN u.quantity_on_time IS NOT NULL THEN u.quantity_on_time
+                              WHEN u.landed_at < w.finalized_at THEN u.quantity END), 0)
             AS DECIMAL(38, 9)) AS quantity_on_time,
-       count(*) AS event_count
-FROM core.usage_events u
+       CAST(sum(u.event_count) AS BIGINT) AS event_count
+FROM _usage u
 JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
                AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
 GROUP BY w.w
 """
 
-# The reconciliation also needs the events no window covers. Only (subscription, meter) pairs whose
-# event count exceeds what the windows covered have any, and only those are scanned again (an anti
-# range join over every event costs several times the rating). They get their phase (before the
-# start, during, after the end) and billing period (an ASOF join on the small periods table).
+# The reconciliation also needs the events no window covers, with their phase (before the start, during,
+# after the end) and billing period (an ASOF join on the small periods table).
 UNCOVERED = """
 CREATE OR REPLACE TEMP TABLE _usage_agg AS
-WITH covered_pairs AS (
-    SELECT w.subscription_id, w.meter_name, sum(c.event_count) AS n
-    FROM _covered c JOIN _windows w USING (w) GROUP BY ALL
-),
-gaps AS (
-    SELECT t.subscription_id, t.meter_name
-    FROM (SELECT subscription_id, meter_name, count(*) AS n FROM core.usage_events GROUP BY ALL) t
-    LEFT JOIN covered_pairs c USING (subscription_id, meter_name)
-    WHERE t.n > coalesce(c.n, 0)
-),
-uncovered AS (
-    SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity,
+WITH uncovered AS (
+    SELECT u.subscription_id, u.meter_name, u.event_ts, u.last_ts, u.quantity, u.event_count,
            CASE WHEN u.event_ts < s.started_at THEN 'before'
                 WHEN s.ended_at IS NOT NULL AND u.event_ts >= s.ended_at THEN 'after' ELSE 'during' END AS phase
-    FROM core.usage_events u
-    JOIN gaps g ON g.subscription_id = u.subscription_id AND g.meter_name = u.meter_name
+    FROM _usage u
     JOIN core.subscriptions s ON s.subscription_id = u.subscription_id
     LEFT JOIN _windows w ON w.subscription_id = u.subscription_id AND w.meter_name = u.meter_name
                         AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
     WHERE w.w IS NULL
 )
 SELECT u.subscription_id, u.meter_name, NULL AS w, u.phase, p.k,
-       CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity, count(*) AS event_count,
-       min(u.event_ts) AS first_ts, max(u.event_ts) AS last_ts
+       CAST(sum(u.quantity) AS DECIMAL(38, 9)) AS quantity, CAST(sum(u.event_count) AS BIGINT) AS event_count,
+       min(u.event_ts) AS first_ts, max(u.last_ts) AS last_ts
 FROM uncovered u ASOF LEFT JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
 GROUP BY u.subscription_id, u.meter_name, u.phase, p.k
 """
@@ -212,8 +324,8 @@ def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
         wh.run(con, UNCOVERED)
         _build_reconciliation(con, settings)
         wh.run(con, RECONCILIATION_EVENTS_VIEW)
-        for t in ("_periods", "_windows", "_covered", "_usage_agg", "_quantities", "_to_rate", "_rated", "_tiers",
-                  "_lines", "_expected"):
+        for t in ("_periods", "_windows", "_pieces", "_slot_subs", "_slots", "_usage", "_covered", "_usage_agg",
+                  "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
             wh.run(con, f"DROP TABLE IF EXISTS {t}")
     return {t: wh.count(con, f"marts.{t}") for t in ("rated_usage", "tier_positions", "invoice_reconciliation")}
 
@@ -223,6 +335,7 @@ def rate_periods(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
     params = {"now": now}
     wh.run(con, PERIODS, params)
     wh.run(con, WINDOWS, params)
+    _sum_usage(con)
     wh.run(con, COVERED)
     wh.run(con, QUANTITIES)
     # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
@@ -234,6 +347,21 @@ def rate_periods(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
     tier_breakdown_relation(con, "SELECT * FROM _to_rate WHERE row_id % 2 = 0").create("_tiers")
     wh.run(con, RATED_USAGE_DDL)
     wh.run(con, TIER_POSITIONS_DDL, params)
+
+
+def _sum_usage(con: duckdb.DuckDBPyConnection) -> None:
+    """_usage: the events summed per piece of their subscription's time line (see PIECES), in one pass."""
+    wh.run(con, PIECES)
+    (lo, hi), = wh.run(con, """
+        SELECT coalesce(min(d), 0) - 1, coalesce(max(d), 0) + 1
+        FROM (SELECT epoch_us(piece_from) // 86400000000 AS d FROM _pieces
+              UNION ALL SELECT epoch_us(piece_to) // 86400000000 FROM _pieces)""")
+    days = {"lo": lo, "hi": hi}
+    wh.run(con, SLOT_SUBS, days)
+    wh.run(con, SLOTS, days)
+    wh.run(con, USAGE, days)
+    if wh.run(con, "SELECT count(*) FROM _slots WHERE piece IS NULL")[0][0]:  # exact days: rare
+        wh.run(con, EXACT_USAGE, days)
 
 
 def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSettings) -> None:
