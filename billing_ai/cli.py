@@ -154,6 +154,24 @@ def evaluate_forecasts(seed: int, customers: int, days: int, data_dir: Path | No
     click.echo(figures["evaluation/forecast_quality"]["report"].strip("`\n"))
 
 
+@main.group()
+def webhooks() -> None:
+    """The signed-webhook receiver."""
+
+
+@webhooks.command("serve")
+@click.option("--port", type=int, default=12112, show_default=True)
+@click.option("--inbox", type=click.Path(path_type=Path), default=Path("data/webhooks/inbox.sqlite"), show_default=True)
+def webhooks_serve(port: int, inbox: Path) -> None:
+    """Receive /webhooks/<platform> on 127.0.0.1 (secrets from the environment; see README)."""
+    import uvicorn
+
+    from billing_ai.webhooks.receiver import WebhookInbox, WebhookSecrets, create_app
+
+    uvicorn.run(create_app(WebhookInbox(inbox), WebhookSecrets.from_env()), host="127.0.0.1", port=port,
+                log_level="info", access_log=False, lifespan="off")
+
+
 # ---- proposed actions ---------------------------------------------------------------------------
 def _ledger(path: str | None):
     from billing_ai.actions.ledger import Ledger

@@ -1,0 +1,1 @@
+"""Signed webhooks from the billing platforms: verification, a durable inbox, and the sensor that reads it."""
