@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import peak_mib, run_child  # noqa: E402
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_buckets(series: int, days: int, seed: int = 0):
@@ -71,14 +70,9 @@ def child(spec: dict) -> dict:
 
         out = detect_anomalies(buckets, "1h", rows="buckets", multivariate_features=False)
         flagged = int(out["is_anomaly"].sum() or 0)
-    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(), "rows": buckets.height, "flagged": flagged}
+    return {"seconds": time.perf_counter() - t, "peak_mib": peak_mib(), "rows": buckets.height, "flagged": flagged}
 
 
-def _run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {"floor": [], "ours": []}
     for _ in range(args.repeats):
         for what in results:  # interleaved: both see the same machine load
-            results[what].append(_run_child({"what": what, "series": args.series, "days": args.days}))
+            results[what].append(run_child(__file__, {"what": what, "series": args.series, "days": args.days}))
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
     rows = results["ours"][0]["rows"]

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import peak_mib, run_child  # noqa: E402
 NIGHTLY_HORIZON = 31
 SELECTION_HORIZON = 14
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_history(series: int, days: int, seed: int = 0):
@@ -89,15 +88,10 @@ def child(spec: dict) -> dict:
         t = time.perf_counter()
         out = forecast_usage(history, NIGHTLY_HORIZON, "1d", level=80, selection=sel)
         extra = {"by_interval": dict(out.group_by("interval_method").len().rows())}
-    return {"seconds": time.perf_counter() - t, "peak_mib": _peak_mib(), "rows": history.height,
+    return {"seconds": time.perf_counter() - t, "peak_mib": peak_mib(), "rows": history.height,
             "out_rows": out.height, **extra}
 
 
-def _run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {"floor": [], "select": [], "nightly": []}
     for _ in range(args.repeats):
         for what in results:  # interleaved: all see the same machine load
-            results[what].append(_run_child({"what": what, "series": args.series, "days": args.days}))
+            results[what].append(run_child(__file__, {"what": what, "series": args.series, "days": args.days}))
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
     rows = results["select"][0]["rows"]

@@ -26,30 +26,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import peak_mib, run_child  # noqa: E402
 THREADS = 2
 MEMORY_LIMIT = "3GB"
 TARGET_RATIO = 1.5
 
 
-def _peak_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = max(peak, int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return peak
 
 
 def build_template(root: Path, n_events: int) -> Path:
@@ -133,14 +125,9 @@ def child(spec: dict) -> dict:
         out = build_rating_marts(con, parse_instant(spec["now"]))
     seconds = time.perf_counter() - t
     con.close()
-    return {"seconds": seconds, "peak_mib": _peak_mib(), **out}
+    return {"seconds": seconds, "peak_mib": peak_mib(), **out}
 
 
-def _run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             for what in results:  # interleaved: all see the same machine load
                 db = root / f"{what}.duckdb"
                 shutil.copy(template, db)
-                results[what].append(_run_child({"what": what, "db": str(db), "now": now}))
+                results[what].append(run_child(__file__, {"what": what, "db": str(db), "now": now}))
                 db.unlink()
         med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
         peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
