@@ -44,6 +44,19 @@ def run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | dict | None
     return cur.fetchall()
 
 
+def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame, replace: bool = False) -> None:
+    """Write a Polars frame into ``table``: append by column name, or (``replace``) recreate the table
+    from it. Runs inside the caller's transaction, if any."""
+    con.register("_write_frame", frame)
+    try:
+        if replace:
+            run(con, f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _write_frame")
+        else:
+            run(con, f"INSERT INTO {table} BY NAME SELECT * FROM _write_frame")
+    finally:
+        con.unregister("_write_frame")
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """One explicit transaction: all of it lands, or none of it does."""

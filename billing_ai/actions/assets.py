@@ -129,9 +129,7 @@ def copy_ledger_to_warehouse(con, ledger: Ledger) -> dict[str, int]:
             rows = ledger.table(source)
             wh.run(con, f"DELETE FROM ops.{table}")
             if rows:
-                con.register("_ledger_rows", pl.DataFrame(rows, infer_schema_length=None))
-                wh.run(con, f"INSERT INTO ops.{table} BY NAME SELECT * FROM _ledger_rows")
-                con.unregister("_ledger_rows")
+                wh.write_frame(con, f"ops.{table}", pl.DataFrame(rows, infer_schema_length=None))
             counts[table] = len(rows)
     return counts
 

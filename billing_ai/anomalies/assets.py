@@ -77,9 +77,7 @@ def usage_anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         flags = detect_window(con, now)
         with wh.transaction(con):
             wh.run(con, f"CREATE OR REPLACE TABLE marts.usage_anomalies ({COLUMNS_DDL})")
-            con.register("_flags", flags)
-            wh.run(con, "INSERT INTO marts.usage_anomalies BY NAME SELECT * FROM _flags")
-            con.unregister("_flags")
+            wh.write_frame(con, "marts.usage_anomalies", flags)
         counts = _propose(con, flags, now - timedelta(days=PROPOSE_DAYS), now, actions, context.run.run_id)
     return dg.MaterializeResult(metadata=_metadata(flags, counts))
 
@@ -108,9 +106,7 @@ def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: Warehou
             wh.run(con, f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly ({COLUMNS_DDL}, "
                         "partition_hour TIMESTAMPTZ)")
             wh.run(con, "DELETE FROM marts.usage_anomalies_hourly WHERE partition_hour = $h", {"h": hour})
-            con.register("_flags", flags)
-            wh.run(con, "INSERT INTO marts.usage_anomalies_hourly BY NAME SELECT * FROM _flags")
-            con.unregister("_flags")
+            wh.write_frame(con, "marts.usage_anomalies_hourly", flags)
         counts = _propose(con, flags, hour - timedelta(hours=6), end, actions, context.run.run_id)
     return dg.MaterializeResult(metadata=_metadata(flags, counts))
 

@@ -54,9 +54,7 @@ def forecast_model_selection(warehouse: WarehouseResource, settings: PipelineSet
         sel = select_models(history, SELECTION_HORIZON, "1d").with_columns(
             pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("chosen_at"))
         with wh.transaction(con):
-            con.register("_sel", sel)
-            wh.run(con, "CREATE OR REPLACE TABLE marts.forecast_model_selection AS SELECT * FROM _sel")
-            con.unregister("_sel")
+            wh.write_frame(con, "marts.forecast_model_selection", sel, replace=True)
     return dg.MaterializeResult(metadata={
         "series": sel.height, "by_model": dg.MetadataValue.json(dict(sel.group_by("model").len().rows())),
         "median_backtest_error": float(sel["backtest_error"].median() or 0.0)})
@@ -139,9 +137,7 @@ def usage_forecasts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             pl.lit(LEVEL).alias("interval_level"), "model", "backtest_error")
         with wh.transaction(con):
             for name, frame in (("usage_forecasts", out), ("usage_forecast_daily", fc), ("tier_projections", tiers)):
-                con.register("_frame", frame)
-                wh.run(con, f"CREATE OR REPLACE TABLE marts.{name} AS SELECT * FROM _frame")
-                con.unregister("_frame")
+                wh.write_frame(con, f"marts.{name}", frame, replace=True)
     yield dg.MaterializeResult(asset_key=["marts", "usage_forecasts"], metadata={
         "dagster/row_count": out.height, "models": how,
         "by_model": dg.MetadataValue.json(dict(out.group_by("model").len().rows())),
