@@ -219,12 +219,13 @@ class Executor:
     # -- re-check against the platform's state now (business rules that depend on it)
     def precheck(self, p: Proposal) -> list[str]:
         params, kind, tid = p.typed_params().model_dump(), p.kind, p.target_id
+        cust = None  # read once: every customer-targeted check below looks at the same object
         if p.target_type == "customer":
             cust = self.s.customer(tid)
             if cust is None or cust.get("deleted"):
                 return [f"customer {tid} does not exist"]
         if kind == "metadata_update":
-            obj = self.s.customer(tid) if p.target_type == "customer" else self.s.subscription(tid)
+            obj = cust if p.target_type == "customer" else self.s.subscription(tid)
             if obj is None:
                 return [f"{p.target_type} {tid} does not exist"]
             keys = set(obj.get("metadata") or {}) | {AUDIT_POINTER_KEY}
@@ -240,7 +241,6 @@ class Executor:
             if inv["status"] != "draft":
                 return [f"invoice {tid} is {inv['status']}: Stripe edits lines on draft invoices only"]
         elif kind == "pending_invoice_item":
-            cust = self.s.customer(tid)
             if cust.get("currency") and cust["currency"] != params["currency"]:
                 return [f"customer {tid} is billed in {cust['currency']}, not {params['currency']}"]
             if params.get("subscription"):
@@ -290,7 +290,6 @@ class Executor:
                         f"{format_minor(params['amount_due'], params['currency'])}, now "
                         f"{format_minor(inv['amount_remaining'], inv['currency'])}"]
         elif kind == "customer_email":
-            cust = self.s.customer(tid)
             if (cust.get("metadata") or {}).get("email_opt_out") == "true":
                 return [f"customer {tid} opted out of e-mail"]
             if not cust.get("email"):
