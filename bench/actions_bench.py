@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from billing_ai.actions.kinds import Proposal, action_id
     from billing_ai.actions.ledger import Ledger
     from billing_ai.actions.policy import Policy
-    from billing_ai.actions.push import Executor, Sinks, StripeWriter, push_action
+    from billing_ai.actions.push import Executor, Sinks, push_action
+from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
     from billing_ai.clock import parse_instant
     from billing_ai.sandbox.generator import generate_world, write_world
     from billing_ai.sandbox.server import SandboxServer
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             ledger.propose(proposals, policy, now)
             for p in proposals:
                 ledger.decide(p.action_id, "ana", "approve", "bench", "api", policy, now)
-            executor = Executor(StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0,
-                                             requests_per_second=0), Sinks("", "", root / "outbox"))
+            executor = Executor(StripeExecutor(StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0,
+                                                            requests_per_second=0)), Sinks("", "", root / "outbox"))
             t = time.perf_counter()
             for p in proposals:
                 row = push_action(ledger, executor, policy, p.action_id)

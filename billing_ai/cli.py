@@ -297,13 +297,11 @@ def actions_reject(action_ids: tuple[str, ...], who: str | None, reason: str, le
 def actions_push(action_id: str, ledger_path: str | None) -> None:
     """Push one approved action now (what the sensor's run does), using the environment's settings."""
     from billing_ai.actions.policy import Policy
-    from billing_ai.actions.push import Executor, Sinks, StripeWriter, push_action
+    from billing_ai.actions.push import push_action
+    from billing_ai.definitions import default_resources
 
-    executor = Executor(StripeWriter(os.environ.get("STRIPE_PUSH_API_KEY", ""),
-                                     os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")),
-                        Sinks(case_url=os.environ.get("BILLING_AI_CASE_URL", ""),
-                              chat_webhook_url=os.environ.get("BILLING_AI_CHAT_WEBHOOK_URL", ""),
-                              outbox_dir=Path(os.environ.get("BILLING_AI_OUTBOX", "data/outbox"))))
+    # the same writers the push job uses, with the environment's secrets resolved
+    executor = default_resources()["push"].process_config_and_initialize().executor()
     row = push_action(_ledger(ledger_path), executor, Policy.load(), action_id, actor=f"cli:{_identity(None)}")
     click.echo(f"{action_id}: {row['status']} {row['platform_object'] or ''} {_safe(row['status_reason'] or '')}")
 

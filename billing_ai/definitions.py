@@ -12,7 +12,7 @@ import dagster as dg
 
 from billing_ai.ingestion.partitions import usage_daily_partitions
 from billing_ai.ingestion.publish import publish_asset
-from billing_ai.ingestion.stripe_assets import core_platform_assets, stripe_raw
+from billing_ai.ingestion.platform_assets import core_platform_assets, platform_raw_assets
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
 from billing_ai.marts.usage import usage_bucket_assets
 from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
@@ -24,7 +24,7 @@ from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
-PLATFORM_ASSETS = [stripe_raw, raw_usage_events, *core_platform_assets]
+PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
 ANALYTICS_ASSETS = [rating_marts, *ANOMALY_ASSETS, *FORECAST_ASSETS, *ACTION_ASSETS]
 published_warehouse = publish_asset(

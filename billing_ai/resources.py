@@ -72,6 +72,10 @@ class StripeResource(dg.ConfigurableResource):
     requests_per_second: float = 20.0  # client-side limit, under Stripe's 25/s in test mode
     page_size: int = 100
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_base)
+
     def connector(self, pii_key: str):
         from billing_ai.platforms.stripe.client import StripeConnector
 

@@ -20,7 +20,8 @@ from billing_ai.actions.assets import (ActionsResource, PushResource, approve_ac
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal, action_id
 from billing_ai.actions.ledger import ApprovalRefused, Ledger
 from billing_ai.actions.policy import Policy
-from billing_ai.actions.push import Executor, Sinks, StripeWriter, push_action
+from billing_ai.actions.push import Executor, Sinks, push_action
+from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.cli import main as cli
 from billing_ai.clock import parse_instant
 from billing_ai.sandbox.faults import POST, FaultPlan, nth
@@ -38,7 +39,8 @@ class Env:
         self.ledger.set_meta("clock", now.isoformat())  # what the proposer records: the CLI judges expiry by it
         self.sinks = Sinks(case_url=f"{server.url}/sinks/cases",
                            chat_webhook_url=f"{server.url}/sinks/chat/T0/B0/secret", outbox_dir=tmp / "outbox")
-        self.executor = Executor(StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0), self.sinks)
+        self.executor = Executor(StripeExecutor(StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0)),
+                                 self.sinks)
         self.sdk = stripe.StripeClient(DEFAULT_SECRET_KEY, base_addresses={"api": server.url})
         sub = next(s for s in self.sdk.v1.subscriptions.list({"limit": 100}).data
                    if len(s["items"].data) >= 3)

@@ -46,8 +46,10 @@ MUTATIONS: dict[str, list[str]] = {
     "invoices_schema": [f"UPDATE core.invoices SET amount_due = -5 WHERE invoice_id = {_first('invoices', 'invoice_id')}"],
     "invoice_lines_schema": [f"UPDATE core.invoice_lines SET line_type = 'other' WHERE line_id = {_first('invoice_lines', 'line_id')}"],
     "payments_schema": [f"UPDATE core.payments SET amount = -1 WHERE payment_id = {_first('payments', 'payment_id')}"],
-    "credit_notes_schema": [f"INSERT INTO core.credit_notes VALUES ('cn_zero', 'stripe', {_first('invoices', 'invoice_id')}, "
-                            f"{_first('customers', 'customer_id')}, 0, 'usd', 'duplicate', 'issued', now())"],
+    "credit_notes_schema": [f"INSERT INTO core.credit_notes (credit_note_id, platform, invoice_id, customer_id, amount, "
+                            f"currency, reason, status, created_at) VALUES ('cn_zero', 'stripe', "
+                            f"{_first('invoices', 'invoice_id')}, {_first('customers', 'customer_id')}, 0, 'usd', "
+                            f"'duplicate', 'issued', now())"],
     "meter_usage_summaries_schema": ["UPDATE core.meter_usage_summaries SET meter_id = NULL WHERE "
                                      "(customer_id, meter_name, usage_date) = (SELECT (customer_id, meter_name, "
                                      "usage_date) FROM core.meter_usage_summaries ORDER BY ALL LIMIT 1)"],
@@ -65,7 +67,8 @@ MUTATIONS: dict[str, list[str]] = {
     "invoice_lines_unique_key": [_copy("invoice_lines", "line_id", "line_id AS line_id")],
     "payments_unique_key": [_copy("payments", "payment_id", "payment_id AS payment_id")],
     "credit_notes_unique_key": [
-        f"INSERT INTO core.credit_notes VALUES ('cn_1', 'stripe', {_first('invoices', 'invoice_id')}, "
+        f"INSERT INTO core.credit_notes (credit_note_id, platform, invoice_id, customer_id, amount, currency, "
+        f"reason, status, created_at) VALUES ('cn_1', 'stripe', {_first('invoices', 'invoice_id')}, "
         f"{_first('customers', 'customer_id')}, 100, 'usd', 'duplicate', 'issued', now())"] * 2,
     # a zero-quantity copy: same key, same sums
     "meter_usage_summaries_unique_key": [_copy("meter_usage_summaries", "customer_id, usage_date",

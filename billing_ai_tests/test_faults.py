@@ -22,7 +22,6 @@ import pytest
 import stripe
 from stripe._http_client import HTTPClient
 
-from billing_ai.ingestion.stripe_assets import fetch_stripe_snapshot
 from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.stripe.client import StripeConnector
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, When, burst, nth, randomly
@@ -150,7 +149,7 @@ def test_faults_on_the_wire_and_switched_at_run_time(server):
 def test_ingestion_recovers_from_429s_5xx_and_slow_responses(server, tiny_world):
     now = tiny_world.config.as_of_dt()
     clean_conn = connector(server.url, page_size=10)
-    clean = fetch_stripe_snapshot(clean_conn, now)
+    clean = clean_conn.fetch_snapshot(now)
     clean_requests = clean_conn.stats["requests"]
 
     plan = server.settings.faults = FaultPlan(
@@ -161,7 +160,7 @@ def test_ingestion_recovers_from_429s_5xx_and_slow_responses(server, tiny_world)
     )
     before = requests_served(server)
     conn = connector(server.url, page_size=10)
-    faulty = fetch_stripe_snapshot(conn, now)
+    faulty = conn.fetch_snapshot(now)
 
     # identical snapshots: same ids in the same order, no duplicates, same payloads
     assert faulty.keys() == clean.keys()

@@ -23,7 +23,8 @@ from billing_ai.actions import audit
 from billing_ai.actions.ledger import Ledger, read_heads
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.proposers import FINDINGS_SQL, proposals_from_reconciliation
-from billing_ai.actions.push import Executor, Sinks, StripeWriter, push_action
+from billing_ai.actions.push import Executor, Sinks, push_action
+from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
@@ -52,7 +53,7 @@ class PushResource(dg.ConfigurableResource):
     outbox_dir: str = "data/outbox"
 
     def executor(self) -> Executor:
-        return Executor(StripeWriter(self.stripe_api_key, self.stripe_api_base),
+        return Executor(StripeExecutor(StripeWriter(self.stripe_api_key, self.stripe_api_base)),
                         Sinks(case_url=self.case_url, chat_webhook_url=self.chat_webhook_url,
                               outbox_dir=Path(self.outbox_dir)))
 

@@ -9,7 +9,7 @@ from billing_ai import warehouse as wh
 from billing_ai.ingestion.checks import Scope
 from billing_ai.ingestion.partitions import PARTITION_START, usage_daily_partitions
 from billing_ai.ingestion.usage_events import build_usage_events
-from billing_ai.ingestion.stripe_assets import check_results, check_specs
+from billing_ai.ingestion.platform_assets import check_results, check_specs
 from billing_ai.ingestion.usage_files import land_inbox
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource

@@ -1,8 +1,13 @@
-"""Start and stop the sandbox platform on loopback.
+"""Start and stop the sandbox platforms on loopback.
 
 ``SandboxServer`` runs uvicorn in a background thread (tests, ``billing-ai
 run``); ``serve`` runs it in the foreground (``billing-ai sandbox serve``).
 The bind address is always loopback: the sandbox is never exposed.
+
+One server, one port, every platform: Stripe at the root (its SDK takes a
+base address, not a path), each other platform's facade under ``/<platform>``
+(``FACADES``), the sinks under ``/sinks``. All serve the same world, each only
+the customers the world assigns to it.
 """
 
 from __future__ import annotations
@@ -13,9 +18,30 @@ from pathlib import Path
 
 import uvicorn
 
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
 from billing_ai.sandbox.stripe_api import SandboxSettings, create_app, open_store
 
 LOOPBACK = "127.0.0.1"
+
+# platform -> "module:function" building its facade: function(world_dir, state_dir) -> an object with
+# ``app`` (ASGI), ``settings`` (``faults``, ``rate_limit_per_second``...) and ``close()``
+FACADES: dict[str, str] = {}
+
+
+def _load_facades(world_dir: Path, state_dir: Path) -> dict:
+    import importlib
+
+    out = {}
+    for name, target in FACADES.items():
+        module, fn = target.split(":")
+        out[name] = getattr(importlib.import_module(module), fn)(Path(world_dir), Path(state_dir))
+    return out
+
+
+def _root_app(stripe_app, facades: dict) -> Starlette:
+    return Starlette(routes=[*(Mount(f"/{n}", app=f.app) for n, f in facades.items()), Mount("", app=stripe_app)])
 
 
 class SandboxServer:
@@ -24,7 +50,8 @@ class SandboxServer:
     def __init__(self, world_dir: Path, state_dir: Path, port: int = 0, settings: SandboxSettings | None = None):
         self.store = open_store(state_dir, world_dir)
         self.settings = settings or SandboxSettings()
-        self.app = create_app(self.store, self.settings)
+        self.facades = _load_facades(world_dir, state_dir)
+        self.app = _root_app(create_app(self.store, self.settings), self.facades)
         self.config = uvicorn.Config(self.app, host=LOOPBACK, port=port, log_level="warning", access_log=False,
                                      lifespan="off")
         self.server = uvicorn.Server(self.config)
@@ -49,6 +76,8 @@ class SandboxServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.store.close()
+        for f in self.facades.values():
+            f.close()
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -62,5 +91,5 @@ def serve(world_dir: Path, state_dir: Path, port: int, rate_limit: float | None 
     if rate_limit:
         settings.rate_limit_per_second = rate_limit
     store = open_store(state_dir, world_dir)
-    app = create_app(store, settings)
+    app = _root_app(create_app(store, settings), _load_facades(world_dir, state_dir))
     uvicorn.run(app, host=LOOPBACK, port=port, log_level="info", access_log=False, lifespan="off")

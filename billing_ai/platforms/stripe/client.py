@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Callable, Iterator
 
 import stripe
@@ -53,6 +55,11 @@ def scrub(obj: dict, key: str) -> dict:
         for f in ("payment_method", "source", "charge", "payment_intent", "setup_intent"):
             err.pop(f, None)
     return obj
+
+
+def _exact(value) -> str:
+    """The SDK parses JSON numbers as floats; recover the decimal text they were sent as."""
+    return str(Decimal(repr(value))) if isinstance(value, float) else str(value)
 
 
 def _seconds(value: str | None) -> float | None:
@@ -146,6 +153,37 @@ class StripeConnector:
 
     def credit_notes(self) -> Iterator[dict]:
         return self._pages(self.client.v1.credit_notes.list, {})
+
+    # ---- the snapshot ingestion lands ----------------------------------------------------
+    def fetch_snapshot(self, now: datetime, log: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+        """Every object ingestion needs, as scrubbed dicts (``SPEC.raw_objects``). HTTP only."""
+        say = log or (lambda _m: None)
+        out: dict[str, list[dict]] = {}
+        for name in ("customers", "products", "prices", "meters", "subscriptions", "invoices", "payment_intents",
+                     "credit_notes"):
+            out[name] = list(getattr(self, name)())
+            say(f"stripe {name}: {len(out[name])}")
+        out["invoice_lines"] = [ln for inv in out["invoices"] for ln in self.invoice_lines(inv)]
+        for inv in out["invoices"]:
+            inv.pop("lines", None)  # landed separately, complete
+        # meter event summaries: whole days up to the clock, per customer x meter, from the first subscription
+        first_start: dict[str, int] = {}
+        for s in out["subscriptions"]:
+            first_start[s["customer"]] = min(first_start.get(s["customer"], 2**62), int(s["start_date"]))
+        end = int(datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp())
+        summaries = []
+        for m in out["meters"]:
+            for cust, start in sorted(first_start.items()):
+                start_day = start // 86400 * 86400
+                if start_day >= end:
+                    continue
+                for s in self.meter_event_summaries(m["id"], cust, start_day, end):
+                    s["customer"] = cust
+                    s["aggregated_value"] = _exact(s["aggregated_value"])
+                    summaries.append(s)
+        out["meter_event_summaries"] = summaries
+        say(f"stripe meter_event_summaries: {len(summaries)}")
+        return out
 
     def meter_event_summaries(self, meter_id: str, customer: str, start: int, end: int) -> Iterator[dict]:
         """Daily summaries for one customer and meter in [start, end) (day-aligned)."""

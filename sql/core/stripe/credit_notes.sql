@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                     AS credit_note_id,
     'stripe'                                           AS platform,
+    payload->>'id' AS platform_credit_note_id,
     payload->>'invoice'                                AS invoice_id,
     payload->>'customer'                               AS customer_id,
     CAST(payload->>'amount' AS BIGINT)                 AS amount,

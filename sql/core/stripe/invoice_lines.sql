@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                                       AS line_id,
     'stripe'                                                             AS platform,
+    payload->>'id' AS platform_line_id,
     payload->>'invoice'                                                  AS invoice_id,
     coalesce(payload->>'$.parent.subscription_item_details.subscription',
              payload->>'$.parent.invoice_item_details.subscription')     AS subscription_id,

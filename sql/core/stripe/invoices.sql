@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                                  AS invoice_id,
     'stripe'                                                        AS platform,
+    payload->>'id' AS platform_invoice_id,
     payload->>'customer'                                            AS customer_id,
     payload->>'$.parent.subscription_details.subscription'          AS subscription_id,
     payload->>'number'                                              AS number,

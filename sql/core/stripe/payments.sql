@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                               AS payment_id,
     'stripe'                                                     AS platform,
+    payload->>'id' AS platform_payment_id,
     payload->>'$.metadata.invoice'                               AS invoice_id,
     payload->>'customer'                                         AS customer_id,
     CAST(payload->>'amount' AS BIGINT)                           AS amount,

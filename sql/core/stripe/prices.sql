@@ -2,6 +2,7 @@
 SELECT
     p.payload->>'id'                                        AS price_id,
     'stripe'                                                AS platform,
+    p.payload->>'id' AS platform_price_id,
     p.payload->>'product'                                   AS product_id,
     p.payload->>'$.metadata.plan'                           AS plan,
     coalesce(p.payload->>'$.metadata.component', pr.payload->>'$.metadata.component') AS component,

@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                    AS product_id,
     'stripe'                                          AS platform,
+    payload->>'id' AS platform_product_id,
     payload->>'name'                                  AS name,
     payload->>'$.metadata.component'                  AS component,
     CAST(payload->>'active' AS BOOLEAN)               AS active,

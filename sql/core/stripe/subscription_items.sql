@@ -49,7 +49,8 @@ past AS (
     WHERE pl.subscription_item_id NOT IN (SELECT subscription_item_id FROM cur)
 )
 SELECT
-    x.subscription_item_id, 'stripe' AS platform, x.subscription_id, x.customer_id, x.price_id,
+    x.subscription_item_id, 'stripe' AS platform, x.subscription_item_id AS platform_subscription_item_id,
+    x.subscription_id, x.customer_id, x.price_id,
     pr.payload->>'$.recurring.meter' AS meter_id,
     m.payload->>'event_name'         AS meter_name,
     pr.payload->>'$.recurring.usage_type' AS usage_type,

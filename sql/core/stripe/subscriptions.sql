@@ -1,6 +1,7 @@
 SELECT
     payload->>'id'                                             AS subscription_id,
     'stripe'                                                   AS platform,
+    payload->>'id' AS platform_subscription_id,
     payload->>'customer'                                       AS customer_id,
     payload->>'status'                                         AS status,
     lower(payload->>'currency')                                AS currency,

@@ -1,0 +1,174 @@
+"""Billing platforms -> raw.<platform>_* -> core.* (usage files live in usage_assets).
+
+One raw multi-asset per platform pulls a full snapshot through that platform's
+connector (HTTP only, no warehouse connection held), then replaces every raw
+table of the platform in one transaction. A platform that is not configured
+(its resource has no ``api_base``) lands empty tables, so the core model's
+union over platforms needs no special case. Core tables are SQL models,
+``sql/core/<platform>/<table>.sql`` united by name over every platform, one
+asset each, rebuilt in a transaction so a failed build leaves the previous
+table.
+"""
+
+
+import json
+from datetime import date, datetime
+
+import dagster as dg
+import polars as pl
+
+from billing_ai import warehouse as wh
+from billing_ai.ingestion.checks import RULES_BY_TABLE, Scope, evaluate_table, tables_read_by_rules
+from billing_ai.ingestion.partitions import PARTITION_START
+from billing_ai.metadata import markdown_preview
+from billing_ai.platforms.registry import PLATFORM_SPECS
+from billing_ai.platforms.spec import PlatformSpec
+from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
+
+CORE_TABLES = ("customers", "products", "prices", "price_tiers", "meters", "subscriptions", "subscription_items",
+               "invoices", "invoice_lines", "payments", "credit_notes", "meter_usage_summaries")
+
+
+def raw_key(platform: str, obj: str) -> dg.AssetKey:
+    return dg.AssetKey(["raw", f"{platform}_{obj}"])
+
+
+QUARANTINE_KEY = "quarantine"
+
+
+def quarantine_row(obj: str, record_key: str | None, reason: str, record, detail: str = "") -> dict:
+    """What a connector returns, under ``snapshot["quarantine"]``, for an object it could not accept:
+    the raw object name, its id if it has one, the reason, and the record as received."""
+    return {"object": obj, "record_key": record_key, "reason": reason, "detail": detail,
+            "record": record if isinstance(record, str) else json.dumps(record, default=str)}
+
+
+def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at: datetime) -> dict[str, int]:
+    """Replace every raw.<platform>_* table with the snapshot (missing objects land empty), and this
+    platform's rows of core.quarantine with the objects its connector refused. Caller holds the transaction."""
+    from billing_ai.ingestion.quarantine import QUARANTINE_DDL
+
+    wh.run(con, QUARANTINE_DDL)
+    wh.run(con, "DELETE FROM core.quarantine WHERE source LIKE ? ESCAPE '\\'", [f"{spec.name}\\_%"])
+    bad = snapshot.get(QUARANTINE_KEY, [])
+    if bad:
+        q = pl.DataFrame({
+            "source": [f"{spec.name}_{b['object']}" for b in bad], "record_key": [b["record_key"] for b in bad],
+            "partition_date": [None] * len(bad), "reason": [b["reason"] for b in bad],
+            "detail": [b.get("detail", "") for b in bad], "record": [b["record"] for b in bad],
+            "quarantined_at": [landed_at] * len(bad)},
+            schema={"source": pl.String, "record_key": pl.String, "partition_date": pl.Date, "reason": pl.String,
+                    "detail": pl.String, "record": pl.String, "quarantined_at": pl.Datetime("us", "UTC")})
+        wh.write_frame(con, "core.quarantine", q)
+    counts = {QUARANTINE_KEY: len(bad)}
+    for name in spec.raw_objects:
+        rows = snapshot.get(name, [])
+        id_field = spec.id_field(name)
+        df = pl.DataFrame({"id": [None if r.get(id_field) is None else str(r.get(id_field)) for r in rows],
+                           "payload": [json.dumps(r) for r in rows]},
+                          schema={"id": pl.String, "payload": pl.String})
+        con.register("_landing", df)
+        wh.run(con, f"CREATE OR REPLACE TABLE {spec.raw_table(name)} AS "
+                    "SELECT id, payload::JSON AS payload, ?::TIMESTAMPTZ AS landed_at FROM _landing", [landed_at])
+        con.unregister("_landing")
+        counts[name] = df.height
+    return counts
+
+
+def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name=f"{spec.name}_raw",
+        specs=[dg.AssetSpec(raw_key(spec.name, o), group_name="ingestion", kinds={spec.name, "duckdb"},
+                            description=f"{spec.name.title()} {o.replace('_', ' ')} as landed (PII tokenized).")
+               for o in spec.raw_objects],
+        pool=WAREHOUSE_POOL,
+        required_resource_keys={"warehouse", "settings", spec.resource_key},
+        # a platform outage longer than the client's own retries: try the step again later
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def _raw(context: dg.AssetExecutionContext):
+        settings: PipelineSettings = context.resources.settings
+        warehouse: WarehouseResource = context.resources.warehouse
+        platform = getattr(context.resources, spec.resource_key)
+        now = settings.clock().now()
+        stats: dict = {}
+        if platform.enabled:
+            conn = platform.connector(settings.pii_key)
+            snapshot = conn.fetch_snapshot(now, context.log.info)
+            stats = dict(conn.stats)
+        else:
+            snapshot = {}
+            context.log.info(f"{spec.name} is not configured (no api_base): its raw tables land empty")
+        with warehouse.connect() as con, wh.transaction(con):
+            counts = land_raw(con, spec, snapshot, now)
+        refused: dict[str, int] = {}
+        for b in snapshot.get(QUARANTINE_KEY, []):
+            refused[b["object"]] = refused.get(b["object"], 0) + 1
+        for obj in spec.raw_objects:
+            # records in = landed + quarantined, per object
+            yield dg.MaterializeResult(asset_key=raw_key(spec.name, obj), metadata={
+                "dagster/row_count": counts[obj], "quarantined": refused.get(obj, 0),
+                "records_in": counts[obj] + refused.get(obj, 0), "configured": platform.enabled,
+                **{k: v for k, v in stats.items() if isinstance(v, int)}})
+
+    return _raw
+
+
+def build_core_table(con, table: str) -> int:
+    """Rebuild core.<table> from every platform's mapping, in one transaction."""
+    selects = [wh.read_sql(f"core/{s.name}/{table}.sql") for s in PLATFORM_SPECS if table in s.core_sources]
+    body = "\nUNION ALL BY NAME\n".join(f"({s})" for s in selects)
+    with wh.transaction(con):
+        wh.run(con, f"CREATE OR REPLACE TABLE core.{table} AS {body}")
+    return wh.count(con, f"core.{table}")
+
+
+def check_specs(table: str) -> list[dg.AssetCheckSpec]:
+    key = dg.AssetKey(["core", table])
+    return [dg.AssetCheckSpec(r.name, asset=key, blocking=r.blocking, description=r.description)
+            for r in RULES_BY_TABLE.get(table, [])]
+
+
+def check_results(con, table: str, scope: Scope) -> list[dg.AssetCheckResult]:
+    """Evaluate the table's rules on the step's own connection."""
+    out = []
+    for o in evaluate_table(con, table, scope):
+        meta = {"violations": o.violations, **o.extra}
+        if o.violations:
+            meta["sample"] = markdown_preview(o.sample)
+        out.append(dg.AssetCheckResult(
+            check_name=o.rule.name, passed=o.passed, metadata=meta,
+            severity=dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR))
+    return out
+
+
+def _core_asset(table: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dg.AssetKey(["core", table]),
+        check_specs=check_specs(table),
+        deps=[raw_key(s.name, o) for s in PLATFORM_SPECS for o in s.core_sources.get(table, ())]
+        + [dg.AssetKey(["core", t]) for t in sorted(tables_read_by_rules(table))],
+        group_name="core",
+        kinds={"duckdb", "sql"},
+        pool=WAREHOUSE_POOL,
+        description=f"Canonical {table.replace('_', ' ')} over every platform (see README: Warehouse tables).",
+    )
+    def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+               settings: PipelineSettings) -> dg.MaterializeResult:
+        scope = Scope(now=settings.clock().now(), window_start=date.fromisoformat(PARTITION_START))
+        with warehouse.connect() as con:
+            n = build_core_table(con, table)
+            preview = con.sql(f"SELECT * FROM core.{table} LIMIT 5").pl()
+            by_platform = dict(wh.run(con, f"SELECT platform, count(*) FROM core.{table} GROUP BY 1 ORDER BY 1"))
+            checks = check_results(con, table, scope)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": n, "rows_by_platform": dg.MetadataValue.json(by_platform),
+            "preview": markdown_preview(preview),
+        }, check_results=checks)
+
+    _build.__name__ = f"core_{table}"
+    return _build
+
+
+platform_raw_assets = [raw_platform_asset(s) for s in PLATFORM_SPECS]
+core_platform_assets = [_core_asset(t) for t in CORE_TABLES]

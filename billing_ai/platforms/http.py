@@ -1,0 +1,101 @@
+"""Plain-HTTP access for platforms without a maintained SDK that takes a base address.
+
+One client, one policy (:mod:`billing_ai.platforms.retry`): every request goes
+through the token bucket; a 429 waits ``Retry-After``; a 5xx, a timeout or a
+broken connection is retried only when repeating it is safe (a read, or a
+write that carries the platform's idempotency key, which makes the platform
+answer a repeat with the first outcome). A 4xx raises :class:`PlatformHTTPError`
+with the platform's own error body. Credentials are passed in by the caller
+(from ``EnvVar``) and never appear in errors or ``stats``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class PlatformHTTPError(Exception):
+    """The platform answered 4xx (or 5xx after the retries ran out): ``status`` and its parsed ``body``."""
+
+    def __init__(self, platform: str, method: str, path: str, status: int, body: Any):
+        self.platform, self.status, self.body = platform, status, body
+        super().__init__(f"{platform} {method} {path}: {status} {str(body)[:500]}")
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds; None for an absent or HTTP-date value (then we back off)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class PlatformHTTP:
+    """``request(method, path, ...)`` -> parsed JSON, through the shared limiter and retry policy."""
+
+    def __init__(self, platform: str, base_url: str, *, auth: httpx.Auth | tuple[str, str] | None = None,
+                 headers: dict[str, str] | None = None, requests_per_second: float = 10.0,
+                 policy: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
+                 idempotency_header: str = "Idempotency-Key"):
+        self.platform = platform
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), auth=auth, headers=headers or {}, timeout=timeout)
+        self.limiter = RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
+        self.policy = policy
+        self.idempotency_header = idempotency_header
+        # requests sent, 429s waited out, transient failures retried
+        self.stats = {"requests": 0, "rate_limited": 0, "retried": 0}
+
+    def request(self, method: str, path: str, *, params: Any = None, json: Any = None, data: Any = None,
+                headers: dict[str, str] | None = None, idempotency_key: str | None = None) -> Any:
+        method = method.upper()
+        hdrs = dict(headers or {})
+        if idempotency_key:
+            hdrs[self.idempotency_header] = idempotency_key
+        repeatable = method in SAFE_METHODS or bool(idempotency_key)
+
+        def attempt():
+            self.limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                r = self.http.request(method, path, params=params, json=json, data=data, headers=hdrs)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                raise Transient(f"{type(e).__name__}") from e
+            if r.status_code == 429:
+                self.stats["rate_limited"] += 1
+                raise RateLimited(retry_after_seconds(r.headers.get("retry-after")))
+            if r.status_code >= 500:
+                raise Transient(f"{r.status_code}") from PlatformHTTPError(self.platform, method, path,
+                                                                          r.status_code, _body(r))
+            return r
+
+        def on_retry(reason: str, _wait: float) -> None:
+            if reason == "transient":
+                self.stats["retried"] += 1
+
+        try:
+            r = call_with_retries(attempt, self.policy, retry_transient=repeatable, on_retry=on_retry)
+        except Transient as e:
+            if isinstance(e.__cause__, PlatformHTTPError):
+                raise e.__cause__ from None
+            raise
+        if r.status_code >= 400:
+            raise PlatformHTTPError(self.platform, method, path, r.status_code, _body(r))
+        return _body(r)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _body(r: httpx.Response) -> Any:
+    if not r.content:
+        return None
+    try:
+        return r.json()
+    except ValueError:
+        return r.text
