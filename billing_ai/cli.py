@@ -12,6 +12,32 @@ import click
 from billing_ai.sandbox.world import WorldConfig
 
 
+def parse_platforms(value: str) -> dict[str, float]:
+    """``stripe`` (everyone on Stripe), ``mixed`` (all four platforms alike), or ``stripe=2,zuora=1`` weights."""
+    from billing_ai.platforms.registry import PLATFORMS
+
+    if value == "mixed":
+        return {p: 1.0 for p in PLATFORMS}
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        name, _, weight = part.strip().partition("=")
+        if name not in PLATFORMS:
+            raise click.BadParameter(f"unknown platform {name!r}; known: {', '.join(PLATFORMS)}")
+        try:
+            out[name] = float(weight or 1)
+        except ValueError:
+            raise click.BadParameter(f"weight of {name} is not a number: {weight!r}") from None
+        if out[name] <= 0:
+            raise click.BadParameter(f"weight of {name} must be positive")
+    return out
+
+
+PLATFORMS_OPTION = click.option(
+    "--platforms", default="stripe", show_default=True, callback=lambda _c, _p, v: parse_platforms(v),
+    help="Which billing platforms the world's customers are on: stripe, mixed (all alike), or weights such "
+         "as stripe=2,chargebee=1.")
+
+
 @click.group()
 def main() -> None:
     """billing_ai: machine intelligence beside a metered billing platform."""
@@ -22,11 +48,12 @@ def main() -> None:
 @click.option("--seed", type=int, default=WorldConfig.seed, show_default=True)
 @click.option("--customers", type=int, default=WorldConfig.customers, show_default=True)
 @click.option("--days", type=int, default=WorldConfig.days, show_default=True)
-def run(data_dir: Path, seed: int, customers: int, days: int) -> None:
+@PLATFORMS_OPTION
+def run(data_dir: Path, seed: int, customers: int, days: int, platforms: dict[str, float]) -> None:
     """Generate the world, start the sandbox, materialize every asset, print a summary."""
     from billing_ai.runner import Layout, run as run_all
 
-    run_all(Layout(data_dir), WorldConfig(seed=seed, customers=customers, days=days))
+    run_all(Layout(data_dir), WorldConfig(seed=seed, customers=customers, days=days, platforms=platforms))
 
 
 @main.command()
@@ -35,11 +62,12 @@ def run(data_dir: Path, seed: int, customers: int, days: int) -> None:
 @click.option("--days", type=int, default=WorldConfig.days, show_default=True)
 @click.option("--as-of", default=WorldConfig.as_of, show_default=True, help="The world's 'now' (ISO instant).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
-def generate(seed: int, customers: int, days: int, as_of: str, data_dir: Path) -> None:
+@PLATFORMS_OPTION
+def generate(seed: int, customers: int, days: int, as_of: str, data_dir: Path, platforms: dict[str, float]) -> None:
     """Write a synthetic world (platform tables, ground truth, inbox files)."""
     from billing_ai.runner import Layout, ensure_world
 
-    cfg = WorldConfig(seed=seed, customers=customers, days=days, as_of=as_of)
+    cfg = WorldConfig(seed=seed, customers=customers, days=days, as_of=as_of, platforms=platforms)
     layout = Layout(data_dir)
     ensure_world(layout, cfg, click.echo)
     click.echo(f"world in {layout.world.world_dir}, usage files in {layout.world.inbox_dir}")

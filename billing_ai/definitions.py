@@ -18,7 +18,8 @@ from billing_ai.marts.usage import usage_bucket_assets
 from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
                                       ops_sync_on_ledger_change, ops_tables, push_action_job, push_approved_actions)
 from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS, usage_hourly_partitions
-from billing_ai.webhooks.sensors import webhook_events
+from billing_ai.webhooks.refresh import targeted_refresh_job
+from billing_ai.webhooks.sensors import webhook_sensor
 from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
@@ -192,10 +193,10 @@ def default_resources() -> dict:
 defs = dg.Definitions(
     assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *HOURLY_ANOMALY_ASSETS, *SELECTION_ASSETS,
             *PUBLISH_ASSETS, *EVALUATION_ASSETS],
-    jobs=[platform_sync_job, usage_daily_job, analytics_job, usage_intraday_job, usage_anomalies_hourly_job,
+    jobs=[targeted_refresh_job, platform_sync_job, usage_daily_job, analytics_job, usage_intraday_job, usage_anomalies_hourly_job,
           forecast_selection_job, ops_sync_job, approve_actions_job, push_action_job, evaluation_job],
     schedules=[nightly_schedule, hourly_usage_intraday, weekly_forecast_selection],
     sensors=[usage_after_platform_sync, analytics_after_usage, anomalies_after_intraday, push_approved_actions,
-             ops_sync_on_ledger_change, webhook_events],
+             ops_sync_on_ledger_change, webhook_sensor(platform_sync_job)],
     resources=default_resources(),
 )

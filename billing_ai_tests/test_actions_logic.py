@@ -195,7 +195,7 @@ def findings(*rows: dict) -> pl.DataFrame:
             "quantity_expected": 1250, "expected_amount": 1250, "billed_amount": 1200, "difference": -50,
             "finding": "underbilled", "detail": None, "late_quantity": None, "late_amount": None,
             "usage_from": None, "usage_to": None, "event_count": 17, "customer_id": "cus_1",
-            "invoice_number": "INV-1", "invoice_status": "paid"}
+            "invoice_number": "INV-1", "invoice_status": "paid", "platform": "stripe"}
     return pl.DataFrame([{**base, **r} for r in rows], infer_schema_length=None)
 
 
@@ -221,3 +221,61 @@ def test_each_finding_becomes_the_right_proposal():
     assert "billed 12.00 USD" in ps[0].rationale and "gives 12.50 USD" in ps[0].rationale
     again = proposals_from_reconciliation(df.filter(pl.col("finding") != "rounding"), POLICY, NOW + timedelta(days=1))
     assert [p.action_id for p in again] == [p.action_id for p in ps]  # the same finding, the same action
+
+
+# ---- the router: the proposal's platform carries platform kinds --------------------------------------------
+class _FakePlatform:
+    """A platform that can only change metadata and knows one customer."""
+
+    kinds = frozenset({"metadata_update"})
+
+    def __init__(self, name: str):
+        self.platform, self.applied = name, []
+
+    def precheck(self, p):
+        return []
+
+    def read_back(self, p):
+        return None
+
+    def apply(self, p, key, audit_seq):
+        from billing_ai.actions.push import Applied
+
+        self.applied.append((p.action_id, key))
+        return Applied(p.target_id)
+
+    def contact(self, customer_id):
+        from billing_ai.actions.push import Contact
+
+        return Contact(email="x@example.invalid", email_opt_out=True) if customer_id == "cus_1" else None
+
+    def leave_pointer(self, customer_id, key, mark):
+        pass
+
+
+def test_the_router_sends_each_proposal_to_its_own_platform(tmp_path):
+    from billing_ai.actions.push import Executor, Permanent, Sinks
+
+    a, b = _FakePlatform("stripe"), _FakePlatform("recurly")
+    ex = Executor({"stripe": a, "recurly": b}, Sinks("", "", tmp_path))
+
+    def proposal(kind: str, platform: str, params: dict, target: str = "cus_1"):
+        return Proposal(action_id=f"act_{kind}_{platform}", kind=kind, platform=platform, target_type="customer",
+                        target_id=target, params=params, rationale="r", confidence=0.9, proposer="t",
+                        created_at=NOW, expires_at=NOW + timedelta(days=1))
+
+    meta = proposal("metadata_update", "recurly", {"metadata": {"tier": "gold"}})
+    assert ex.precheck(meta) == []
+    ex.apply(meta, "key-1", 1)
+    assert b.applied == [("act_metadata_update_recurly", "key-1")] and a.applied == []
+    # a kind the platform cannot carry out is blocked with the reason, never sent
+    item = proposal("pending_invoice_item", "recurly", {"amount": 500, "currency": "usd", "description": "x"})
+    assert ex.precheck(item) == ["pending_invoice_item is not something recurly can carry out"]
+    # sinks read the customer from the customer's platform: opted out -> blocked; unknown -> blocked
+    mail = proposal("customer_email", "stripe", {"template": "usage_anomaly_heads_up", "subject": "s",
+                                                 "variables": {"summary": "x"}})
+    assert ex.precheck(mail) == ["customer cus_1 opted out of e-mail"]
+    ghost = proposal("customer_email", "stripe", mail.params, target="cus_ghost")
+    assert ex.precheck(ghost) == ["customer cus_ghost does not exist"]
+    with pytest.raises(Permanent, match="no writer is configured for platform 'zuora'"):
+        ex.precheck(proposal("metadata_update", "zuora", {"metadata": {"a": "b"}}))

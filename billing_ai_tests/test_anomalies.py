@@ -172,8 +172,10 @@ def test_confident_anomalies_become_reviewable_proposals():
         {"customer_id": "cus_b", "meter_name": "api_calls", "kind": "spike", "start": T0, "end": T0,
          "score": 8.0, "confidence": 0.5, "observed": 1.0, "expected": 1.0, "buckets": 1, "root_cause": "",
          "evidence": "{}"}])
-    customers = pl.DataFrame({"customer_id": ["cus_a", "cus_b"], "success_manager": ["Dana Whitfield", None]})
+    customers = pl.DataFrame({"customer_id": ["cus_a", "cus_b"], "success_manager": ["Dana Whitfield", None],
+                              "platform": ["recurly", "stripe"]})
     ps = proposals_from_anomalies(ep, customers, Policy.load(), T0)
+    assert {p.platform for p in ps} == {"recurly"}  # the customer's own platform carries the action
     # the spike: case, manager message, heads-up; the duplicates: one internal case; cus_b is not confident
     assert [p.kind for p in ps] == ["support_case", "chat_message", "customer_email", "support_case"]
     case = ps[0]

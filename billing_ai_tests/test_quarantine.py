@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -153,3 +153,29 @@ def test_relanding_the_same_files_lands_nothing(corpus, tiny_world):
                        date.fromisoformat(PARTITION_START))
     assert again == []
     assert (wh.count(con, "raw.usage_events"), wh.count(con, "core.quarantine")) == before
+
+
+def test_objects_a_connector_refuses_land_in_quarantine_and_are_counted():
+    """records in = landed + quarantined for platform objects too; a second landing replaces, never doubles."""
+    import duckdb
+
+    from billing_ai.ingestion.platform_assets import QUARANTINE_KEY, land_raw, quarantine_row
+    from billing_ai.platforms.spec import PlatformSpec
+
+    spec = PlatformSpec(name="acme", raw_objects=("customers", "invoices"), core_sources={}, resource_key="acme")
+    snapshot = {"customers": [{"id": "c1", "name": "tok"}, {"id": "c2"}],
+                "invoices": [],
+                QUARANTINE_KEY: [quarantine_row("invoices", "inv_9", "malformed_money", {"id": "inv_9", "total": "1,5"},
+                                                "total is not an integer amount"),
+                                 quarantine_row("customers", None, "missing_id", "<customer/>")]}
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA raw; CREATE SCHEMA core")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    for _ in range(2):
+        counts = land_raw(con, spec, snapshot, now)
+    assert counts == {QUARANTINE_KEY: 2, "customers": 2, "invoices": 0}
+    assert con.execute("SELECT count(*) FROM raw.acme_customers").fetchall() == [(2,)]
+    rows = con.execute("SELECT source, record_key, reason, detail, record FROM core.quarantine ORDER BY source").fetchall()
+    assert rows == [("acme_customers", None, "missing_id", "", "<customer/>"),
+                    ("acme_invoices", "inv_9", "malformed_money", "total is not an integer amount",
+                     '{"id": "inv_9", "total": "1,5"}')]

@@ -39,10 +39,11 @@ CONFIDENCE = {"line": 0.95, "proration": 0.8, "late": 0.9, "investigate": 0.6}
 
 FINDINGS_SQL = """
 SELECT r.*, coalesce(s.customer_id, i.customer_id) AS customer_id, i.number AS invoice_number,
-       i.status AS invoice_status
+       i.status AS invoice_status, c.platform
 FROM marts.invoice_reconciliation r
 LEFT JOIN core.subscriptions s USING (subscription_id)
 LEFT JOIN core.invoices i USING (invoice_id)
+LEFT JOIN core.customers c ON c.customer_id = coalesce(s.customer_id, i.customer_id)
 WHERE r.finding IN ('underbilled', 'missing_line', 'overbilled', 'late_usage', 'unbilled_usage')
 ORDER BY r.invoice_id NULLS LAST, r.line_id NULLS LAST, r.subscription_item_id NULLS LAST, r.meter_name
 """
@@ -59,7 +60,7 @@ def proposals_from_reconciliation(findings: pl.DataFrame, policy: Policy, now: d
     for row in findings.iter_rows(named=True):
         finding, currency, cust = row["finding"], row["currency"], row["customer_id"]
         if cust is None:
-            continue  # no customer to act on (cannot happen for Stripe rows; kept for other platforms)
+            continue  # no customer to act on
         where = row["line_id"] or row["subscription_item_id"] or f"{row['subscription_id']}:{row['meter_name']}"
         dedup = f"{row['invoice_id']}|{where}|{finding}|{row.get('period_start')}"
         inv = row["invoice_number"] or row["invoice_id"] or "(no invoice)"
@@ -131,7 +132,7 @@ def proposals_from_reconciliation(findings: pl.DataFrame, policy: Policy, now: d
                       "tags": ["Billing - Invoice Correction"], "priority": "normal"}
             rationale = f"{description}: usage no invoice billed and no known price covers ({_period(row)})."
         out.append(Proposal(
-            action_id=action_id(RECONCILIATION_PROPOSER, kind, dedup), kind=kind, platform="stripe",
+            action_id=action_id(RECONCILIATION_PROPOSER, kind, dedup), kind=kind, platform=row["platform"],
             target_type=target_type, target_id=row["invoice_id"] if target_type == "invoice" else cust,
             params=params, rationale=rationale, evidence=evidence, confidence=confidence,
             proposer=RECONCILIATION_PROPOSER, created_at=now, expires_at=now + policy.ttl(kind)))
@@ -155,8 +156,9 @@ def proposals_from_anomalies(anomaly_episodes: pl.DataFrame, customers: pl.DataF
                              now: datetime) -> list[Proposal]:
     """Each confident anomaly episode: a support case, a message to the success manager and, where it
     concerns the customer, a templated heads-up e-mail. ``anomaly_episodes``: the output of
-    :func:`billing_ai.anomalies.episodes`; ``customers``: ``customer_id, success_manager``."""
+    :func:`billing_ai.anomalies.episodes`; ``customers``: ``customer_id, success_manager, platform``."""
     managers = dict(customers.select("customer_id", "success_manager").iter_rows())
+    platforms = dict(customers.select("customer_id", "platform").iter_rows())
     confident = anomaly_episodes.filter(pl.col("confidence") >= MIN_ANOMALY_CONFIDENCE)
     # re-sent events are a data-quality matter for support, not one alert per hour: one case per customer
     dups = (confident.filter(pl.col("kind") == "duplicate")
@@ -186,7 +188,9 @@ def proposals_from_anomalies(anomaly_episodes: pl.DataFrame, customers: pl.DataF
         # nightly and hourly runs see one anomaly once (duplicates: once a week per customer)
         key = f"{cust}|{meter}|{kind}|{ep['start']:%G-W%V}" if kind == "duplicate" else \
             f"{cust}|{meter}|{kind}|{ep['start']:%Y-%m-%d}"
-        base = dict(platform="stripe", target_type="customer", target_id=cust, evidence=evidence,
+        if cust not in platforms:
+            continue  # usage of a customer no platform knows: quarantined upstream, nobody to tell
+        base = dict(platform=platforms[cust], target_type="customer", target_id=cust, evidence=evidence,
                     confidence=float(ep["confidence"]), proposer=ANOMALY_PROPOSER, created_at=now)
         out.append(Proposal(action_id=action_id(ANOMALY_PROPOSER, "support_case", key), kind="support_case",
                             params={"subject": f"Usage anomaly: {words} ({cust})"[:200],

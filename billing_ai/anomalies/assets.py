@@ -26,7 +26,7 @@ SELECT event_id, customer_id, meter_name, event_ts AS ts, quantity, endpoint, re
 FROM core.usage_events WHERE event_ts >= $start AND event_ts < $end
 """
 SUBSCRIPTIONS_SQL = "SELECT customer_id, started_at, canceled_at FROM core.subscriptions"
-CUSTOMERS_SQL = "SELECT customer_id, success_manager FROM core.customers"
+CUSTOMERS_SQL = "SELECT customer_id, success_manager, platform FROM core.customers"
 
 usage_hourly_partitions = dg.HourlyPartitionsDefinition(start_date=f"{PARTITION_START}-00:00", timezone="UTC",
                                                         end_offset=1)

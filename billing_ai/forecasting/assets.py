@@ -167,6 +167,7 @@ def forecast_proposals(con, now: datetime, policy) -> list:
                        FROM core.subscription_items i JOIN core.prices p USING (price_id)
                        WHERE i.is_current""").pl()
     plans = load_plans(con)
+    platforms = dict(con.sql("SELECT customer_id, platform FROM core.customers").fetchall())
     by_key = {(r["plan"], r["component"], r["currency"]): plans[r["price_id"]]
               for r in con.sql("SELECT price_id, plan, component, currency FROM core.prices").pl().iter_rows(named=True)}
     out = []
@@ -180,8 +181,8 @@ def forecast_proposals(con, now: datetime, policy) -> list:
                    f"{float(r['next_threshold']):,.0f} ({r['crossing_probability']:.0%} likely to cross {when}); "
                    f"projected amount {format_minor(r['projected_amount'], r['currency'])}")
         out.append(Proposal(
-            action_id=action_id(FORECAST_PROPOSER, "customer_email", key), kind="customer_email", platform="stripe",
-            target_type="customer", target_id=r["customer_id"],
+            action_id=action_id(FORECAST_PROPOSER, "customer_email", key), kind="customer_email",
+            platform=platforms[r["customer_id"]], target_type="customer", target_id=r["customer_id"],
             params={"template": "tier_crossing_notice", "subject": "Your usage is about to reach the next tier",
                     "variables": {"meter": r["meter_name"], "date": f"{r['period_end']:%Y-%m-%d}",
                                   "summary": summary}},
@@ -218,7 +219,7 @@ def forecast_proposals(con, now: datetime, policy) -> list:
                      f"to a net {format_minor(proration, currency)} on the next invoice.")
         out.append(Proposal(
             action_id=action_id(FORECAST_PROPOSER, "tier_upgrade_quote", f"{sub}|{period['period_start']:%Y-%m-%d}"),
-            kind="tier_upgrade_quote", platform="stripe", target_type="customer", target_id=cust,
+            kind="tier_upgrade_quote", platform=platforms[cust], target_type="customer", target_id=cust,
             params={"subscription": sub, "item": item["subscription_item_id"], "from_price": item["price_id"],
                     "to_price": by_key[(better.plan, driver, currency)].price_id, "currency": currency,
                     "projected_saving": saving, "prorated_change": proration, "to_plan": better.plan},

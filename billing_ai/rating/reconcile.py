@@ -38,6 +38,7 @@ meter with ``event_ts`` in ``[usage_from, usage_to)`` (the view
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -316,17 +317,82 @@ class ReconcileSettings:
     rounding_tolerance: int = 1  # minor units a line may differ by and count as a rounding difference
 
 
+# -- a targeted refresh: the same SQL over some subscriptions only ----------------------------------------------
+#
+# Every row of the three marts belongs to one subscription and depends only on that subscription's periods,
+# items, invoices, lines and usage (the catalog is shared and read whole). So refreshing some subscriptions
+# (an invoice webhook names one) runs the very same statements with the per-subscription inputs narrowed to
+# temp copies and the outputs written to temp tables, then swaps those subscriptions' rows in the marts.
+SCOPED_INPUTS = ("core.subscriptions", "core.subscription_items", "core.invoices", "core.invoice_lines",
+                 "core.usage_events")
+MARTS = ("marts.rated_usage", "marts.tier_positions", "marts.invoice_reconciliation")
+
+
+class _Scoped:
+    """A connection whose statements read ``_in_*`` for the scoped inputs and write ``_out_*`` for the marts."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+        names = {t: f"_in_{t.split('.')[1]}" for t in SCOPED_INPUTS}
+        names |= {t: f"_out_{t.split('.')[1]}" for t in MARTS}
+        self._names = names
+        self._pattern = re.compile(r"\b(" + "|".join(re.escape(t) for t in names) + r")\b")
+
+    def rename(self, sql: str) -> str:
+        sql = self._pattern.sub(lambda m: self._names[m.group(1)], sql)
+        return sql.replace("CREATE OR REPLACE TABLE _out_", "CREATE OR REPLACE TEMP TABLE _out_")
+
+    def execute(self, sql, *args):
+        return self._con.execute(self.rename(sql), *args)
+
+    def sql(self, sql, *args, **kwargs):
+        return self._con.sql(self.rename(sql), *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def refresh_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime, subscription_ids: list[str],
+                         settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
+    """Recompute the three marts' rows of ``subscription_ids`` only (same statements, same results as a full
+    build for those subscriptions), swapped in within one transaction. Returns the rows written per mart."""
+    ids = sorted(set(subscription_ids))
+    scoped = _Scoped(con)
+    with wh.transaction(con):
+        wh.run(con, "CREATE OR REPLACE TEMP TABLE _scope AS SELECT unnest(?::VARCHAR[]) AS subscription_id", [ids])
+        for t in SCOPED_INPUTS:
+            key = "subscription_id"
+            where = f"{key} IN (SELECT subscription_id FROM _scope)"
+            if t == "core.invoice_lines":  # a line's subscription may be NULL: take the lines of scoped invoices
+                where = "invoice_id IN (SELECT invoice_id FROM _in_invoices)"
+            wh.run(con, f"CREATE OR REPLACE TEMP TABLE {scoped.rename(t)} AS SELECT * FROM {t} WHERE {where}")
+        _build(scoped, now, settings)
+        written = {}
+        for t in MARTS:
+            wh.run(con, f"DELETE FROM {t} WHERE subscription_id IN (SELECT subscription_id FROM _scope)")
+            wh.run(con, f"INSERT INTO {t} BY NAME SELECT * FROM {scoped.rename(t)}")
+            written[t.split(".")[1]] = wh.count(con, scoped.rename(t))
+        for t in (*SCOPED_INPUTS, *MARTS):
+            wh.run(con, f"DROP TABLE IF EXISTS {scoped.rename(t)}")
+        wh.run(con, "DROP TABLE _scope")
+    return written
+
+
+def _build(con, now: datetime, settings: ReconcileSettings) -> None:
+    rate_periods(con, now)
+    wh.run(con, UNCOVERED)
+    _build_reconciliation(con, settings)
+    for t in ("_periods", "_windows", "_pieces", "_slot_subs", "_slots", "_usage", "_covered", "_usage_agg",
+              "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
+        wh.run(con, f"DROP TABLE IF EXISTS {t}")
+
+
 def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
                        settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
     """Rebuild marts.rated_usage, marts.tier_positions and marts.invoice_reconciliation, in one transaction."""
     with wh.transaction(con):
-        rate_periods(con, now)
-        wh.run(con, UNCOVERED)
-        _build_reconciliation(con, settings)
+        _build(con, now, settings)
         wh.run(con, RECONCILIATION_EVENTS_VIEW)
-        for t in ("_periods", "_windows", "_pieces", "_slot_subs", "_slots", "_usage", "_covered", "_usage_agg",
-                  "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
-            wh.run(con, f"DROP TABLE IF EXISTS {t}")
     return {t: wh.count(con, f"marts.{t}") for t in ("rated_usage", "tier_positions", "invoice_reconciliation")}
 
 

@@ -21,4 +21,6 @@ SPEC = PlatformSpec(
         "meter_usage_summaries": ("meter_event_summaries", "meters"),
     },
     resource_key="stripe",
+    children={"invoice_lines": ("invoices", "invoice")},
+    fetches_single_objects=True,
 )

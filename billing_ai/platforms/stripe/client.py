@@ -185,6 +185,29 @@ class StripeConnector:
         say(f"stripe meter_event_summaries: {len(summaries)}")
         return out
 
+    def fetch_objects(self, kind: str, ids: list[str]) -> dict[str, list[dict]]:
+        """Just these objects (a webhook named them), as raw objects: ``kind`` "invoice" (with its lines)
+        or "subscription". A deleted or unknown id is left out (the nightly snapshot settles it)."""
+        out: dict[str, list[dict]] = {}
+        for oid in ids:
+            try:
+                if kind == "invoice":
+                    inv = scrub(self.call(lambda: self.client.v1.invoices.retrieve(oid)).to_dict(for_json=True),
+                                self.pii_key)
+                    out.setdefault("invoice_lines", []).extend(self.invoice_lines(inv))
+                    inv.pop("lines", None)
+                    out.setdefault("invoices", []).append(inv)
+                elif kind == "subscription":
+                    sub = self.call(lambda: self.client.v1.subscriptions.retrieve(oid)).to_dict(for_json=True)
+                    out.setdefault("subscriptions", []).append(scrub(sub, self.pii_key))
+                else:
+                    raise ValueError(f"cannot fetch {kind!r} objects from Stripe one by one")
+            except stripe.InvalidRequestError as e:
+                if e.http_status != 404:
+                    raise
+                log.info("stripe %s %s no longer exists", kind, oid)
+        return out
+
     def meter_event_summaries(self, meter_id: str, customer: str, start: int, end: int) -> Iterator[dict]:
         """Daily summaries for one customer and meter in [start, end) (day-aligned)."""
         params = {"customer": customer, "start_time": start, "end_time": end, "value_grouping_window": "day"}
