@@ -181,6 +181,10 @@ def summary(warehouse_path: Path) -> str:
         files = wh.run(con, "SELECT count(*), sum(records), sum(landed), sum(quarantined) FROM raw.usage_files")[0]
         lines += ["", f"usage files landed: {files[0]}, records in {files[1]:,} = landed {files[2]:,} "
                       f"+ quarantined at landing {files[3]:,}"]
+        by_platform = wh.run(con, "SELECT c.platform, count(DISTINCT c.customer_id), count(DISTINCT i.invoice_id) "
+                                  "FROM core.customers c LEFT JOIN core.invoices i USING (customer_id) "
+                                  "GROUP BY 1 ORDER BY 1")
+        lines.append("platforms: " + ", ".join(f"{p} ({c:,} customers, {n:,} invoices)" for p, c, n in by_platform))
         findings = wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation GROUP BY 1 ORDER BY 2 DESC")
         lines.append("invoice reconciliation: " + ", ".join(f"{f}={n:,}" for f, n in findings))
         if wh.table_exists(con, "ops.proposed_actions"):
