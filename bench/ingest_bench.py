@@ -227,9 +227,7 @@ def make_template(path: Path, n_customers: int, days: int) -> None:
     ref = reference_tables(n_customers, days)
     con = wh.connect(path)
     for name, frame in ref.items():
-        con.register("_f", frame.to_arrow())
-        wh.run(con, f"CREATE TABLE core.{name} AS SELECT * FROM _f")
-        con.unregister("_f")
+        wh.write_frame(con, f"core.{name}", frame, replace=True)
     con.close()
 
 

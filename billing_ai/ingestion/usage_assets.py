@@ -31,7 +31,8 @@ def raw_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         # event days touched by this landing: the partitions downstream should (re)build
         touched = [r[0].isoformat() for r in wh.run(con, """
             SELECT DISTINCT CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS d FROM raw.usage_events
-            WHERE source_file IN (SELECT unnest(?::VARCHAR[])) ORDER BY d""", [[r.file_name for r in results]])]
+            WHERE file_id IN (SELECT file_id FROM raw.usage_files WHERE file_name IN (SELECT unnest(?::VARCHAR[])))
+            ORDER BY d""", [[r.file_name for r in results]])]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         context.log.warning(f"unreadable usage file {r.file_name}: {r.error}")

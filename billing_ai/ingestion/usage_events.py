@@ -12,11 +12,15 @@ when the record has one, else the time its file was landed.
 A range is replaced inside one transaction, so a replay gives the same rows
 and a crash leaves the previous contents.
 
-Built for tens of millions of events: the few special rows are found first, each by one pass over
-raw that keeps only them in a small temp table (``_copies``: the later copies of repeated event
-ids; ``_rejects``: the range's rows that fail validation, with their quarantine record; ``_late``:
-the range's late events), then the accepted rows are written straight from raw, in no particular
-order, by one ``INSERT`` that excludes the rejects and flags the late ones.
+The landed records are read with ``usage_files.records``: a text file's fields are in raw (and those
+of every file landed before raw was narrowed), a Parquet file's in the file raw keeps (see
+usage_files); core is the one table that holds a copy of every accepted event. Built for tens of
+millions of events: the later copies of repeated event ids are found first, by one pass over raw
+that keeps only them (``_copies``); then, batch by batch of files,
+the records are read three times, never staged whole: twice for the few special ones, keyed by
+(file_id, source_row) (``_rejects``: the records that fail validation, with their quarantine record;
+``_late``: the late events), and once for the range's accepted rows, written by one ``INSERT`` that
+excludes the rejects and flags the late ones.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ from datetime import date, datetime
 import duckdb
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.usage_files import TS_TEXT, blank
+from billing_ai.ingestion import usage_files
+from billing_ai.ingestion.usage_files import EVENT_TS, QUANTITY_TEXT, Records, blank, record_json
 
 SOURCE = "usage_events"
 MAX_QUANTITY = 10**12
+# the metadata keys core.usage_events keeps as columns of their own
+METADATA_COLUMNS = ("project", "department", "endpoint", "region")
+# a Parquet batch's records are matched to their raw rows by a hash join: batches of at most this many
+# records keep its table (and the rows written meanwhile) well inside the memory limit
+BATCH_RECORDS = 2_000_000
 
 DDL = """
 CREATE TABLE IF NOT EXISTS core.usage_events (
@@ -46,14 +56,8 @@ IN_RANGE = ("event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
 # the UTC day of event_ts, by arithmetic on the instant (no time zone conversion; the range holds no
 # infinite timestamp, the one case where it differs from CAST(event_ts AT TIME ZONE 'UTC' AS DATE))
 EVENT_DATE = "CAST(make_timestamp(epoch_us(event_ts)) AS DATE)"
-# raw keeps a typed timestamp without its text, and a received_at either as text or typed
-TIMESTAMP_TEXT = f"coalesce(\"timestamp\", strftime(event_ts, '{TS_TEXT}'))"
-RECEIVED_AT_TEXT = f"coalesce(received_at, strftime(received_ts, '{TS_TEXT}'))"
+# when the event reached us: its received_at (text or typed, see usage_files.records), else its file's landing
 RECEIVED = "coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), received_ts, landed_at)"
-# ... and a quantity either as text or typed, with its number of decimals
-QUANTITY_TEXT = ("coalesce(quantity, CASE quantity_scale " +
-                 " ".join(f"WHEN {s} THEN CAST(CAST(quantity_dec AS DECIMAL(38, {s})) AS VARCHAR)" for s in range(10)) +
-                 " END)")
 # the quantity's value as DECIMAL(38, 9), and as DOUBLE: TRY_CAST of its text. The DOUBLE only decides
 # the sign and "over MAX_QUANTITY"; a typed value's own conversion can be an ulp off the text's, which
 # only matters next to MAX_QUANTITY, where the text is parsed
@@ -62,31 +66,56 @@ QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DO
                    f"WHEN quantity_dec BETWEEN {MAX_QUANTITY} - 1 AND {MAX_QUANTITY} + 1 "
                    f"THEN TRY_CAST({QUANTITY_TEXT} AS DOUBLE) ELSE CAST(quantity_dec AS DOUBLE) END")
 
-# Every copy of an event_id but the first landed (landed_at, source_file, source_row), across all
-# partitions, with the first copy's key. Ranking all 10M rows by event_id is what is expensive, and
-# ~0.1% of them repeat: only the rows whose event_id *hash* occurs more than once are ranked (by the
-# event_id itself, so a hash collision only adds a candidate). A NULL event_id is one partition,
-# like in a window, so later NULL-id rows carry the first one as their detail.
+# Every copy of an event_id but the first landed (landed_at, file name, row; file_id, the landing
+# order, only tells apart two files of one name landed at the same clock time), across all partitions,
+# with the first copy's key. Ranking all 10M rows by event_id is what is expensive, and ~0.1% of them
+# repeat: only the rows whose event_id *hash* occurs more than once are ranked (by the event_id
+# itself, so a hash collision only adds a candidate). A NULL event_id is one partition, like in a
+# window, so later NULL-id rows carry the first one as their detail.
 COPIES = """
 CREATE OR REPLACE TEMP TABLE _copies AS
-SELECT rid, first_copy FROM (
-    SELECT rowid AS rid,
+SELECT file_id, source_row, first_copy FROM (
+    SELECT r.file_id, r.source_row,
         row_number() OVER w AS copy_no,
-        first_value(source_file || ':' || source_row) OVER w AS first_copy
-    FROM raw.usage_events
-    WHERE hash(event_id) IN (SELECT hash(event_id) FROM raw.usage_events GROUP BY 1 HAVING count(*) > 1)
-    WINDOW w AS (PARTITION BY event_id ORDER BY landed_at, source_file, source_row))
+        first_value(f.file_name || ':' || r.source_row) OVER w AS first_copy
+    FROM raw.usage_events r JOIN raw.usage_files f USING (file_id)
+    WHERE hash(r.event_id) IN (SELECT hash(event_id) FROM raw.usage_events GROUP BY 1 HAVING count(*) > 1)
+    WINDOW w AS (PARTITION BY r.event_id ORDER BY f.landed_at, f.file_name, f.file_id, r.source_row))
 WHERE copy_no > 1
 """
 
-# The range's records that fail validation, with their reason and quarantine record (few): the
-# accepted rows are then written straight from raw, without this table of rejects.
-REJECTS = f"""
-CREATE OR REPLACE TEMP TABLE _rejects AS
-SELECT rid, event_id, source_file, source_row, {EVENT_DATE} AS event_date, reason, detail,
-       CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity := {QUANTITY_TEXT},
-                                "timestamp" := {TIMESTAMP_TEXT}, metadata,
-                                received_at := {RECEIVED_AT_TEXT})) AS VARCHAR) AS record
+
+def landed(records: Records, in_range: str, file_ids: list[int]) -> str:
+    """SQL: a batch's landed records of the range: a text file's from raw itself, a Parquet file's read
+    from the kept file, matched to its raw row (which has its event_ts, the partition's; its event_id is
+    the one raw copied from the file)."""
+    if records.in_raw:
+        return f"""
+SELECT v.*, f.file_name AS source_file, f.landed_at
+FROM ({records.sql}) v JOIN raw.usage_files f USING (file_id) WHERE {in_range}"""
+    return f"""
+SELECT v.*, r.event_ts, f.file_name AS source_file, f.landed_at
+FROM ({records.sql}) v
+JOIN (SELECT file_id, source_row, event_ts FROM raw.usage_events
+      WHERE {in_range} AND file_id IN ({", ".join(map(str, file_ids))})) r USING (file_id, source_row)
+JOIN raw.usage_files f USING (file_id)"""
+
+
+def in_files(records: Records) -> str:
+    """SQL: every record of a batch's files, with its file's name and landing time. The few rejects and
+    late events are looked for among these, by (file_id, source_row), without matching all of them to
+    raw: only those that are landed records of the range count (see build_usage_events)."""
+    return f"""
+SELECT v.*, f.file_name AS source_file, f.landed_at
+FROM ({records.sql}) v JOIN raw.usage_files f USING (file_id)"""
+
+
+def find_rejects(records: Records) -> str:
+    """The records that fail validation, with their reason and quarantine record (few): the accepted
+    rows are then written without them."""
+    return f"""
+INSERT INTO _rejects
+SELECT file_id, source_row, reason, detail, {record_json(records.metadata_json)} AS record
 FROM (
     SELECT t.*,
         CASE
@@ -102,45 +131,46 @@ FROM (
                  SELECT 1 FROM core.subscriptions s
                  WHERE s.subscription_id = t.subscription_id AND s.customer_id = t.customer_id)
                  THEN 'unknown_subscription'
-            WHEN c.rid IS NOT NULL THEN 'duplicate_of'
+            WHEN c.first_copy IS NOT NULL THEN 'duplicate_of'
         END AS reason,
         c.first_copy AS detail
-    FROM (SELECT *, rowid AS rid, {QUANTITY} AS q, {QUANTITY_DOUBLE} AS qd
-          FROM raw.usage_events WHERE {{in_range}}) t
-    LEFT JOIN _copies c ON c.rid = t.rid)
-WHERE reason IS NOT NULL
-"""
+    FROM (SELECT *, {QUANTITY} AS q, {QUANTITY_DOUBLE} AS qd FROM ({in_files(records)})) t
+    LEFT JOIN _copies c USING (file_id, source_row))
+WHERE reason IS NOT NULL"""
 
-# The range's events received (received_at, else landed) once their billing period had been
-# invoiced: a plain join against the (small) invoices table, instead of an EXISTS per event.
-LATE = f"""
-CREATE OR REPLACE TEMP TABLE _late AS
-SELECT DISTINCT r.rid
-FROM (SELECT rowid AS rid, subscription_id, event_ts, {RECEIVED} AS received
-      FROM raw.usage_events WHERE {{in_range}}) r
+
+def find_late(records: Records) -> str:
+    """The events received (received_at, else landed) once their billing period had been invoiced: a
+    plain join against the (small) invoices table, instead of an EXISTS per event. (The event's time
+    is read as the landing read it, see usage_files.event_ts.)"""
+    return f"""
+INSERT INTO _late
+SELECT DISTINCT r.file_id, r.source_row
+FROM (SELECT file_id, source_row, subscription_id, {EVENT_TS} AS event_ts, {RECEIVED} AS received
+      FROM ({in_files(records)})) r
 JOIN core.invoices i ON i.subscription_id = r.subscription_id
 WHERE i.billing_reason <> 'subscription_create'
-  AND r.event_ts >= i.period_start AND r.event_ts < i.period_end AND r.received >= i.finalized_at
-"""
+  AND r.event_ts >= i.period_start AND r.event_ts < i.period_end AND r.received >= i.finalized_at"""
 
-# Accepted = the range's raw rows that are not rejects; metadata is parsed once for its four keys
-# (after the anti join: a rejected row's metadata is never parsed).
-INSERT_ACCEPTED = f"""
+
+def insert_accepted(landed: str, records: Records) -> str:
+    """Accepted = the batch's landed records of the range that are not rejects; their metadata is
+    written (and its keys read) after the anti join: a rejected row's never is."""
+    return f"""
 INSERT INTO core.usage_events
 SELECT event_id, 'inbox', customer_id, nullif(subscription_id, ''), meter_name, {QUANTITY},
-       event_ts, {EVENT_DATE}, m[1], m[2], m[3], m[4], CAST(metadata AS JSON),
-       source_file, source_row, {RECEIVED}, rid IN (SELECT rid FROM _late)
-FROM (SELECT a.*, json_extract_string(a.metadata, ['project', 'department', 'endpoint', 'region']) AS m
-      FROM (SELECT *, rowid AS rid FROM raw.usage_events WHERE {{in_range}}) a
-      ANTI JOIN _rejects x ON x.rid = a.rid)
-"""
+       event_ts, {EVENT_DATE}, m[1], m[2], m[3], m[4], CAST(metadata_json AS JSON),
+       source_file, source_row, {RECEIVED}, (file_id, source_row) IN (SELECT (file_id, source_row) FROM _late)
+FROM (SELECT a.*, {records.metadata_json} AS metadata_json, {records.metadata_values(METADATA_COLUMNS)} AS m
+      FROM ({landed}) a ANTI JOIN _rejects x USING (file_id, source_row))"""
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    usage_files.ensure_tables(con)
+    if usage_files.wide_raw(con):
+        raise RuntimeError("raw.usage_events still holds a copy of every record: land the inbox first "
+                           "(the raw/usage_events asset), which keeps the files instead")
     wh.run(con, DDL)
-    # raw.usage_events of a warehouse landed before raw kept typed values (see usage_files.DDL)
-    for column in ("received_ts TIMESTAMPTZ", "quantity_dec DECIMAL(38, 9)", "quantity_scale UTINYINT"):
-        wh.run(con, f"ALTER TABLE IF EXISTS raw.usage_events ADD COLUMN IF NOT EXISTS {column}")
 
 
 def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, now: datetime) -> dict[str, int]:
@@ -149,19 +179,37 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
     params = {"start": start, "end": end}
     in_range = IN_RANGE.format(start=start.isoformat(), end=end.isoformat())
     with wh.transaction(con):
+        (in_raw,), = wh.run(con, f"SELECT count(*) FROM raw.usage_events WHERE {in_range}")
+        files = usage_files.kept_files(
+            con, f"file_id IN (SELECT DISTINCT file_id FROM raw.usage_events WHERE {in_range})")
         wh.run(con, COPIES)
-        wh.run(con, REJECTS.format(in_range=in_range))
-        wh.run(con, LATE.format(in_range=in_range))
+        wh.run(con, "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, reason VARCHAR, "
+                    "detail VARCHAR, record VARCHAR)")
+        wh.run(con, "CREATE OR REPLACE TEMP TABLE _late (file_id INTEGER, source_row BIGINT)")
         wh.run(con, "DELETE FROM core.usage_events WHERE event_date BETWEEN $start AND $end", params)
         wh.run(con, "DELETE FROM core.quarantine WHERE source = ? AND partition_date BETWEEN ? AND ?",
                [SOURCE, start, end])
-        (accepted,), = wh.run(con, INSERT_ACCEPTED.format(in_range=in_range))
-        (quarantined,), = wh.run(con, """
+        accepted = 0
+        for batch in usage_files.batches(con, files, max_records=BATCH_RECORDS, read_back=True):
+            with usage_files.records(con, batch) as records:
+                wh.run(con, find_rejects(records))
+                wh.run(con, find_late(records))
+                (n,), = wh.run(con, insert_accepted(landed(records, in_range, [f.file_id for f in batch]), records))
+            accepted += n
+        # the rejects that are landed records of the range (the others were quarantined at landing, or
+        # belong to other days), with raw's event_id and event day
+        (quarantined,), = wh.run(con, f"""
             INSERT INTO core.quarantine
-            SELECT ?, coalesce(event_id, source_file || ':' || source_row), event_date, reason, detail, record,
-                   ?::TIMESTAMPTZ
-            FROM _rejects""", [SOURCE, now])
-        (late,), = wh.run(con, "SELECT count(*) FROM _late WHERE rid NOT IN (SELECT rid FROM _rejects)")
+            SELECT ?, coalesce(r.event_id, f.file_name || ':' || r.source_row), {EVENT_DATE}, x.reason, x.detail,
+                   x.record, ?::TIMESTAMPTZ
+            FROM _rejects x JOIN raw.usage_events r USING (file_id, source_row) JOIN raw.usage_files f USING (file_id)
+            WHERE {in_range}""", [SOURCE, now])
+        if accepted + quarantined != in_raw:  # every landed record read back from its kept file, once
+            raise RuntimeError(f"{in_raw} landed records in {start}..{end}, but {accepted + quarantined} "
+                               "read back from the kept files")
+        (late,), = wh.run(con, f"""
+            SELECT count(*) FROM _late l JOIN raw.usage_events r USING (file_id, source_row)
+            WHERE {in_range} AND (file_id, source_row) NOT IN (SELECT (file_id, source_row) FROM _rejects)""")
         for t in ("_copies", "_rejects", "_late"):
             wh.run(con, f"DROP TABLE {t}")
     return {"records": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "late": late}

@@ -1,0 +1,213 @@
+"""Usage file landing and build on hand-made files: line numbers, kept files, and the migration of a
+warehouse whose raw.usage_events was still the full copy of every record. Expected values are worked
+out by hand from the files written here."""
+
+import json
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from billing_ai import warehouse as wh
+from billing_ai.ingestion.usage_events import build_usage_events
+from billing_ai.ingestion.usage_files import kept_dir, land_inbox
+
+WINDOW_START = date(2026, 6, 1)
+NOW = datetime(2026, 6, 10, tzinfo=UTC)
+DAY = date(2026, 6, 5)
+
+
+def _core(con) -> None:
+    """The few core tables the build validates against: one customer with one subscription, one meter,
+    and a cycle invoice for June 1-6, finalized on June 6 at 01:00."""
+    wh.run(con, "CREATE TABLE core.meters AS SELECT 'api_calls' AS meter_name")
+    wh.run(con, "CREATE TABLE core.customers AS SELECT 'cus_1' AS customer_id")
+    wh.run(con, "CREATE TABLE core.subscriptions AS SELECT 'sub_1' AS subscription_id, 'cus_1' AS customer_id")
+    wh.run(con, """CREATE TABLE core.invoices AS
+                   SELECT 'sub_1' AS subscription_id, 'subscription_cycle' AS billing_reason,
+                          TIMESTAMPTZ '2026-06-01 00:00:00+00' AS period_start,
+                          TIMESTAMPTZ '2026-06-06 00:00:00+00' AS period_end,
+                          TIMESTAMPTZ '2026-06-06 01:00:00+00' AS finalized_at""")
+
+
+def _line(event_id: str, **over) -> bytes:
+    rec = {"event_id": event_id, "customer_id": "cus_1", "subscription_id": "sub_1", "meter_name": "api_calls",
+           "quantity": "1", "timestamp": "2026-06-05T12:00:00Z", "received_at": "2026-06-05T12:00:01Z"}
+    rec.update(over)
+    return json.dumps(rec).encode()
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = wh.connect(tmp_path / "w.duckdb")
+    _core(c)
+    yield c
+    c.close()
+
+
+def test_ndjson_lines_keep_their_own_numbers_across_a_batch(con, tmp_path):
+    """Three NDJSON files landed by one batch. A record's source_row is its physical line in its own
+    file: blank lines count, and so do the lines the reader rejects (invalid UTF-8), which are
+    quarantined as <file>:L<line>. (The former landing numbered a line by its position among the lines
+    the reader kept, so every line below a rejected one was numbered one too low per rejected line.)"""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    bad = b'{"event_id": "enc-\xff"}'
+    (inbox / "a.ndjson").write_bytes(b"\n".join([
+        _line("a1"),        # 1
+        b"",                # 2 blank
+        _line("a3"),        # 3
+        b"   ",             # 4 blank
+        _line("a5"),        # 5
+    ]) + b"\n")
+    (inbox / "b.ndjson").write_bytes(b"\n".join([
+        _line("b1"),        # 1
+        bad,                # 2 rejected
+        bad,                # 3 rejected
+        _line("b4"),        # 4
+        b"",                # 5 blank
+        b"{oops",           # 6 invalid JSON
+        _line("b7"),        # 7
+    ]) + b"\n")
+    (inbox / "c.ndjson").write_bytes(b"\n".join([
+        bad,                # 1 rejected
+        _line("c2"),        # 2
+        _line("a3"),        # 3 a copy of a.ndjson line 3
+    ]) + b"\n")
+    results = {r.file_name: r for r in land_inbox(con, inbox, NOW, WINDOW_START)}
+    assert {n: (r.records, r.landed, r.quarantined) for n, r in results.items()} == {
+        "a.ndjson": (3, 3, 0), "b.ndjson": (6, 3, 3), "c.ndjson": (3, 2, 1)}
+    # one batch: the files were read by one landing (the ledger's landing order is the files' order)
+    assert wh.run(con, "SELECT file_name, file_id FROM raw.usage_files ORDER BY file_id") == [
+        ("a.ndjson", 1), ("b.ndjson", 2), ("c.ndjson", 3)]
+    raw = wh.run(con, "SELECT f.file_name, r.source_row, r.event_id FROM raw.usage_events r "
+                      "JOIN raw.usage_files f USING (file_id) ORDER BY ALL")
+    assert raw == [("a.ndjson", 1, "a1"), ("a.ndjson", 3, "a3"), ("a.ndjson", 5, "a5"),
+                   ("b.ndjson", 1, "b1"), ("b.ndjson", 4, "b4"), ("b.ndjson", 7, "b7"),
+                   ("c.ndjson", 2, "c2"), ("c.ndjson", 3, "a3")]
+    assert wh.run(con, "SELECT record_key, reason FROM core.quarantine ORDER BY 1") == [
+        ("b.ndjson:6", "invalid_json"), ("b.ndjson:L2", "invalid_encoding"), ("b.ndjson:L3", "invalid_encoding"),
+        ("c.ndjson:L1", "invalid_encoding")]
+
+    stats = build_usage_events(con, DAY, DAY, NOW)
+    assert stats == {"records": 8, "accepted": 7, "quarantined": 1, "late": 0}
+    assert wh.run(con, "SELECT source_file, source_row, event_id FROM core.usage_events ORDER BY 1, 2") == [
+        ("a.ndjson", 1, "a1"), ("a.ndjson", 3, "a3"), ("a.ndjson", 5, "a5"),
+        ("b.ndjson", 1, "b1"), ("b.ndjson", 4, "b4"), ("b.ndjson", 7, "b7"), ("c.ndjson", 2, "c2")]
+    assert wh.run(con, "SELECT record_key, reason, detail FROM core.quarantine WHERE source = 'usage_events'") == [
+        ("a3", "duplicate_of", "a.ndjson:3")]
+
+
+def _parquet(path: Path, event_ids: list[str], quantity: str = "2.5") -> None:
+    n = len(event_ids)
+    pl.DataFrame({
+        "event_id": event_ids, "customer_id": ["cus_1"] * n, "subscription_id": ["sub_1"] * n,
+        "meter_name": ["api_calls"] * n, "quantity": pl.Series([quantity] * n).cast(pl.Decimal(38, 3)),
+        "timestamp": [datetime(2026, 6, 5, 12, tzinfo=UTC)] * n,
+        "received_at": [datetime(2026, 6, 5, 12, 1, tzinfo=UTC)] * n,
+    }).write_parquet(path)
+
+
+def test_a_parquet_file_rewritten_in_the_inbox_does_not_change_what_landed(con, tmp_path):
+    """The build reads a Parquet file's records from the copy raw keeps, which is not the inbox file: a
+    producer rewriting that file in place (the same inode) changes nothing that landed."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    path = inbox / "p.parquet"
+    _parquet(path, ["p1", "p2"])
+    [landed] = land_inbox(con, inbox, NOW, WINDOW_START)
+    assert (landed.records, landed.landed) == (2, 2)
+    (stored,), = wh.run(con, "SELECT stored_path FROM raw.usage_files")
+    assert Path(stored).parent == kept_dir(tmp_path / "w.duckdb").resolve()
+    assert not os.access(stored, os.W_OK) or os.geteuid() == 0  # read-only (root may write anyway)
+    with open(path, "r+b") as f:  # in place: a hard link would see this
+        f.write(b"\0" * path.stat().st_size)
+    assert build_usage_events(con, DAY, DAY, NOW) == {"records": 2, "accepted": 2, "quarantined": 0, "late": 0}
+    assert wh.run(con, "SELECT event_id, CAST(quantity AS VARCHAR) FROM core.usage_events ORDER BY 1") == [
+        ("p1", "2.500000000"), ("p2", "2.500000000")]
+
+
+# raw.usage_files and raw.usage_events as the former landing (before raw was narrowed) created them
+WIDE_DDL = """
+CREATE TABLE raw.usage_files (
+    file_name VARCHAR, sha256 VARCHAR PRIMARY KEY, bytes BIGINT, format VARCHAR, file_day DATE,
+    records BIGINT, landed BIGINT, quarantined BIGINT, status VARCHAR, error VARCHAR, landed_at TIMESTAMPTZ);
+CREATE TABLE raw.usage_events (
+    event_id VARCHAR, customer_id VARCHAR, subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR,
+    "timestamp" VARCHAR, metadata VARCHAR, received_at VARCHAR, event_ts TIMESTAMPTZ, source_file VARCHAR,
+    source_sha256 VARCHAR,
+    source_row BIGINT, file_day DATE, landed_at TIMESTAMPTZ, received_ts TIMESTAMPTZ, quantity_dec DECIMAL(38, 9),
+    quantity_scale UTINYINT);
+CREATE TABLE core.quarantine (
+    source VARCHAR, record_key VARCHAR, partition_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR,
+    quarantined_at TIMESTAMPTZ)
+"""
+
+
+def test_a_wide_raw_is_narrowed_without_its_files(con, tmp_path):
+    """A warehouse landed by the former code (every field in raw; Parquet values typed: the quantity
+    as quantity_dec with its scale, the timestamp only as event_ts, received_at as received_ts), whose
+    inbox no longer holds the files: the next landing narrows raw and keeps every field of those
+    records in raw, as the text the build always judged them as; the build gives what it gave."""
+    for stmt in WIDE_DDL.split(";"):
+        wh.run(con, stmt)
+    early, later = datetime(2026, 6, 6, tzinfo=UTC), datetime(2026, 6, 7, tzinfo=UTC)
+    wh.run(con, """INSERT INTO raw.usage_files VALUES
+        ('u-2026-06-05.parquet', 'sha_p', 100, 'parquet', DATE '2026-06-05', 2, 2, 0, 'landed', NULL, $early),
+        ('u-2026-06-06.ndjson', 'sha_n', 100, 'ndjson', DATE '2026-06-06', 3, 2, 1, 'landed', NULL, $later),
+        ('broken.parquet', 'sha_x', 9, 'parquet', NULL, NULL, 0, NULL, 'failed', 'not parquet', $early)""",
+           {"early": early, "later": later})
+    wh.run(con, """INSERT INTO raw.usage_events VALUES
+        -- Parquet: typed; p2 received after the June 1-6 invoice was finalized (late)
+        ('p1', 'cus_1', 'sub_1', 'api_calls', NULL, NULL, '{"project":"x"}', NULL,
+         TIMESTAMPTZ '2026-06-05 12:00:00+00', 'u-2026-06-05.parquet', 'sha_p', 1, DATE '2026-06-05', $early,
+         TIMESTAMPTZ '2026-06-05 12:00:30+00', 2.5, 3),
+        ('p2', 'cus_1', 'sub_1', 'api_calls', NULL, NULL, NULL, NULL,
+         TIMESTAMPTZ '2026-06-05 13:00:00.25+00', 'u-2026-06-05.parquet', 'sha_p', 2, DATE '2026-06-05', $early,
+         TIMESTAMPTZ '2026-06-06 02:00:00+00', 7, 0),
+        -- NDJSON: text; n2 is a later copy of p1, n3 an unknown meter
+        ('n1', 'cus_1', 'sub_1', 'api_calls', '4', '2026-06-05T20:00:00Z', NULL, NULL,
+         TIMESTAMPTZ '2026-06-05 20:00:00+00', 'u-2026-06-06.ndjson', 'sha_n', 1, DATE '2026-06-06', $later,
+         NULL, NULL, NULL),
+        ('p1', 'cus_1', 'sub_1', 'api_calls', '2.5', '2026-06-05T12:00:00Z', NULL, NULL,
+         TIMESTAMPTZ '2026-06-05 12:00:00+00', 'u-2026-06-06.ndjson', 'sha_n', 3, DATE '2026-06-06', $later,
+         NULL, NULL, NULL)""", {"early": early, "later": later})
+
+    assert land_inbox(con, tmp_path / "no-inbox", NOW, WINDOW_START) == []
+    assert wh.run(con, "SELECT file_name, file_id, fields_in_raw, stored_path FROM raw.usage_files "
+                       "ORDER BY file_id") == [
+        ("u-2026-06-05.parquet", 1, True, None), ("u-2026-06-06.ndjson", 2, True, None),
+        ("broken.parquet", 3, True, None)]
+    assert not wh.table_exists(con, "raw.usage_events_wide")
+    assert wh.run(con, 'SELECT file_id, source_row, event_id, quantity, "timestamp", received_at '
+                       "FROM raw.usage_events ORDER BY 1, 2") == [
+        (1, 1, "p1", "2.500", "2026-06-05T12:00:00.000000Z", "2026-06-05T12:00:30.000000Z"),
+        (1, 2, "p2", "7", "2026-06-05T13:00:00.250000Z", "2026-06-06T02:00:00.000000Z"),
+        (2, 1, "n1", "4", "2026-06-05T20:00:00Z", None),
+        (2, 3, "p1", "2.5", "2026-06-05T12:00:00Z", None)]
+
+    # late: p2 (received 01:00 after the invoice was finalized) and n1 (no received_at: its file landed June 7)
+    assert build_usage_events(con, DAY, DAY, NOW) == {"records": 4, "accepted": 3, "quarantined": 1, "late": 2}
+    rows = wh.run(con, "SELECT event_id, source_file, source_row, CAST(quantity AS VARCHAR), event_ts, is_late, "
+                       "project FROM core.usage_events ORDER BY event_id")
+    assert rows == [
+        ("n1", "u-2026-06-06.ndjson", 1, "4.000000000", datetime(2026, 6, 5, 20, tzinfo=UTC), True, None),
+        ("p1", "u-2026-06-05.parquet", 1, "2.500000000", datetime(2026, 6, 5, 12, tzinfo=UTC), False, "x"),
+        ("p2", "u-2026-06-05.parquet", 2, "7.000000000", datetime(2026, 6, 5, 13, 0, 0, 250000, tzinfo=UTC), True,
+         None)]
+    assert wh.run(con, "SELECT record_key, reason, detail FROM core.quarantine WHERE source = 'usage_events'") == [
+        ("p1", "duplicate_of", "u-2026-06-05.parquet:1")]
+
+    # a new Parquet file lands narrow next to them, and is numbered after them
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _parquet(inbox / "u-2026-06-08.parquet", ["q1", "n1"])
+    [new] = land_inbox(con, inbox, NOW, WINDOW_START)
+    assert (new.records, new.landed) == (2, 2)
+    assert wh.run(con, "SELECT file_id, fields_in_raw FROM raw.usage_files WHERE file_name = 'u-2026-06-08.parquet'") \
+        == [(4, False)]
+    assert build_usage_events(con, DAY, DAY, NOW) == {"records": 6, "accepted": 4, "quarantined": 2, "late": 2}
+    assert wh.run(con, "SELECT record_key, detail FROM core.quarantine WHERE source = 'usage_events' ORDER BY 1") == [
+        ("n1", "u-2026-06-06.ndjson:1"), ("p1", "u-2026-06-05.parquet:1")]
