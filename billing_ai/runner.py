@@ -63,6 +63,9 @@ def ensure_world(layout: Layout, config: WorldConfig, say: Callable[[str], None]
     for d in (paths.world_dir, paths.inbox_dir, layout.sandbox_state, layout.ops_dir, layout.data_dir / "outbox"):
         shutil.rmtree(d, ignore_errors=True)
     layout.warehouse.unlink(missing_ok=True)
+    from billing_ai.ingestion.usage_files import kept_dir
+
+    shutil.rmtree(kept_dir(layout.warehouse), ignore_errors=True)  # the usage files kept beside it go with it
     t = time.monotonic()
     world = generate_world(config, progress=lambda m: say(f"  generate: {m}"))
     write_world(world, paths, progress=lambda m: say(f"  write: {m}"))
@@ -212,6 +215,9 @@ def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Cal
         f"to as_of {config.as_of}")
     ensure_world(layout, config, say)
     layout.warehouse.unlink(missing_ok=True)
+    from billing_ai.ingestion.usage_files import kept_dir
+
+    shutil.rmtree(kept_dir(layout.warehouse), ignore_errors=True)  # the usage files kept beside it go with it
     with sandbox_environment(layout, config) as url:
         say(f"sandbox: Stripe API emulator on {url}")
         materialize_all(config, say=say)
@@ -236,6 +242,9 @@ def evaluate_seed(config: WorldConfig, data_dir: Path, say: Callable[[str], None
     layout = Layout(data_dir)
     ensure_world(layout, config, say)
     layout.warehouse.unlink(missing_ok=True)
+    from billing_ai.ingestion.usage_files import kept_dir
+
+    shutil.rmtree(kept_dir(layout.warehouse), ignore_errors=True)  # the usage files kept beside it go with it
     with sandbox_environment(layout, config):
         materialize_all(config, say=say)
         os.environ["BILLING_AI_TRUTH_DIR"] = str(layout.world.truth)

@@ -50,6 +50,7 @@ from pathlib import Path
 import duckdb
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.quarantine import QUARANTINE_DDL
 
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet"}
 # `received_at` (optional) is when the product emitted the event to billing and to this log; an
@@ -96,10 +97,7 @@ CREATE TABLE IF NOT EXISTS raw.usage_events (
     file_id INTEGER, source_row BIGINT, event_id VARCHAR, event_ts TIMESTAMPTZ, customer_id VARCHAR,
     subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR, "timestamp" VARCHAR, metadata VARCHAR,
     received_at VARCHAR);
-CREATE TABLE IF NOT EXISTS core.quarantine (
-    source VARCHAR, record_key VARCHAR, partition_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR,
-    quarantined_at TIMESTAMPTZ);
-"""
+""" + QUARANTINE_DDL
 
 
 def blank(col: str) -> str:
