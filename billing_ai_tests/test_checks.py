@@ -34,7 +34,14 @@ def _first(table: str, key: str) -> str:
 
 
 # rule -> statements that break that rule and no other
+def _disagreeing_copy(obj: str) -> str:
+    """Another platform's copy of one catalog object, with different terms."""
+    return (f"INSERT INTO core.catalog_platform_ids SELECT object, canonical_id, 'zuora', 'zuora-copy', 'other-terms' "
+            f"FROM core.catalog_platform_ids WHERE object = '{obj}' ORDER BY canonical_id LIMIT 1")
+
+
 MUTATIONS: dict[str, list[str]] = {
+    **{f"{t}_copies_agree": [_disagreeing_copy(t)] for t in ("products", "meters", "prices", "price_tiers")},
     "customers_schema": [f"UPDATE core.customers SET currency = 'xxx' WHERE customer_id = {_first('customers', 'customer_id')}"],
     "products_schema": [f"UPDATE core.products SET name = NULL WHERE product_id = {_first('products', 'product_id')}"],
     "prices_schema": [f"UPDATE core.prices SET billing_scheme = 'weird' WHERE price_id = {_first('prices', 'price_id')}"],

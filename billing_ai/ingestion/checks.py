@@ -108,9 +108,10 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
 }
 
 KEYS: dict[str, tuple[str, ...]] = {
-    "customers": ("platform", "customer_id"), "products": ("platform", "product_id"),
-    "prices": ("platform", "price_id"), "price_tiers": ("platform", "price_id", "tier_index"),
-    "meters": ("platform", "meter_id"), "subscriptions": ("platform", "subscription_id"),
+    # the catalog holds one row per canonical id, whichever platforms carry it (see platform_assets.CATALOG)
+    "customers": ("platform", "customer_id"), "products": ("product_id",),
+    "prices": ("price_id",), "price_tiers": ("price_id", "tier_index"),
+    "meters": ("meter_id",), "subscriptions": ("platform", "subscription_id"),
     "subscription_items": ("platform", "subscription_item_id"), "invoices": ("platform", "invoice_id"),
     "invoice_lines": ("platform", "line_id"), "payments": ("platform", "payment_id"),
     "credit_notes": ("platform", "credit_note_id"),
@@ -239,6 +240,17 @@ RULES += [
          blocking=False),
 ]
 
+# every platform's copy of a catalog object agrees (see platform_assets.CATALOG)
+RULES += [
+    Rule(f"{_t}_copies_agree", _t,
+         f"Every platform's copy of a {_t[:-1].replace('_', ' ')} with the same canonical id has the same terms: "
+         "otherwise the id does not name one object and rating cannot be trusted.",
+         sql="SELECT object, canonical_id, count(DISTINCT terms_hash) AS versions, list(DISTINCT platform) AS "
+             f"platforms FROM core.catalog_platform_ids WHERE object = '{_t}' GROUP BY ALL "
+             "HAVING count(DISTINCT terms_hash) > 1")
+    for _t in ("products", "meters", "prices", "price_tiers")
+]
+
 RULES_BY_TABLE: dict[str, list[Rule]] = {}
 for _r in RULES:
     RULES_BY_TABLE.setdefault(_r.table, []).append(_r)
@@ -249,7 +261,7 @@ def tables_read_by_rules(table: str) -> set[str]:
     found = set()
     for r in RULES_BY_TABLE.get(table, []):
         found |= set(re.findall(r"core\.(\w+)", r.sql or ""))
-    return found - {table, "quarantine"}
+    return found - {table, "quarantine", "catalog_platform_ids"}
 
 
 @dataclass(frozen=True)

@@ -114,12 +114,52 @@ def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
     return _raw
 
 
+# The catalog: every platform serving the same merchant price (same canonical id) holds its own copy of it.
+# core keeps one row per canonical id -- the copy of the first platform in registry order -- so everything
+# downstream joins on the canonical id alone; core.catalog_platform_ids keeps every copy's platform id and
+# a hash of its terms, and the blocking check ``catalog_copies_agree`` fails when two copies of one id
+# differ in anything that rating reads (then the id does not name one price, and rating would be wrong).
+CATALOG: dict[str, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {
+    # table: (key, its platform-id column, terms that must agree across copies)
+    "products": (("product_id",), "platform_product_id", ("name", "component")),
+    "meters": (("meter_id",), "platform_meter_id", ("meter_name", "aggregation")),
+    "prices": (("price_id",), "platform_price_id",
+               ("product_id", "plan", "component", "currency", "usage_type", "billing_scheme", "tiers_mode",
+                "unit_amount_decimal", "package_size", "package_rounding", "meter_name", "billing_interval",
+                "billing_interval_count")),
+    "price_tiers": (("price_id", "tier_index"), None, ("up_to", "unit_amount_decimal", "flat_amount")),
+}
+CATALOG_IDS_DDL = """
+CREATE TABLE IF NOT EXISTS core.catalog_platform_ids (
+    object VARCHAR, canonical_id VARCHAR, platform VARCHAR, platform_id VARCHAR, terms_hash VARCHAR)"""
+
+
+def _platform_rank() -> str:
+    return "CASE platform " + " ".join(f"WHEN '{s.name}' THEN {i}" for i, s in enumerate(PLATFORM_SPECS)) + " END"
+
+
 def build_core_table(con, table: str) -> int:
-    """Rebuild core.<table> from every platform's mapping, in one transaction."""
+    """Rebuild core.<table> from every platform's mapping, in one transaction (catalog tables: one row per
+    canonical id, every platform's copy recorded in core.catalog_platform_ids)."""
     selects = [wh.read_sql(f"core/{s.name}/{table}.sql") for s in PLATFORM_SPECS if table in s.core_sources]
     body = "\nUNION ALL BY NAME\n".join(f"({s})" for s in selects)
     with wh.transaction(con):
-        wh.run(con, f"CREATE OR REPLACE TABLE core.{table} AS {body}")
+        if table not in CATALOG:
+            wh.run(con, f"CREATE OR REPLACE TABLE core.{table} AS {body}")
+        else:
+            key, id_col, terms = CATALOG[table]
+            wh.run(con, f"CREATE OR REPLACE TEMP TABLE _copies AS SELECT *, {_platform_rank()} AS _rank FROM ({body})")
+            wh.run(con, f"""CREATE OR REPLACE TABLE core.{table} AS SELECT * EXCLUDE (_rank) FROM _copies
+                            QUALIFY row_number() OVER (PARTITION BY {', '.join(key)} ORDER BY _rank) = 1
+                            ORDER BY {', '.join(key)}""")
+            wh.run(con, CATALOG_IDS_DDL)
+            wh.run(con, "DELETE FROM core.catalog_platform_ids WHERE object = ?", [table])
+            canonical = " || '#' || ".join(f"CAST({k} AS VARCHAR)" for k in key)
+            wh.run(con, f"""INSERT INTO core.catalog_platform_ids
+                            SELECT ?, {canonical}, platform, {id_col or 'NULL'},
+                                   md5(CAST(to_json(struct_pack({', '.join(terms)})) AS VARCHAR))
+                            FROM _copies""", [table])
+            wh.run(con, "DROP TABLE _copies")
     return wh.count(con, f"core.{table}")
 
 
