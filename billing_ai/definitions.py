@@ -22,6 +22,7 @@ from billing_ai.webhooks.sensors import webhook_events
 from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
+from billing_ai.platforms.zuora.resource import ZuoraResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -168,6 +169,12 @@ def default_resources() -> dict:
             api_key=dg.EnvVar("STRIPE_API_KEY"),
             api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
+        ),
+        "zuora": ZuoraResource(
+            api_base=os.environ.get("ZUORA_API_BASE", ""),
+            client_id=dg.EnvVar("ZUORA_CLIENT_ID") if os.environ.get("ZUORA_CLIENT_ID") else "",
+            client_secret=dg.EnvVar("ZUORA_CLIENT_SECRET") if os.environ.get("ZUORA_CLIENT_SECRET") else "",
+            requests_per_second=float(os.environ.get("ZUORA_REQUESTS_PER_SECOND", "10")),
         ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),

@@ -3,7 +3,8 @@
 The facade is a view of the world, not a second biller: the invoices, lines,
 payments and credit notes are the world's (billed by ``sandbox.invoicing``),
 drawn in Zuora's shapes. Only customers the world assigns to ``zuora`` are
-served; the catalog is shared.
+served; the catalog is shared, and served only when at least one customer is
+on Zuora (a merchant without Zuora customers has no Zuora tenant).
 
 Where the merchant's own references live (the canonical ids of ``core``):
 
@@ -182,9 +183,9 @@ def subscription(s: dict, acct: dict, rate_plans: list[dict], status: str, perio
         "createdDate": iso(s["created"]), "updatedDate": iso(s["created"]),
         "plan__c": s["plan"],
         "minimum_commitment__c": str(s["minimum_commitment"]) if s["minimum_commitment"] else None,
-        "started_at__c": iso(s["start"]), "billing_cycle_anchor__c": iso(s["anchor"]),
+        "started_at__c": iso(s["start"]), "billing_cycle_anchor_at__c": iso(s["anchor"]),
         "cancelled_at__c": iso(s["canceled_at"]),
-        "current_period_start__c": iso(period[0]), "current_period_end__c": iso(period[1]),
+        "current_period_start_at__c": iso(period[0]), "current_period_end_at__c": iso(period[1]),
         "ratePlans": rate_plans,
     }
 
@@ -312,12 +313,12 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
     for p in tables["prices"].iter_rows(named=True):
         prices_by_product.setdefault(p["product_id"], []).append(p)
         prices[p["price_id"]] = p
-    products = {}
-    for p in tables["products"].iter_rows(named=True):
-        products[p["product_id"]] = p
-        yield "product", product(p, prices_by_product.get(p["product_id"], [])), None, None
-    for m in tables["meters"].iter_rows(named=True):
-        yield "uom", unit_of_measure(m), None, None
+    products = {p["product_id"]: p for p in tables["products"].iter_rows(named=True)}
+    if mine:  # a world with no customer on Zuora has no Zuora tenant: no catalog either
+        for p in products.values():
+            yield "product", product(p, prices_by_product.get(p["product_id"], [])), None, None
+        for m in tables["meters"].iter_rows(named=True):
+            yield "uom", unit_of_measure(m), None, None
 
     items_by_sub: dict[str, list[dict]] = {}
     for it in tables["subscription_items"].iter_rows(named=True):
