@@ -186,6 +186,10 @@ def default_resources() -> dict:
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
+            zuora_api_base=os.environ.get("ZUORA_API_BASE", ""),
+            zuora_client_id=dg.EnvVar("ZUORA_PUSH_CLIENT_ID") if os.environ.get("ZUORA_PUSH_CLIENT_ID") else "",
+            zuora_client_secret=(dg.EnvVar("ZUORA_PUSH_CLIENT_SECRET") if os.environ.get("ZUORA_PUSH_CLIENT_SECRET")
+                                 else ""),
         ),
         "truth": GroundTruth(path=os.environ.get("BILLING_AI_TRUTH_DIR", "data/world/truth")),
         "settings": PipelineSettings(
