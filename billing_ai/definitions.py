@@ -23,6 +23,7 @@ from billing_ai.webhooks.sensors import webhook_sensor
 from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
+from billing_ai.platforms.zuora.resource import ZuoraResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -170,6 +171,12 @@ def default_resources() -> dict:
             api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
         ),
+        "zuora": ZuoraResource(
+            api_base=os.environ.get("ZUORA_API_BASE", ""),
+            client_id=dg.EnvVar("ZUORA_CLIENT_ID") if os.environ.get("ZUORA_CLIENT_ID") else "",
+            client_secret=dg.EnvVar("ZUORA_CLIENT_SECRET") if os.environ.get("ZUORA_CLIENT_SECRET") else "",
+            requests_per_second=float(os.environ.get("ZUORA_REQUESTS_PER_SECOND", "10")),
+        ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),
             heads_file=os.environ.get("BILLING_AI_AUDIT_HEADS", "data/ops/audit_heads.jsonl"),
@@ -180,6 +187,10 @@ def default_resources() -> dict:
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
+            zuora_api_base=os.environ.get("ZUORA_API_BASE", ""),
+            zuora_client_id=dg.EnvVar("ZUORA_PUSH_CLIENT_ID") if os.environ.get("ZUORA_PUSH_CLIENT_ID") else "",
+            zuora_client_secret=(dg.EnvVar("ZUORA_PUSH_CLIENT_SECRET") if os.environ.get("ZUORA_PUSH_CLIENT_SECRET")
+                                 else ""),
         ),
         "truth": GroundTruth(path=os.environ.get("BILLING_AI_TRUTH_DIR", "data/world/truth")),
         "settings": PipelineSettings(

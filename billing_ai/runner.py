@@ -20,6 +20,8 @@ import dagster as dg
 
 from billing_ai import warehouse as wh
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
+from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
+                                          ZUORA_READONLY_CLIENT_SECRET)
 from billing_ai.sandbox.world import WorldConfig, WorldPaths, stored_fingerprint
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -80,6 +82,11 @@ def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[s
         "STRIPE_API_BASE": sandbox_url,
         "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
         "STRIPE_REQUESTS_PER_SECOND": os.environ.get("STRIPE_REQUESTS_PER_SECOND", "300"),
+        "ZUORA_API_BASE": f"{sandbox_url}/zuora",
+        "ZUORA_CLIENT_ID": os.environ.get("ZUORA_CLIENT_ID", ZUORA_READONLY_CLIENT_ID),
+        "ZUORA_CLIENT_SECRET": os.environ.get("ZUORA_CLIENT_SECRET", ZUORA_READONLY_CLIENT_SECRET),
+        "ZUORA_PUSH_CLIENT_ID": os.environ.get("ZUORA_PUSH_CLIENT_ID", ZUORA_CLIENT_ID),
+        "ZUORA_PUSH_CLIENT_SECRET": os.environ.get("ZUORA_PUSH_CLIENT_SECRET", ZUORA_CLIENT_SECRET),
         "BILLING_AI_AS_OF": as_of,
         "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
         "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),

@@ -91,13 +91,18 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
                        api_key: str = "rk_test_sandbox_readonly") -> dict:
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
     from billing_ai.actions.assets import ActionsResource
+    from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
+    from billing_ai.sandbox.zuora_api import ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET
 
     ops = Path(warehouse_path).parent / "ops"
     return {
         "actions": ActionsResource(ledger_path=str(ops / "actions.sqlite"), heads_file=str(ops / "audit_heads.jsonl")),
         "warehouse": WarehouseResource(path=str(warehouse_path)),
         "stripe": StripeResource(api_key=api_key, api_base=url, requests_per_second=500, page_size=page_size),
+        "zuora": ZuoraResource(api_base=f"{url}/zuora", client_id=ZUORA_READONLY_CLIENT_ID,
+                               client_secret=ZUORA_READONLY_CLIENT_SECRET, requests_per_second=500,
+                               page_size=page_size),
         "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
                                      pii_key=TEST_PII_KEY),
     }

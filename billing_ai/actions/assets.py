@@ -51,9 +51,17 @@ class PushResource(dg.ConfigurableResource):
     case_url: str = "http://127.0.0.1:12111/sinks/cases"
     chat_webhook_url: str = dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL")
     outbox_dir: str = "data/outbox"
+    zuora_api_base: str = ""  # empty: no Zuora writer (its proposals are blocked by the router)
+    zuora_client_id: str = ""
+    zuora_client_secret: str = ""
 
     def executor(self) -> Executor:
-        return Executor(StripeExecutor(StripeWriter(self.stripe_api_key, self.stripe_api_base)),
+        platforms = {"stripe": StripeExecutor(StripeWriter(self.stripe_api_key, self.stripe_api_base))}
+        if self.zuora_api_base:
+            from billing_ai.platforms.zuora.writer import ZuoraExecutor
+
+            platforms["zuora"] = ZuoraExecutor(self.zuora_api_base, self.zuora_client_id, self.zuora_client_secret)
+        return Executor(platforms,
                         Sinks(case_url=self.case_url, chat_webhook_url=self.chat_webhook_url,
                               outbox_dir=Path(self.outbox_dir)))
 

@@ -7,6 +7,7 @@ one line here and in ``definitions.default_resources``.
 
 from billing_ai.platforms.spec import PlatformSpec
 from billing_ai.platforms.stripe import SPEC as STRIPE
+from billing_ai.platforms.zuora import SPEC as ZUORA
 
-PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE,)
+PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE, ZUORA)
 PLATFORMS: tuple[str, ...] = tuple(s.name for s in PLATFORM_SPECS)
