@@ -27,7 +27,9 @@ LOOPBACK = "127.0.0.1"
 
 # platform -> "module:function" building its facade: function(world_dir, state_dir) -> an object with
 # ``app`` (ASGI), ``settings`` (``faults``, ``rate_limit_per_second``...) and ``close()``
-FACADES: dict[str, str] = {}
+FACADES: dict[str, str] = {
+    "recurly": "billing_ai.sandbox.recurly_api:create_recurly_facade",
+}
 
 
 def _load_facades(world_dir: Path, state_dir: Path) -> dict:
