@@ -22,6 +22,7 @@ from billing_ai.webhooks.sensors import webhook_events
 from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
+from billing_ai.platforms.recurly.resource import RecurlyResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -168,6 +169,11 @@ def default_resources() -> dict:
             api_key=dg.EnvVar("STRIPE_API_KEY"),
             api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             requests_per_second=float(os.environ.get("STRIPE_REQUESTS_PER_SECOND", "20")),
+        ),
+        "recurly": RecurlyResource(
+            api_base=os.environ.get("RECURLY_API_BASE", ""),
+            api_key=dg.EnvVar("RECURLY_API_KEY") if os.environ.get("RECURLY_API_KEY") else "",
+            requests_per_second=float(os.environ.get("RECURLY_REQUESTS_PER_SECOND", "20")),
         ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),

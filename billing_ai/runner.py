@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from billing_ai import warehouse as wh
+from billing_ai.sandbox.recurly_api import DEFAULT_API_KEY as RECURLY_API_KEY
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
 from billing_ai.sandbox.world import WorldConfig, WorldPaths, stored_fingerprint
 
@@ -77,6 +78,10 @@ def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[s
         "STRIPE_API_BASE": sandbox_url,
         "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY", DEFAULT_SECRET_KEY),
         "STRIPE_REQUESTS_PER_SECOND": os.environ.get("STRIPE_REQUESTS_PER_SECOND", "300"),
+        "RECURLY_API_BASE": f"{sandbox_url}/recurly",
+        "RECURLY_API_KEY": os.environ.get("RECURLY_API_KEY", RECURLY_API_KEY),
+        "RECURLY_PUSH_API_KEY": os.environ.get("RECURLY_PUSH_API_KEY", RECURLY_API_KEY),
+        "RECURLY_REQUESTS_PER_SECOND": os.environ.get("RECURLY_REQUESTS_PER_SECOND", "300"),
         "BILLING_AI_AS_OF": as_of,
         "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
         "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),

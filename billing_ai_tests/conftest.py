@@ -91,13 +91,17 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
                        api_key: str = "rk_test_sandbox_readonly") -> dict:
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
     from billing_ai.actions.assets import ActionsResource
+    from billing_ai.platforms.recurly.resource import RecurlyResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
+    from billing_ai.sandbox.recurly_api import READONLY_API_KEY as RECURLY_READONLY_KEY
 
     ops = Path(warehouse_path).parent / "ops"
     return {
         "actions": ActionsResource(ledger_path=str(ops / "actions.sqlite"), heads_file=str(ops / "audit_heads.jsonl")),
         "warehouse": WarehouseResource(path=str(warehouse_path)),
         "stripe": StripeResource(api_key=api_key, api_base=url, requests_per_second=500, page_size=page_size),
+        "recurly": RecurlyResource(api_key=RECURLY_READONLY_KEY, api_base=f"{url}/recurly", requests_per_second=500,
+                                   page_size=page_size),
         "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
                                      pii_key=TEST_PII_KEY),
     }

@@ -6,7 +6,8 @@ one line here and in ``definitions.default_resources``.
 """
 
 from billing_ai.platforms.spec import PlatformSpec
+from billing_ai.platforms.recurly import SPEC as RECURLY
 from billing_ai.platforms.stripe import SPEC as STRIPE
 
-PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE,)
+PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE, RECURLY)
 PLATFORMS: tuple[str, ...] = tuple(s.name for s in PLATFORM_SPECS)

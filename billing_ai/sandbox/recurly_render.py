@@ -423,6 +423,8 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int
 
     custs = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)
              if c.get("platform", "stripe") == "recurly"}
+    if not custs:
+        return  # the world puts no customer on Recurly: the sandbox has no Recurly site (no catalog either)
     subs_rows = [s for s in tables["subscriptions"].iter_rows(named=True) if s["customer_id"] in custs]
     subs_by_cust: dict[str, list[dict]] = {}
     for s in subs_rows:
