@@ -182,6 +182,8 @@ def default_resources() -> dict:
         "push": PushResource(
             stripe_api_key=dg.EnvVar("STRIPE_PUSH_API_KEY"),
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
+            recurly_api_key=dg.EnvVar("RECURLY_PUSH_API_KEY") if os.environ.get("RECURLY_PUSH_API_KEY") else "",
+            recurly_api_base=os.environ.get("RECURLY_API_BASE", ""),
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
