@@ -193,6 +193,7 @@ def test_nightly_asset_and_an_hourly_spike_flagged_within_one_run(tiny_warehouse
     from billing_ai.anomalies.assets import usage_anomalies, usage_anomalies_hourly
     from billing_ai.clock import parse_instant
     from billing_ai.definitions import ANALYTICS_ASSETS, HOURLY_ANOMALY_ASSETS, PLATFORM_ASSETS, USAGE_ASSETS
+    from billing_ai.ingestion.usage_assets import raw_usage_events
     from billing_ai.resources import PipelineSettings
     from billing_ai_tests.conftest import TEST_PII_KEY, pipeline_resources
 
@@ -223,7 +224,7 @@ def test_nightly_asset_and_an_hourly_spike_flagged_within_one_run(tiny_warehouse
                                                 inbox_dir=str(inbox), pii_key=TEST_PII_KEY))
     day = hour.date().isoformat()
     intraday = dg.materialize([*PLATFORM_ASSETS, *USAGE_ASSETS], resources=later, partition_key=day,
-                              selection=[PLATFORM_ASSETS[1], *USAGE_ASSETS])
+                              selection=[raw_usage_events, *USAGE_ASSETS])
     assert intraday.success
     hourly = dg.materialize([*HOURLY_ANOMALY_ASSETS], resources=later, partition_key=f"{hour:%Y-%m-%d-%H:%M}")
     assert hourly.success
