@@ -24,6 +24,7 @@ from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.platforms.zuora.resource import ZuoraResource
+from billing_ai.platforms.recurly.resource import RecurlyResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -177,6 +178,11 @@ def default_resources() -> dict:
             client_secret=dg.EnvVar("ZUORA_CLIENT_SECRET") if os.environ.get("ZUORA_CLIENT_SECRET") else "",
             requests_per_second=float(os.environ.get("ZUORA_REQUESTS_PER_SECOND", "10")),
         ),
+        "recurly": RecurlyResource(
+            api_base=os.environ.get("RECURLY_API_BASE", ""),
+            api_key=dg.EnvVar("RECURLY_API_KEY") if os.environ.get("RECURLY_API_KEY") else "",
+            requests_per_second=float(os.environ.get("RECURLY_REQUESTS_PER_SECOND", "20")),
+        ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),
             heads_file=os.environ.get("BILLING_AI_AUDIT_HEADS", "data/ops/audit_heads.jsonl"),
@@ -184,6 +190,8 @@ def default_resources() -> dict:
         "push": PushResource(
             stripe_api_key=dg.EnvVar("STRIPE_PUSH_API_KEY"),
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
+            recurly_api_key=dg.EnvVar("RECURLY_PUSH_API_KEY") if os.environ.get("RECURLY_PUSH_API_KEY") else "",
+            recurly_api_base=os.environ.get("RECURLY_API_BASE", ""),
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from billing_ai import warehouse as wh
+from billing_ai.sandbox.recurly_api import DEFAULT_API_KEY as RECURLY_API_KEY
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
 from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
                                           ZUORA_READONLY_CLIENT_SECRET)
@@ -87,6 +88,10 @@ def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[s
         "ZUORA_CLIENT_SECRET": os.environ.get("ZUORA_CLIENT_SECRET", ZUORA_READONLY_CLIENT_SECRET),
         "ZUORA_PUSH_CLIENT_ID": os.environ.get("ZUORA_PUSH_CLIENT_ID", ZUORA_CLIENT_ID),
         "ZUORA_PUSH_CLIENT_SECRET": os.environ.get("ZUORA_PUSH_CLIENT_SECRET", ZUORA_CLIENT_SECRET),
+        "RECURLY_API_BASE": f"{sandbox_url}/recurly",
+        "RECURLY_API_KEY": os.environ.get("RECURLY_API_KEY", RECURLY_API_KEY),
+        "RECURLY_PUSH_API_KEY": os.environ.get("RECURLY_PUSH_API_KEY", RECURLY_API_KEY),
+        "RECURLY_REQUESTS_PER_SECOND": os.environ.get("RECURLY_REQUESTS_PER_SECOND", "300"),
         "BILLING_AI_AS_OF": as_of,
         "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
         "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),

@@ -94,6 +94,8 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
     from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
     from billing_ai.sandbox.zuora_api import ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET
+    from billing_ai.platforms.recurly.resource import RecurlyResource
+    from billing_ai.sandbox.recurly_api import READONLY_API_KEY as RECURLY_READONLY_KEY
 
     ops = Path(warehouse_path).parent / "ops"
     return {
@@ -103,6 +105,8 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
         "zuora": ZuoraResource(api_base=f"{url}/zuora", client_id=ZUORA_READONLY_CLIENT_ID,
                                client_secret=ZUORA_READONLY_CLIENT_SECRET, requests_per_second=500,
                                page_size=page_size),
+        "recurly": RecurlyResource(api_key=RECURLY_READONLY_KEY, api_base=f"{url}/recurly", requests_per_second=500,
+                                   page_size=page_size),
         "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
                                      pii_key=TEST_PII_KEY),
     }

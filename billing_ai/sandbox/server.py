@@ -29,6 +29,7 @@ LOOPBACK = "127.0.0.1"
 # ``app`` (ASGI), ``settings`` (``faults``, ``rate_limit_per_second``...) and ``close()``
 FACADES: dict[str, str] = {
     "zuora": "billing_ai.sandbox.zuora_api:create_zuora_facade",
+    "recurly": "billing_ai.sandbox.recurly_api:create_recurly_facade",
 }
 
 
