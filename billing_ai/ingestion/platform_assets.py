@@ -78,7 +78,7 @@ def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at
 def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"{spec.name}_raw",
-        specs=[dg.AssetSpec(raw_key(spec.name, o), group_name="ingestion", kinds={spec.name, "duckdb"},
+        specs=[dg.AssetSpec(raw_key(spec.name, o), group_name="ingestion", kinds={spec.name, "duckdb", *spec.kinds},
                             description=f"{spec.name.title()} {o.replace('_', ' ')} as landed (PII tokenized).")
                for o in spec.raw_objects],
         pool=WAREHOUSE_POOL,

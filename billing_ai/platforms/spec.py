@@ -30,6 +30,7 @@ class PlatformSpec:
     core_sources: dict[str, tuple[str, ...]]  # core table -> raw objects its SQL reads (lineage)
     resource_key: str  # the Dagster resource with the connection settings
     id_fields: dict[str, str] = field(default_factory=dict)  # raw object -> payload field with its id ("id")
+    kinds: frozenset[str] = frozenset()  # extra Dagster kinds tags for the UI (besides the platform's name)
     # raw object -> (parent raw object, payload field with the parent's id): refreshing a parent (one
     # invoice, after a webhook) replaces its children (that invoice's lines) too
     children: dict[str, tuple[str, str]] = field(default_factory=dict)
