@@ -40,6 +40,11 @@ EMAIL_TEMPLATES = ("usage_anomaly_heads_up", "tier_crossing_notice", "upgrade_re
                    "invoice_correction_notice")
 
 
+# Subscription items and invoice lines may carry the platform's own id (Recurly mints them: see README,
+# Platforms): any id-shaped token is accepted, nothing that could reach a URL or a query as anything else.
+PLATFORM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -74,7 +79,7 @@ class MetadataUpdate(_Params):
 class InvoiceLineDescription(_Params):
     """Rewrite a line's description on a *draft* invoice (finalized ones are immutable)."""
 
-    line_id: str = Field(pattern=r"^il_[A-Za-z0-9_]+$")
+    line_id: str = Field(pattern=PLATFORM_ID)
     description: str = Field(min_length=1, max_length=500)
 
 
@@ -100,7 +105,7 @@ class TierUpgradeQuote(_Params):
     """A draft quote for moving a subscription item to a higher plan's price."""
 
     subscription: str = Field(pattern=r"^sub_[A-Za-z0-9_]+$")
-    item: str = Field(pattern=r"^si_[A-Za-z0-9_]+$")
+    item: str = Field(pattern=PLATFORM_ID)
     from_price: str = Field(pattern=r"^price_[A-Za-z0-9_]+$")
     to_price: str = Field(pattern=r"^price_[A-Za-z0-9_]+$")
     currency: Currency
@@ -112,7 +117,7 @@ class TierUpgradeQuote(_Params):
 class SubscriptionChange(_Params):
     """Move one subscription item to another price (Stripe prorates licensed fees)."""
 
-    item: str = Field(pattern=r"^si_[A-Za-z0-9_]+$")
+    item: str = Field(pattern=PLATFORM_ID)
     to_price: str = Field(pattern=r"^price_[A-Za-z0-9_]+$")
     proration_behavior: Literal["create_prorations", "none", "always_invoice"] = "create_prorations"
 
