@@ -25,6 +25,7 @@ from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.platforms.zuora.resource import ZuoraResource
 from billing_ai.platforms.recurly.resource import RecurlyResource
+from billing_ai.platforms.chargebee.resource import ChargebeeResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -182,6 +183,11 @@ def default_resources() -> dict:
             api_base=os.environ.get("RECURLY_API_BASE", ""),
             api_key=dg.EnvVar("RECURLY_API_KEY") if os.environ.get("RECURLY_API_KEY") else "",
             requests_per_second=float(os.environ.get("RECURLY_REQUESTS_PER_SECOND", "20")),
+        ),
+        "chargebee": ChargebeeResource(
+            api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
+            api_key=dg.EnvVar("CHARGEBEE_API_KEY") if os.environ.get("CHARGEBEE_API_KEY") else "",
+            requests_per_second=float(os.environ.get("CHARGEBEE_REQUESTS_PER_SECOND", "10")),
         ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),
