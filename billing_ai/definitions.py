@@ -198,6 +198,8 @@ def default_resources() -> dict:
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             recurly_api_key=dg.EnvVar("RECURLY_PUSH_API_KEY") if os.environ.get("RECURLY_PUSH_API_KEY") else "",
             recurly_api_base=os.environ.get("RECURLY_API_BASE", ""),
+            chargebee_api_key=dg.EnvVar("CHARGEBEE_PUSH_API_KEY") if os.environ.get("CHARGEBEE_PUSH_API_KEY") else "",
+            chargebee_api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
