@@ -433,3 +433,13 @@ def test_metadata_update_merges_and_kinds_chargebee_cannot_do_are_blocked(push):
     assert blocked["status"] == "blocked" and "chargebee can carry out" in blocked["status_reason"]
     contact = push.executor.platforms["chargebee"].contact(push.customer)
     assert contact.email and "@" in contact.email and contact.currency == push.currency
+
+
+def test_a_webhook_can_refresh_one_invoice(server):
+    inv = api(server, "GET", "/invoices", params={"limit": 1}).json()["list"][0]["invoice"]
+    got = connector(server).fetch_objects("invoice", [inv["id"], "in_gone"])
+    assert [i["id"] for i in got["invoices"]] == [inv["id"]] and "line_items" not in got["invoices"][0]
+    assert len(got["invoice_line_items"]) == len(inv["line_items"])
+    assert {li["invoice_id"] for li in got["invoice_line_items"]} == {inv["id"]}
+    subs = connector(server).fetch_objects("subscription", [inv["subscription_id"]])
+    assert [s["id"] for s in subs["subscriptions"]] == [inv["subscription_id"]]

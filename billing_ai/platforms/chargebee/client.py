@@ -177,6 +177,31 @@ class ChargebeeConnector:
             say(f"chargebee quarantined: {len(out[QUARANTINE_KEY])}")
         return out
 
+    def fetch_objects(self, kind: str, ids: list[str]) -> dict[str, list[dict]]:
+        """Just these objects (a webhook named them): ``kind`` "invoice" (with its line items) or
+        "subscription". A deleted or unknown id, or one the connector cannot accept, is left out: the
+        nightly snapshot settles it (and quarantines the latter with its reason)."""
+        from billing_ai.platforms.http import PlatformHTTPError
+
+        if kind not in ("invoice", "subscription"):
+            raise ValueError(f"cannot fetch {kind!r} objects from Chargebee one by one")
+        out: dict[str, list[dict]] = {}
+        for oid in ids:
+            try:
+                obj = self.http.request("GET", f"/{kind}s/{oid}")[kind]
+            except PlatformHTTPError as e:
+                if e.status != 404:
+                    raise
+                continue
+            name = f"{kind}s"
+            if problem(name, obj):
+                continue
+            lines = obj.pop("line_items", None) or []
+            out.setdefault(name, []).append(scrub(kind, obj, self.pii_key))
+            if kind == "invoice":
+                out.setdefault("invoice_line_items", []).extend({**li, "invoice_id": oid} for li in lines)
+        return out
+
     def close(self) -> None:
         self.http.close()
 
