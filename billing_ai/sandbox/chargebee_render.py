@@ -290,8 +290,7 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
     custs = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)
              if c.get("platform", "stripe") == "chargebee"}
     if not custs:
-        # no merchant customers on this site: it serves nothing, not even the catalog (the core model's
-        # consumers join prices by price_id alone, so an unused second copy of the catalog would double them)
+        # no merchant customers on this site: it serves nothing, not even the catalog
         return
     subs_rows = [s for s in tables["subscriptions"].iter_rows(named=True) if s["customer_id"] in custs]
     first_created: dict[str, int] = {}

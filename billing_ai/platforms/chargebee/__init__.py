@@ -22,6 +22,7 @@ SPEC = PlatformSpec(
         "meter_usage_summaries": ("usages", "item_prices", "items", "subscriptions"),
     },
     resource_key="chargebee",
+    kinds=frozenset({"chargebee"}),
     children={"invoice_line_items": ("invoices", "invoice_id")},
     fetches_single_objects=True,
 )
