@@ -25,6 +25,7 @@ from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
 from billing_ai.rating.assets import rating_marts
 from billing_ai.platforms.zuora.resource import ZuoraResource
 from billing_ai.platforms.recurly.resource import RecurlyResource
+from billing_ai.platforms.chargebee.resource import ChargebeeResource
 from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
@@ -183,6 +184,11 @@ def default_resources() -> dict:
             api_key=dg.EnvVar("RECURLY_API_KEY") if os.environ.get("RECURLY_API_KEY") else "",
             requests_per_second=float(os.environ.get("RECURLY_REQUESTS_PER_SECOND", "20")),
         ),
+        "chargebee": ChargebeeResource(
+            api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
+            api_key=dg.EnvVar("CHARGEBEE_API_KEY") if os.environ.get("CHARGEBEE_API_KEY") else "",
+            requests_per_second=float(os.environ.get("CHARGEBEE_REQUESTS_PER_SECOND", "10")),
+        ),
         "actions": ActionsResource(
             ledger_path=os.environ.get("BILLING_AI_LEDGER", "data/ops/actions.sqlite"),
             heads_file=os.environ.get("BILLING_AI_AUDIT_HEADS", "data/ops/audit_heads.jsonl"),
@@ -192,6 +198,8 @@ def default_resources() -> dict:
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
             recurly_api_key=dg.EnvVar("RECURLY_PUSH_API_KEY") if os.environ.get("RECURLY_PUSH_API_KEY") else "",
             recurly_api_base=os.environ.get("RECURLY_API_BASE", ""),
+            chargebee_api_key=dg.EnvVar("CHARGEBEE_PUSH_API_KEY") if os.environ.get("CHARGEBEE_PUSH_API_KEY") else "",
+            chargebee_api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),

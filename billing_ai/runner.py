@@ -20,6 +20,7 @@ import dagster as dg
 
 from billing_ai import warehouse as wh
 from billing_ai.sandbox.recurly_api import DEFAULT_API_KEY as RECURLY_API_KEY
+from billing_ai.sandbox.chargebee_api import DEFAULT_API_KEY as CHARGEBEE_SANDBOX_KEY
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
 from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
                                           ZUORA_READONLY_CLIENT_SECRET)
@@ -92,6 +93,9 @@ def sandbox_settings_env(layout: Layout, as_of: str, sandbox_url: str) -> dict[s
         "RECURLY_API_KEY": os.environ.get("RECURLY_API_KEY", RECURLY_API_KEY),
         "RECURLY_PUSH_API_KEY": os.environ.get("RECURLY_PUSH_API_KEY", RECURLY_API_KEY),
         "RECURLY_REQUESTS_PER_SECOND": os.environ.get("RECURLY_REQUESTS_PER_SECOND", "300"),
+        "CHARGEBEE_API_BASE": f"{sandbox_url}/chargebee",
+        "CHARGEBEE_API_KEY": os.environ.get("CHARGEBEE_API_KEY", CHARGEBEE_SANDBOX_KEY),
+        "CHARGEBEE_PUSH_API_KEY": os.environ.get("CHARGEBEE_PUSH_API_KEY", CHARGEBEE_SANDBOX_KEY),
         "BILLING_AI_AS_OF": as_of,
         "BILLING_AI_INBOX": str(layout.world.inbox_dir.resolve()),
         "BILLING_AI_WAREHOUSE": str(layout.warehouse.resolve()),

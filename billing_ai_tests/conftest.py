@@ -92,6 +92,8 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
     from billing_ai.actions.assets import ActionsResource
     from billing_ai.platforms.zuora.resource import ZuoraResource
+    from billing_ai.platforms.chargebee.resource import ChargebeeResource
+    from billing_ai.sandbox.chargebee_api import DEFAULT_READONLY_KEY as CHARGEBEE_READONLY_KEY
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
     from billing_ai.sandbox.zuora_api import ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET
     from billing_ai.platforms.recurly.resource import RecurlyResource
@@ -107,6 +109,8 @@ def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, pa
                                page_size=page_size),
         "recurly": RecurlyResource(api_key=RECURLY_READONLY_KEY, api_base=f"{url}/recurly", requests_per_second=500,
                                    page_size=page_size),
+        "chargebee": ChargebeeResource(api_base=f"{url}/chargebee", api_key=CHARGEBEE_READONLY_KEY,
+                                       requests_per_second=500, page_size=page_size),
         "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
                                      pii_key=TEST_PII_KEY),
     }

@@ -82,14 +82,18 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
     ctx = dg.build_sensor_context(cursor=None)
     reqs = webhook_events(ctx)
     first, last = events[0]["seq"], events[-1]["seq"]
-    # the Stripe invoice event: a targeted refresh of that invoice; the Chargebee one: a snapshot run
-    # (until Chargebee's connector fetches single objects, see refresh.py)
-    by_job = {r.job_name: r for r in reqs}
-    targeted = by_job["targeted_refresh_job"]
-    assert targeted.run_key == f"webhook-stripe-invoice-{first}-{first}"
-    assert targeted.run_config["ops"]["refresh_named_objects"]["config"] == {
+    # the Stripe invoice event and the Chargebee subscription event: targeted refreshes of those objects
+    # (both connectors fetch single objects, see refresh.py); other refreshing events: a snapshot run
+    assert all(r.job_name == "targeted_refresh_job" for r in reqs)
+    targeted = {r.run_config["ops"]["refresh_named_objects"]["config"]["platform"]: r for r in reqs}
+    assert targeted["stripe"].run_key == f"webhook-stripe-invoice-{first}-{first}"
+    assert targeted["stripe"].run_config["ops"]["refresh_named_objects"]["config"] == {
         "platform": "stripe", "kind": "invoice", "ids": ["in_1"], "events": ["evt_1"]}
-    assert by_job["platform_sync_job"].run_key == f"webhooks-{last}-{last}"
+    assert targeted["chargebee"].run_config["ops"]["refresh_named_objects"]["config"] == {
+        "platform": "chargebee", "kind": "subscription", "ids": ["sub_cb"], "events": ["ev_cb_1"]}
+    snap = requests_for([{"seq": 9, "platform": "chargebee", "event_id": "e9", "type": "customer_changed",
+                          "object_id": "cus_1"}])
+    assert [(r.job_name, r.run_key) for r in snap] == [("platform_sync_job", "webhooks-9-9")]
     assert ctx.cursor == str(last)
     assert isinstance(webhook_events(dg.build_sensor_context(cursor=str(last))), dg.SkipReason)  # read once
     assert requests_for([{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available",

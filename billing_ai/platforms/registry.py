@@ -7,8 +7,9 @@ one line here and in ``definitions.default_resources``.
 
 from billing_ai.platforms.spec import PlatformSpec
 from billing_ai.platforms.recurly import SPEC as RECURLY
+from billing_ai.platforms.chargebee import SPEC as CHARGEBEE
 from billing_ai.platforms.stripe import SPEC as STRIPE
 from billing_ai.platforms.zuora import SPEC as ZUORA
 
-PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE, RECURLY, ZUORA)
+PLATFORM_SPECS: tuple[PlatformSpec, ...] = (STRIPE, CHARGEBEE, RECURLY, ZUORA)
 PLATFORMS: tuple[str, ...] = tuple(s.name for s in PLATFORM_SPECS)

@@ -30,6 +30,7 @@ LOOPBACK = "127.0.0.1"
 FACADES: dict[str, str] = {
     "zuora": "billing_ai.sandbox.zuora_api:create_zuora_facade",
     "recurly": "billing_ai.sandbox.recurly_api:create_recurly_facade",
+    "chargebee": "billing_ai.sandbox.chargebee_api:create_chargebee_facade",
 }
 
 
