@@ -472,17 +472,13 @@ def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSet
     # a second copy of a line for the same item, period and kind expects nothing: it is billed twice
     for (line_id,) in wh.run(con, "SELECT line_id FROM _lines WHERE copy_no > 1"):
         expected[line_id] = 0
-    con.register("_expected_df", _frame(expected))
-    wh.run(con, "CREATE OR REPLACE TEMP TABLE _expected AS SELECT * FROM _expected_df")
-    con.unregister("_expected_df")
+    # two list parameters, not a DataFrame: a few thousand pairs, and no Polars / pyarrow import and conversion
+    # (in a fresh process that alone took longer than the rest of the reconciliation)
+    wh.run(con, """CREATE OR REPLACE TEMP TABLE _expected AS
+                   SELECT unnest(CAST($ids AS VARCHAR[])) AS line_id,
+                          unnest(CAST($amounts AS BIGINT[])) AS expected_amount""",
+           {"ids": list(expected), "amounts": list(expected.values())})
     wh.run(con, RECONCILIATION_DDL, {"tol": settings.rounding_tolerance})
-
-
-def _frame(expected: dict[str, int]):
-    import polars as pl
-
-    return pl.DataFrame({"line_id": list(expected), "expected_amount": list(expected.values())},
-                        schema={"line_id": pl.String, "expected_amount": pl.Int64})
 
 
 RECONCILIATION_DDL = """
