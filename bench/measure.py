@@ -14,15 +14,17 @@ from pathlib import Path
 
 
 def peak_mib() -> float:
-    """Peak resident memory of this process in MiB (VmHWM where the kernel reports it)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MiB: VmHWM where the kernel reports it.
+
+    Not ru_maxrss when VmHWM is there: Linux carries ru_maxrss over fork and exec, so a child started by a
+    parent that built a large template reported the parent's peak, not its own."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                peak = max(peak, int(line.split()[1]) / 1024)
+                return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(script: str, spec: dict) -> dict:
