@@ -16,8 +16,10 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 ## Generate the default world, start the sandbox, materialize every asset, print a summary.
+## PLATFORMS=mixed spreads the world's customers over Stripe, Chargebee, Recurly and Zuora.
+PLATFORMS ?= stripe
 run: $(STAMP)
-	$(BIN)/billing-ai run
+	$(BIN)/billing-ai run --platforms $(PLATFORMS)
 
 ## The whole test suite.
 test: $(STAMP)
