@@ -122,7 +122,8 @@ def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
 CATALOG: dict[str, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {
     # table: (key, its platform-id column, terms that must agree across copies)
     "products": (("product_id",), "platform_product_id", ("name", "component")),
-    "meters": (("meter_id",), "platform_meter_id", ("meter_name", "aggregation")),
+    # a meter is known by its name everywhere (usage events carry it); Recurly mints the meter's id
+    "meters": (("meter_name",), "platform_meter_id", ("aggregation",)),
     "prices": (("price_id",), "platform_price_id",
                ("product_id", "plan", "component", "currency", "usage_type", "billing_scheme", "tiers_mode",
                 "unit_amount_decimal", "package_size", "package_rounding", "meter_name", "billing_interval",
