@@ -279,3 +279,28 @@ def test_the_router_sends_each_proposal_to_its_own_platform(tmp_path):
     assert ex.precheck(ghost) == ["customer cus_ghost does not exist"]
     with pytest.raises(Permanent, match="no writer is configured for platform 'zuora'"):
         ex.precheck(proposal("metadata_update", "zuora", {"metadata": {"a": "b"}}))
+
+
+def test_http_failures_are_classified_once_for_every_plain_http_writer():
+    from billing_ai.actions.push import Permanent, Unknown, http_outcome, none_if_missing
+    from billing_ai.platforms.http import PlatformHTTPError
+    from billing_ai.platforms.retry import RateLimited, Transient
+
+    def failing(exc):
+        def call():
+            raise exc
+        return call
+
+    err = lambda status: PlatformHTTPError("acme", "POST", "/x", status, {"message": "no"})  # noqa: E731
+    with pytest.raises(PlatformHTTPError):  # configuration: the run fails, the action stays approved
+        http_outcome(failing(err(401)))
+    for exc in (err(503), RateLimited(2.0), Transient("ReadError")):
+        with pytest.raises(Unknown):  # maybe applied: read back before any resend
+            http_outcome(failing(exc))
+    with pytest.raises(Unknown):  # Zuora: the same key still in flight
+        http_outcome(failing(err(409)), unknown_statuses=frozenset({409}))
+    with pytest.raises(Permanent) as refused:
+        http_outcome(failing(err(422)), lambda body: body["message"])
+    assert refused.value.status == 422 and str(refused.value) == "422 no"
+    assert none_if_missing(lambda: http_outcome(failing(err(404)))) is None
+    assert http_outcome(lambda: {"id": "x"}) == {"id": "x"}

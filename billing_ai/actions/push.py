@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from string import Template
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import httpx
 
@@ -44,8 +44,15 @@ from billing_ai.actions.policy import Policy
 from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries
 
 
+T = TypeVar("T")
+
+
 class Permanent(Exception):
-    """The platform refused: resending the same request cannot succeed."""
+    """The platform refused: resending the same request cannot succeed. ``status``: its HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class Unknown(Exception):
@@ -54,6 +61,42 @@ class Unknown(Exception):
 
 class PushIncomplete(Exception):
     """Attempts ran out with the outcome still unknown: the run fails and a retry reads back first."""
+
+
+def http_outcome(call: Callable[[], T], describe: Callable[[object], str] = str,
+                 unknown_statuses: frozenset[int] = frozenset()) -> T:
+    """One request through :class:`billing_ai.platforms.http.PlatformHTTP` (which has already waited out
+    429s and retried what is safe to repeat), its failure put in the push loop's terms -- the one place the
+    plain-HTTP writers classify outcomes:
+
+    * 401 / 403 are raised as they are: configuration, not the action's fault (the run fails, the action
+      stays approved);
+    * a 5xx, a 429 still there after the retries, a broken connection, or one of ``unknown_statuses`` (say
+      Zuora's 409: the same key still in flight) -> :class:`Unknown` (read back before any resend);
+    * any other 4xx -> :class:`Permanent` with the platform's own message (``describe(body)``).
+    """
+    from billing_ai.platforms.http import PlatformHTTPError
+
+    try:
+        return call()
+    except PlatformHTTPError as e:
+        if e.status in (401, 403):
+            raise
+        if e.status >= 500 or e.status in unknown_statuses:
+            raise Unknown(f"{e.status}: {describe(e.body)}") from e
+        raise Permanent(f"{e.status} {describe(e.body)}".strip(), status=e.status) from e
+    except (RateLimited, Transient, httpx.TransportError) as e:
+        raise Unknown(f"{type(e).__name__}: {e}") from e
+
+
+def none_if_missing(call: Callable[[], T]) -> T | None:
+    """A read for a re-check or read-back: a missing object (404) is None."""
+    try:
+        return call()
+    except Permanent as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ import json
 from typing import Any
 
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, pointer
+from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
 from billing_ai.money import format_minor
 from billing_ai.platforms.chargebee.client import IDEMPOTENCY_HEADER
-from billing_ai.platforms.http import PlatformHTTP, PlatformHTTPError
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient
+from billing_ai.platforms.http import PlatformHTTP
+from billing_ai.platforms.retry import RetryPolicy
 
 ITEMS_KEY = "billing_ai_items"
 OPEN_STATUSES = ("payment_due", "not_paid", "posted")
@@ -70,29 +70,14 @@ class ChargebeeWriter:
 
     def call(self, method: str, path: str, *, params: dict | None = None, data: dict | None = None,
              key: str | None = None) -> Any:
-        """One request: 429s waited out and 5xx retried with the same key by PlatformHTTP; then
-        401/403 raise (configuration), other 4xx -> Permanent, 5xx / broken connection -> Unknown."""
-        try:
-            return self.http.request(method, path, params=params, data=data, idempotency_key=key)
-        except RateLimited as e:
-            raise Unknown(f"rate limited: {e}") from e
-        except Transient as e:
-            raise Unknown(f"connection: {e}") from e
-        except PlatformHTTPError as e:
-            if e.status >= 500:
-                raise Unknown(f"{e.status}: {_msg(e.body)}") from e
-            if e.status in (401, 403):
-                raise
-            raise Permanent(f"{e.status} {_code(e.body)}: {_msg(e.body)}".strip()) from e
+        """One request (429s waited out and keyed 5xx retried by PlatformHTTP), its failure classified by
+        :func:`billing_ai.actions.push.http_outcome`."""
+        return http_outcome(lambda: self.http.request(method, path, params=params, data=data, idempotency_key=key),
+                            lambda body: f"{_code(body)}: {_msg(body)}")
 
     def read(self, path: str, params: dict | None = None) -> dict | None:
         """A read for a re-check or read-back; a missing object is None."""
-        try:
-            return self.call("GET", path, params=params)
-        except Permanent as e:
-            if str(e).startswith("404"):
-                return None
-            raise
+        return none_if_missing(lambda: self.call("GET", path, params=params))
 
     def get(self, resource: str, oid: str) -> dict | None:
         body = self.read(f"/{resource}s/{oid}")

@@ -27,11 +27,11 @@ from decimal import Decimal
 from typing import Any
 
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, pointer
+from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
 from billing_ai.money import format_minor, major_to_minor, minor_unit_exponent
-from billing_ai.platforms.http import PlatformHTTP, PlatformHTTPError
+from billing_ai.platforms.http import PlatformHTTP
 from billing_ai.platforms.recurly.client import ACCEPT, _decimal_json
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient
+from billing_ai.platforms.retry import RetryPolicy
 
 CUSTOM_FIELD_MAX = 255
 
@@ -62,28 +62,14 @@ class RecurlyWriter:
 
     def call(self, method: str, path: str, body: dict | None = None, key: str | None = None,
              params: dict | None = None) -> Any:
-        """One request: 429s waited out; 4xx -> Permanent; 5xx and broken connections -> Unknown."""
+        """One request (429s waited out by PlatformHTTP), its failure classified by
+        :func:`billing_ai.actions.push.http_outcome`."""
         headers = {"Idempotency-Key": key} if key else None
-        try:
-            return self.http.request(method, path, json=body, params=params, headers=headers)
-        except RateLimited as e:
-            raise Unknown(f"rate limited: {e}") from e
-        except Transient as e:
-            raise Unknown(f"connection: {e}") from e
-        except PlatformHTTPError as e:
-            if e.status >= 500:
-                raise Unknown(f"{e.status}: {_message(e.body)}") from e
-            if e.status in (401, 403):
-                raise  # configuration, not the action's fault: the run fails and the action stays approved
-            raise Permanent(f"{e.status} {_error_type(e.body)}: {_message(e.body)}") from e
+        return http_outcome(lambda: self.http.request(method, path, json=body, params=params, headers=headers),
+                            lambda b: f"{_error_type(b)}: {_message(b)}")
 
     def read(self, path: str, params: dict | None = None) -> Any:
-        try:
-            return self.call("GET", path, params=params)
-        except Permanent as e:
-            if str(e).startswith("404"):
-                return None
-            raise
+        return none_if_missing(lambda: self.call("GET", path, params=params))
 
     def listing(self, path: str, params: dict | None = None) -> list[dict]:
         out: list[dict] = []

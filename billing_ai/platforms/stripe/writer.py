@@ -7,7 +7,7 @@ from typing import Any, Callable
 import stripe
 
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, pointer
+from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
 from billing_ai.money import format_minor
 from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries
 
@@ -52,16 +52,12 @@ class StripeWriter:
         except (stripe.AuthenticationError, stripe.PermissionError):
             raise  # configuration, not the action's fault: the run fails and the action stays approved
         except stripe.StripeError as e:  # 400, 402, 404, idempotency: the platform said no
-            raise Permanent(f"{e.http_status} {getattr(e, 'code', None) or ''}: {e.user_message or e}".strip()) from e
+            raise Permanent(f"{e.http_status} {getattr(e, 'code', None) or ''}: {e.user_message or e}".strip(),
+                            status=e.http_status) from e
 
     def read(self, fn: Callable[[], Any]) -> dict | None:
         """A read for a re-check or read-back; a missing object is None."""
-        try:
-            return self.call(fn)
-        except Permanent as e:
-            if "404" in str(e).split(" ", 1)[0]:
-                return None
-            raise
+        return none_if_missing(lambda: self.call(fn))
 
     # ---- objects ---------------------------------------------------------------------------
     def customer(self, cid: str) -> dict | None:

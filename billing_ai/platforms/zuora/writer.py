@@ -26,13 +26,11 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-import httpx
 
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, pointer
+from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
 from billing_ai.money import format_minor, minor_unit_exponent
-from billing_ai.platforms.http import PlatformHTTPError
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient
+from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.zuora.client import ZuoraHTTP, to_minor
 
 POINTER_FIELD = AUDIT_POINTER_KEY + "__c"
@@ -64,24 +62,12 @@ class ZuoraExecutor:
              key: str | None = None) -> dict:
         """One request: 429s and (keyed or read) 5xx retried by PlatformHTTP; 4xx -> Permanent;
         still failing, a dropped connection, or 409 (the same key still in flight) -> Unknown."""
-        try:
-            return self.http.request(method, path, json=json, params=params, idempotency_key=key) or {}
-        except PlatformHTTPError as e:
-            if e.status in (401, 403):
-                raise  # configuration, not the action's fault: the run fails and the action stays approved
-            if e.status == 409 or e.status >= 500:
-                raise Unknown(f"zuora {e.status}: {_reason(e.body)}") from e
-            raise Permanent(f"zuora {e.status}: {_reason(e.body)}") from e
-        except (RateLimited, Transient, httpx.TransportError) as e:
-            raise Unknown(f"zuora: {type(e).__name__}: {e}") from e
+        return http_outcome(
+            lambda: self.http.request(method, path, json=json, params=params, idempotency_key=key) or {},
+            lambda body: f"zuora: {_reason(body)}", unknown_statuses=frozenset({409}))
 
     def read(self, path: str, params: dict | None = None) -> dict | None:
-        try:
-            return self.call("GET", path, params=params)
-        except Permanent as e:
-            if isinstance(e.__cause__, PlatformHTTPError) and e.__cause__.status == 404:
-                return None
-            raise
+        return none_if_missing(lambda: self.call("GET", path, params=params))
 
     def listing(self, path: str, key: str, params: dict | None = None) -> list[dict]:
         out, body = [], self.call("GET", path, params={**(params or {}), "pageSize": 40})
