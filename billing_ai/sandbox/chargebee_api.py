@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 import base64
 
-import polars as pl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,7 +47,7 @@ from starlette.routing import Route
 
 from billing_ai.sandbox.store import Store
 from billing_ai.sandbox.stripe_api import RateLimiter, StripeError
-from billing_ai.sandbox.world import load_config, make_id, stored_fingerprint, ts
+from billing_ai.sandbox.world import make_id
 
 if TYPE_CHECKING:
     from billing_ai.sandbox.faults import FaultPlan
@@ -152,26 +151,16 @@ def decode_form(pairs: list[tuple[str, str]]) -> dict:
 class ChargebeeStore(Store):
     """The shared SQLite object store, seeded with Chargebee's rendering of the world."""
 
-    def seed_from_world(self, world_dir: Path) -> bool:
+    def render(self, tables, as_of: int):
         from billing_ai.sandbox.chargebee_render import render_world
 
-        cfg = load_config(world_dir)
-        fingerprint = stored_fingerprint(world_dir)
-        if self.fingerprint() == fingerprint:
-            return False
-        tables = {p.stem: pl.read_parquet(p) for p in (Path(world_dir) / "platform").glob("*.parquet")}
-        as_of = ts(cfg.as_of_dt())
-        with self._lock:
-            self.db.execute("BEGIN")
-            for t in ("objects", "meter_usage", "meter_event_ids", "idempotency", "meta", "outbox"):
-                self.db.execute(f"DELETE FROM {t}")
-            rows = [(typ, obj["id"], obj.get(TIME_FIELDS[typ]) or 0, k, cust, parent, json.dumps(obj))
-                    for k, (typ, obj, cust, parent) in enumerate(render_world(tables, as_of))]
-            self.db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?,?)", rows)
-            self._seq = len(rows)
-            self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)", (fingerprint, str(as_of)))
-            self.db.execute("COMMIT")
-        return True
+        return render_world(tables, as_of)
+
+    def created_of(self, typ: str, obj: dict) -> int:
+        return obj.get(TIME_FIELDS[typ]) or 0
+
+    def seed_usage(self, tables, customers: set[str]) -> None:
+        """Chargebee serves usages as objects (rendered above): no meter summaries to seed."""
 
 
 # ---- filters ------------------------------------------------------------------------------------

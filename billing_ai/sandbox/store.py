@@ -51,9 +51,8 @@ class Store:
         return row[0] if row else None
 
     def seed_from_world(self, world_dir: Path) -> bool:
-        """Load the world unless this store already holds it (state survives restarts)."""
-        from billing_ai.sandbox.stripe_render import render_world
-
+        """Load the world, as Stripe renders it, unless this store already holds it (state survives
+        restarts). Another facade sharing this store overrides :meth:`render` and :meth:`created_of`."""
         cfg = load_config(world_dir)
         fingerprint = stored_fingerprint(world_dir)
         if self.fingerprint() == fingerprint:
@@ -64,19 +63,29 @@ class Store:
             self.db.execute("BEGIN")
             for t in ("objects", "meter_usage", "meter_event_ids", "idempotency", "meta", "outbox"):
                 self.db.execute(f"DELETE FROM {t}")
-            rows = []
-            for k, (typ, obj, cust, parent) in enumerate(render_world(tables, as_of)):
-                rows.append((typ, obj["id"], obj.get("created") or 0, k, cust, parent, json.dumps(obj)))
+            rows = [(typ, obj["id"], self.created_of(typ, obj), k, cust, parent, json.dumps(obj))
+                    for k, (typ, obj, cust, parent) in enumerate(self.render(tables, as_of))]
             self.db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?,?)", rows)
             self._seq = len(rows)
-            stripe_customers = {r[1] for r in rows if r[0] == "customer"}
-            mu = tables["meter_usage"].filter(pl.col("customer_id").is_in(list(stripe_customers)))
-            self.db.executemany("INSERT INTO meter_usage VALUES (?,?,?,?)",
-                                mu.select("meter_id", "customer_id", "day_start", "value_milli").iter_rows())
+            self.seed_usage(tables, {r[1] for r in rows if r[0] == "customer"})
             self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)",
                             (fingerprint, str(as_of)))
             self.db.execute("COMMIT")
         return True
+
+    def render(self, tables: dict[str, pl.DataFrame], as_of: int):
+        from billing_ai.sandbox.stripe_render import render_world
+
+        return render_world(tables, as_of)
+
+    def created_of(self, typ: str, obj: dict) -> int:
+        return obj.get("created") or 0
+
+    def seed_usage(self, tables: dict[str, pl.DataFrame], customers: set[str]) -> None:
+        """The platform's daily meter totals of its own customers (Stripe's meter event summaries)."""
+        mu = tables["meter_usage"].filter(pl.col("customer_id").is_in(list(customers)))
+        self.db.executemany("INSERT INTO meter_usage VALUES (?,?,?,?)",
+                            mu.select("meter_id", "customer_id", "day_start", "value_milli").iter_rows())
 
     def as_of(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key='as_of'").fetchone()
