@@ -21,8 +21,18 @@ def test_forecasts_tier_projections_and_proposals(tiny_warehouse, tiny_world, tm
     path = tmp_path / "w.duckdb"
     shutil.copy(tiny_warehouse, path)
     res = pipeline_resources("http://127.0.0.1:9", path, tiny_world)
-    assert dg.materialize([*SELECTION_ASSETS, *ANALYTICS_ASSETS], resources=res,
-                          selection=[*SELECTION_ASSETS]).success
+    weekly = dg.materialize([*SELECTION_ASSETS, *ANALYTICS_ASSETS], resources=res, selection=[*SELECTION_ASSETS])
+    assert weekly.success
+    # the weekly choice carries the conformal calibration the nightly run reuses (45 days of history are
+    # too few for its windows here, so the errors are null: the nightly run calibrates what lacks them)
+    wmeta = weekly.asset_materializations_for_node("marts__forecast_model_selection")[0].metadata
+    assert wmeta["calibration_horizon"].value >= 32
+    con = wh.connect(path)
+    cols = dict(wh.run(con, "SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_name = 'forecast_model_selection'"))
+    con.close()
+    assert list(cols)[:4] == ["series_id", "model", "backtest_error", "chosen_at"]
+    assert cols["calibration_horizon"] == "INTEGER" and cols["calibration_errors"] == "DOUBLE[]"
     result = dg.materialize([*ANALYTICS_ASSETS], resources=res, selection=[usage_forecasts, forecast_proposals_asset])
     assert result.success
     meta = result.asset_materializations_for_node("usage_forecasts")[0].metadata

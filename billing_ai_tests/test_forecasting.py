@@ -75,7 +75,8 @@ def test_output_shape_and_invariants(mixed):
         assert f["model"].n_unique() == 1
     assert fc.filter(pl.col("yhat_lo") < 0).height == 0
     assert fc.filter((pl.col("yhat_lo") > pl.col("yhat")) | (pl.col("yhat") > pl.col("yhat_hi"))).height == 0
-    assert set(sel.columns) == {"series_id", "model", "backtest_error", "chosen_at"}
+    assert sel.columns[:4] == ["series_id", "model", "backtest_error", "chosen_at"]  # the stable columns first
+    assert sel.columns[4:] == ["calibration_horizon", "calibration_errors"]
     assert sel.height == len(MIXED)
 
 
@@ -245,3 +246,140 @@ def test_inputs_validated_and_empty_history():
         forecast_usage(frame({"a": [1.0] * 20}), 0)
     empty = pl.DataFrame(schema={"series_id": pl.String, "ds": pl.Date, "y": pl.Float64})
     assert forecast_usage(empty, 7).height == 0 and select_models(empty, 7).height == 0
+
+
+# ------------------------------------------------------------------ cached conformal calibration (weekly -> nightly)
+
+def cal_frame(rows: dict[str, tuple[int, list]]) -> pl.DataFrame:
+    return pl.DataFrame({"series_id": list(rows), "calibration_horizon": [h for h, _ in rows.values()],
+                         "calibration_errors": [e for _, e in rows.values()]},
+                        schema={"series_id": pl.String, "calibration_horizon": pl.Int32,
+                                "calibration_errors": pl.List(pl.Float64)})
+
+
+def test_half_widths_hand_checked():
+    from billing_ai.forecasting.forecast import _half_widths
+
+    # 10 windows of 4 steps; window w holds errors [w+1, 100+w, 200+w, 1000]
+    errs = [v for w in range(10) for v in (w + 1, 100 + w, 200 + w, 1000)]
+    with_null = [None] + errs[1:]  # the 1 of window 0 lost (a failed fit)
+    cal = cal_frame({"a": (4, errs), "nulls": (4, with_null), "short": (4, [1.0, 2.0])})
+    q = dict(_half_widths(cal, 2, 80).rows())
+    # horizon 2: of each window the first max(2, ceil(30 / 10)) = 3 steps, n = 30 scores: 1..10, 100..109,
+    # 200..209; rank ceil(31 * 0.8) = 25 -> 204
+    assert q["a"] == 204
+    # the null still counts in n = 30 (rank 25), but only 29 scores remain: 2..10, 100..109, 200.. -> 205
+    assert q["nulls"] == 205
+    assert "short" not in q  # fewer errors than one window: no interval from it
+    # horizon 4 = the windows' own: every step, n = 40, rank ceil(41 * 0.8) = 33 -> the 1000s
+    assert dict(_half_widths(cal, 4, 80).rows())["a"] == 1000
+    # level 50 at horizon 2: rank ceil(31 * 0.5) = 16 -> 105 (1..10 are ranks 1-10, 100 is the 11th)
+    assert dict(_half_widths(cal, 2, 50).rows())["a"] == 105
+    # 3 windows of 31 pooled whole at horizon 31: n = 93, rank ceil(94 * 0.8) = 76 -> the 76th smallest
+    big = cal_frame({"b": (31, [float(i) for i in range(93, 0, -1)])})
+    assert dict(_half_widths(big, 31, 80).rows())["b"] == 76
+    # ... and at horizon 20: the first 20 steps of each window (93..74, 62..43, 31..12), n = 60, rank
+    # ceil(61 * 0.8) = 49: past the 20 + 20 of 12..31 and 43..62, the 9th of 74..93
+    firsts = sorted([float(v) for w in range(3) for v in range(93 - 31 * w, 73 - 31 * w, -1)])
+    assert dict(_half_widths(big, 20, 80).rows())["b"] == firsts[48] == 82
+
+
+def step_series() -> np.ndarray:
+    """PATTERN every week; from day 100 on, 10 more every day."""
+    y = np.tile(PATTERN, DAYS // 7 + 1)[:DAYS].copy()
+    y[100:] += 10
+    return y
+
+
+def test_calibration_errors_hand_checked():
+    """SeasonalNaive (last week again) over 3 windows of 14 days, cutoffs after days 78, 92 and 106 (0-based)."""
+    import billing_ai.forecasting.forecast as fmod
+
+    filled, _ = fmod._prepare(frame({"step": step_series()}), "1d")
+    prof = fmod._profile(filled, 7)
+    cal = fmod._calibrate(filled, prof, pl.DataFrame({"series_id": ["step"], "model": ["SeasonalNaive"]}), H, "1d")
+    # window 1 (days 78-91): before the step, exact. Window 2 (92-105): days 100-105 are 10 above last week.
+    # window 3 (106-119) repeats days 99-105: day 99 (before the step) misses days 106 and 113 by 10.
+    expected = [0.0] * 14 + [0.0] * 8 + [10.0] * 6 + [10.0] + [0.0] * 6 + [10.0] + [0.0] * 6
+    assert cal["calibration_horizon"].to_list() == [H]
+    assert cal["calibration_errors"][0].to_list() == pytest.approx(expected, abs=1e-9)
+    # 34 zeros and 8 tens; n = 42, rank ceil(43 * 0.8) = 35: the first ten -> a +-10 interval
+    forced = pl.DataFrame({"series_id": ["step"], "model": ["SeasonalNaive"]})
+    fc = forecast_usage(frame({"step": step_series()}), H, "1d", selection=forced)
+    assert fc["interval_method"].unique().to_list() == ["conformal"]
+    assert (fc["yhat_hi"] - fc["yhat"]).to_list() == pytest.approx([10.0] * H)
+    assert (fc["yhat"] - fc["yhat_lo"]).to_list() == pytest.approx([10.0] * H)
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    # "young": 70 days, 28 of them before the oldest of the 3 calibration windows of 14 (< 8 weeks)
+    history = frame({k: MIXED[k] for k in ("seasonal", "trend", "sparse", "weekly", "short", "zeros")}
+                    | {"step": step_series(), "young": poisson_weekly(120, 70, 12)})
+    return history, select_models(history, H, "1d", calibration_horizon=H)
+
+
+def test_calibration_carries_one_fit_forward_only_over_a_long_history(calibrated, monkeypatch):
+    import billing_ai.forecasting.forecast as fmod
+    from statsforecast import StatsForecast
+
+    history, sel = calibrated
+    calls = []
+    original = StatsForecast.cross_validation
+
+    def spy(self, *, df, refit=True, **kw):
+        calls.append((self.models[0].__class__.__name__, df["unique_id"].n_unique(), refit))
+        return original(self, df=df, refit=refit, **kw)
+
+    monkeypatch.setattr(StatsForecast, "cross_validation", spy)
+    filled, _ = fmod._prepare(history, "1d")
+    prof = fmod._profile(filled, 7)
+    chosen = pl.DataFrame({"series_id": ["seasonal", "trend", "young", "sparse"],
+                           "model": ["AutoTheta", "AutoTheta", "AutoTheta", "CrostonOptimized"]})
+    fmod._calibrate(filled, prof, chosen, H, "1d")
+    # 120 days (78 before the oldest window): one fit carried forward; 70 days (28): refitted per window;
+    # Croston cannot be carried
+    assert sorted(calls) == [("AutoTheta", 1, True), ("AutoTheta", 2, False), ("CrostonOptimized", 1, True)]
+
+
+def test_cached_calibration_gives_the_fresh_half_widths(calibrated, monkeypatch):
+    import billing_ai.forecasting.forecast as fmod
+
+    history, sel = calibrated
+    cal = dict(sel.select("series_id", "calibration_horizon").rows())
+    assert all(cal[s] == H for s in ("seasonal", "trend", "sparse", "weekly", "step", "young"))
+    assert cal["short"] is None and cal["zeros"] is None  # fallbacks: no model, no calibration
+    fresh = forecast_usage(history, H, "1d", selection=sel.drop("calibration_horizon", "calibration_errors"))
+
+    def no_cv(*a, **k):
+        raise AssertionError("calibrated again despite cached calibration errors")
+
+    monkeypatch.setattr(fmod, "_calibrate", no_cv)
+    monkeypatch.setattr(fmod, "_select", no_cv)
+    cached = forecast_usage(history, H, "1d", selection=sel)
+    assert cached.select("series_id", "ds", "model", "interval_method").equals(
+        fresh.select("series_id", "ds", "model", "interval_method"))
+    for col in ("yhat", "yhat_lo", "yhat_hi"):
+        assert cached[col].to_list() == pytest.approx(fresh[col].to_list(), rel=1e-12, abs=1e-9)
+    # the half-width is the conformal quantile of the cached errors: 42 of them, the 35th smallest
+    errs = sorted(sel.filter(pl.col("series_id") == "seasonal")["calibration_errors"][0].to_list())
+    s = by_series(cached, "seasonal")
+    assert (s["yhat_hi"] - s["yhat"]).to_list() == pytest.approx([errs[34]] * H)
+
+
+def test_cached_calibration_for_a_longer_horizon_or_none(calibrated, monkeypatch):
+    import billing_ai.forecasting.forecast as fmod
+
+    history, sel = calibrated
+    # a cached calibration shorter than the horizon is not stretched: the run calibrates for its own
+    longer = forecast_usage(history, H + 7, "1d", selection=sel)
+    plain = forecast_usage(history, H + 7, "1d", selection=sel.drop("calibration_horizon", "calibration_errors"))
+    assert longer["yhat_hi"].to_list() == pytest.approx(plain["yhat_hi"].to_list())
+    # one longer than the horizon serves it, from the first steps of each cached window
+    monkeypatch.setattr(fmod, "_calibrate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("CV ran")))
+    short = forecast_usage(history, 7, "1d", selection=sel)
+    errs = sel.filter(pl.col("series_id") == "seasonal")["calibration_errors"][0].to_list()
+    # 3 windows of 14: the first max(7, ceil(30 / 3)) = 10 steps of each, n = 30, rank ceil(31 * 0.8) = 25
+    first10 = sorted(errs[w * H + i] for w in range(3) for i in range(10))
+    s = by_series(short, "seasonal")
+    assert (s["yhat_hi"] - s["yhat"]).to_list() == pytest.approx([first10[24]] * 7)

@@ -16,6 +16,9 @@ from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseReso
 HISTORY_DAYS = 180
 SELECTION_MAX_AGE = timedelta(days=7)  # the nightly run reuses a selection younger than this
 SELECTION_HORIZON = 14  # cross-validation horizon (days) of the weekly selection
+# the weekly selection also caches conformal calibration errors for nightly horizons up to this: a 31-day
+# period counted from its first day (pj.next_days) -- longer periods raise it (see _calibration_horizon)
+CALIBRATION_HORIZON = 32
 LEVEL = 80
 
 TIER_POSITIONS = dg.AssetKey(["marts", "tier_positions"])
@@ -51,13 +54,21 @@ def forecast_model_selection(warehouse: WarehouseResource, settings: PipelineSet
     now = settings.clock().now()
     with warehouse.connect() as con:
         history = _history(con, now)
-        sel = select_models(history, SELECTION_HORIZON, "1d").with_columns(
+        cal_h = _calibration_horizon(con)
+        sel = select_models(history, SELECTION_HORIZON, "1d", calibration_horizon=cal_h).with_columns(
             pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("chosen_at"))
         with wh.transaction(con):
             wh.write_frame(con, "marts.forecast_model_selection", sel, replace=True)
     return dg.MaterializeResult(metadata={
         "series": sel.height, "by_model": dg.MetadataValue.json(dict(sel.group_by("model").len().rows())),
-        "median_backtest_error": float(sel["backtest_error"].median() or 0.0)})
+        "median_backtest_error": float(sel["backtest_error"].median() or 0.0),
+        "calibration_horizon": cal_h, "calibrated": int(sel["calibration_errors"].is_not_null().sum())})
+
+
+def _calibration_horizon(con) -> int:
+    """The longest horizon a nightly run can ask for over the coming week: a whole current period."""
+    periods = con.sql("SELECT period_start, period_end FROM marts.tier_positions").pl()
+    return max([CALIBRATION_HORIZON, *(pj.next_days(s, e) for s, e in periods.iter_rows())])
 
 
 def _selection(con, now: datetime) -> pl.DataFrame | None:
@@ -79,7 +90,7 @@ def project(con, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFram
     sel = _selection(con, now)
     cached = sel is not None
     if not cached:  # no fresh weekly choice: choose now, with the weekly job's cross-validation horizon
-        sel = select_models(history, SELECTION_HORIZON, "1d")
+        sel = select_models(history, SELECTION_HORIZON, "1d", calibration_horizon=horizon)
     fc = forecast_usage(history, horizon, "1d", level=LEVEL, selection=sel)
     proj = pj.period_projection(fc, positions, now, LEVEL)
     plans = load_plans(con)
