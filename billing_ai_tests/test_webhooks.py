@@ -98,3 +98,22 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
     assert isinstance(webhook_events(dg.build_sensor_context(cursor=str(last))), dg.SkipReason)  # read once
     assert requests_for([{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available",
                           "object_id": None}]) == []
+
+
+def test_out_of_order_deliveries_refresh_the_object_once_from_its_current_state(tmp_path):
+    """A newer event delivered before an older one about the same invoice: both are kept (distinct ids),
+    and one targeted run refreshes the invoice by fetching it as it is now, so arrival order cannot
+    leave an older version in the warehouse."""
+    inbox = WebhookInbox(tmp_path / "inbox.sqlite")
+    client = TestClient(create_app(inbox, WebhookSecrets(stripe=["whsec_a"]), clock=lambda: NOW))
+    for evt, typ, created in (("evt_2", "invoice.finalized", NOW), ("evt_1", "invoice.created", NOW - 60)):
+        body = json.dumps({"id": evt, "type": typ, "created": created,
+                           "data": {"object": {"id": "in_7", "object": "invoice"}}}).encode()
+        headers = {"Stripe-Signature": sig.stripe_header(body, "whsec_a", NOW), "Content-Type": "application/json"}
+        assert client.post("/webhooks/stripe", content=body, headers=headers).status_code == 200
+    events = inbox.after(0)
+    assert [e["event_id"] for e in events] == ["evt_2", "evt_1"]  # kept in arrival order
+    reqs = requests_for(events)
+    assert len(reqs) == 1 and reqs[0].job_name == "targeted_refresh_job"
+    config = reqs[0].run_config["ops"]["refresh_named_objects"]["config"]
+    assert config["ids"] == ["in_7"] and config["events"] == ["evt_2", "evt_1"]
