@@ -48,6 +48,15 @@ class GeneratedWorld:
     paths: WorldPaths
 
 
+def write_test_world(root: Path, config: WorldConfig = TINY_WORLD_CONFIG) -> GeneratedWorld:
+    """Generate ``config``'s world and write it under ``root`` (``world/`` and ``inbox/``). The same config
+    with other ``platforms`` weights is the same world with its customers on other platforms."""
+    paths = WorldPaths(world_dir=Path(root) / "world", inbox_dir=Path(root) / "inbox")
+    world = generate_world(config)
+    write_world(world, paths)
+    return GeneratedWorld(config=config, world=world, paths=paths)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> GeneratedWorld:
     """A small world (seed 11, 12 customers, 45 days), generated once per session.
@@ -55,11 +64,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> GeneratedWorld:
     Takes well under a second. Treat it as read-only: tests that write state
     should do so through a ``sandbox`` (whose state lives in its own dir).
     """
-    root = tmp_path_factory.mktemp("tiny_world")
-    paths = WorldPaths(world_dir=root / "world", inbox_dir=root / "inbox")
-    world = generate_world(TINY_WORLD_CONFIG)
-    write_world(world, paths)
-    return GeneratedWorld(config=TINY_WORLD_CONFIG, world=world, paths=paths)
+    return write_test_world(tmp_path_factory.mktemp("tiny_world"))
 
 
 # ---------------------------------------------------------------------------

@@ -28,10 +28,9 @@ from billing_ai.resources import StripeResource
 from billing_ai.sandbox.chargebee_api import DEFAULT_API_KEY, DEFAULT_READONLY_KEY
 from billing_ai.sandbox.chargebee_render import item_price, major
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
-from billing_ai.sandbox.generator import generate_world, write_world
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.sandbox.world import WorldConfig, WorldPaths
-from billing_ai_tests.conftest import TEST_PII_KEY, GeneratedWorld, pipeline_resources
+from billing_ai.sandbox.world import WorldConfig
+from billing_ai_tests.conftest import TEST_PII_KEY, GeneratedWorld, pipeline_resources, write_test_world
 
 # a small world with plan changes (prorations, replaced items), cancellations and failed payments
 CB_CONFIG = WorldConfig(seed=5, customers=14, days=70, upgrade_rate=0.5, downgrade_rate=0.2, cancel_rate=0.3)
@@ -42,11 +41,7 @@ PLATFORM_MINTED = {"invoice_lines": {"line_id"}, "payments": {"payment_id"}, "in
 
 
 def _world(tmp: Path, platform: str) -> GeneratedWorld:
-    cfg = WorldConfig(**{**CB_CONFIG.__dict__, "platforms": {platform: 1.0}})
-    paths = WorldPaths(world_dir=tmp / "world", inbox_dir=tmp / "inbox")
-    world = generate_world(cfg)
-    write_world(world, paths)
-    return GeneratedWorld(config=cfg, world=world, paths=paths)
+    return write_test_world(tmp, WorldConfig(**{**CB_CONFIG.__dict__, "platforms": {platform: 1.0}}))
 
 
 @pytest.fixture(scope="module")

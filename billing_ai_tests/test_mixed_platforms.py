@@ -15,10 +15,8 @@ import polars as pl
 import pytest
 
 from billing_ai.ingestion.platform_assets import CORE_TABLES
-from billing_ai.sandbox.generator import generate_world, write_world
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.sandbox.world import WorldPaths
-from billing_ai_tests.conftest import TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources
+from billing_ai_tests.conftest import TINY_WORLD_CONFIG, pipeline_resources, write_test_world
 
 ALL = {"stripe": 1.0, "chargebee": 1.0, "recurly": 1.0, "zuora": 1.0}
 # platform-minted on some platforms (README, Platforms): lines and payments on Chargebee and Recurly,
@@ -32,13 +30,10 @@ def mixed_warehouse(tmp_path_factory):
 
     from billing_ai.runner import materialize_all
 
-    cfg = replace(TINY_WORLD_CONFIG, platforms=ALL)
     root = tmp_path_factory.mktemp("mixed")
-    paths = WorldPaths(world_dir=root / "world", inbox_dir=root / "inbox")
-    world = generate_world(cfg)
-    write_world(world, paths)
-    gw = GeneratedWorld(config=cfg, world=world, paths=paths)
-    with SandboxServer(paths.world_dir, root / "state") as server:
+    gw = write_test_world(root, replace(TINY_WORLD_CONFIG, platforms=ALL))
+    cfg, world = gw.config, gw.world
+    with SandboxServer(gw.paths.world_dir, root / "state") as server:
         materialize_all(cfg, resources=pipeline_resources(server.url, root / "warehouse.duckdb", gw, page_size=5),
                         say=lambda m: None)
     return root / "warehouse.duckdb", world

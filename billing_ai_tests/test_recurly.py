@@ -28,12 +28,11 @@ from billing_ai.platforms.recurly.writer import RecurlyExecutor, RecurlyWriter
 from billing_ai.resources import StripeResource
 from billing_ai.sandbox import recurly_render as R
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
-from billing_ai.sandbox.generator import generate_world, write_world
 from billing_ai.sandbox.recurly_api import ACCEPT, DEFAULT_API_KEY, READONLY_API_KEY, add_note
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.sandbox.world import WorldPaths
 
-from billing_ai_tests.conftest import TEST_PII_KEY, TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources
+from billing_ai_tests.conftest import (TEST_PII_KEY, TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources,
+                                       write_test_world)
 
 RECURLY_CONFIG = TINY_WORLD_CONFIG.__class__(**{**TINY_WORLD_CONFIG.__dict__, "platforms": {"recurly": 1.0}})
 POLICY = Policy.load()
@@ -42,11 +41,7 @@ POLICY = Policy.load()
 @pytest.fixture(scope="session")
 def recurly_world(tmp_path_factory) -> GeneratedWorld:
     """The tiny world with every customer on Recurly (otherwise the very same world)."""
-    root = tmp_path_factory.mktemp("recurly_world")
-    paths = WorldPaths(world_dir=root / "world", inbox_dir=root / "inbox")
-    world = generate_world(RECURLY_CONFIG)
-    write_world(world, paths)
-    return GeneratedWorld(config=RECURLY_CONFIG, world=world, paths=paths)
+    return write_test_world(tmp_path_factory.mktemp("recurly_world"), RECURLY_CONFIG)
 
 
 @pytest.fixture

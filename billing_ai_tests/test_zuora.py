@@ -32,13 +32,12 @@ from billing_ai.platforms.zuora import SPEC
 from billing_ai.platforms.zuora.client import MalformedMoney, ZuoraConnector, to_minor
 from billing_ai.platforms.zuora.writer import ZuoraExecutor, to_major
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
-from billing_ai.sandbox.generator import generate_world, write_world
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.sandbox.world import WorldPaths
 from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
                                           ZUORA_READONLY_CLIENT_SECRET)
 from billing_ai.sandbox.zuora_render import zid
-from billing_ai_tests.conftest import TEST_PII_KEY, TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources
+from billing_ai_tests.conftest import (TEST_PII_KEY, TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources,
+                                       write_test_world)
 
 ZUORA_WORLD_CONFIG = replace(TINY_WORLD_CONFIG, platforms={"zuora": 1.0})
 AS_OF = datetime.fromisoformat(ZUORA_WORLD_CONFIG.as_of)
@@ -48,11 +47,7 @@ EXP = {"eur": 2, "usd": 2, "jpy": 0}
 
 @pytest.fixture(scope="session")
 def zuora_world(tmp_path_factory) -> GeneratedWorld:
-    root = tmp_path_factory.mktemp("zuora_world")
-    paths = WorldPaths(world_dir=root / "world", inbox_dir=root / "inbox")
-    world = generate_world(ZUORA_WORLD_CONFIG)
-    write_world(world, paths)
-    return GeneratedWorld(config=ZUORA_WORLD_CONFIG, world=world, paths=paths)
+    return write_test_world(tmp_path_factory.mktemp("zuora_world"), ZUORA_WORLD_CONFIG)
 
 
 @pytest.fixture
