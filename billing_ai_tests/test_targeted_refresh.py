@@ -158,3 +158,18 @@ def test_upsert_replaces_an_invoices_lines(warehouse_copy, tiny_world):
                       [inv_id])[0][0] == 1
     finally:
         con.close()
+
+
+def test_a_webhook_for_an_unconfigured_platform_fails_with_a_clear_reason(warehouse_copy, tiny_world):
+    from billing_ai.platforms.chargebee.resource import ChargebeeResource
+    from billing_ai.webhooks.refresh import targeted_refresh_job
+
+    res = pipeline_resources("http://127.0.0.1:9", warehouse_copy, tiny_world)
+    res["chargebee"] = ChargebeeResource(api_base="")  # not configured in this deployment
+    out = targeted_refresh_job.execute_in_process(
+        run_config={"ops": {"refresh_named_objects": {"config": {"platform": "chargebee", "kind": "invoice",
+                                                                 "ids": ["inv_1"], "events": ["ev_1"]}}}},
+        resources=res, raise_on_error=False)
+    assert not out.success
+    failure = next(e for e in out.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "chargebee is not configured here" in failure.step_failure_data.error.message

@@ -116,6 +116,9 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
     platform = getattr(context.resources, spec.resource_key)
     settings = context.resources.settings
     now = settings.clock().now()
+    if not platform.enabled:
+        raise dg.Failure(f"{config.platform} is not configured here (its resource has no api_base): a webhook "
+                         f"named {config.kind} {config.ids}, but nothing can be fetched from it")
     conn = platform.connector(settings.pii_key)
     fetched = conn.fetch_objects(config.kind, config.ids)  # HTTP first: no warehouse connection held
     warehouse = context.resources.warehouse
