@@ -36,7 +36,7 @@ def mixed_warehouse(tmp_path_factory):
     with SandboxServer(gw.paths.world_dir, root / "state") as server:
         materialize_all(cfg, resources=pipeline_resources(server.url, root / "warehouse.duckdb", gw, page_size=5),
                         say=lambda m: None)
-    return root / "warehouse.duckdb", world
+    return root / "warehouse.duckdb", world, gw
 
 
 def _comparable(df: pl.DataFrame) -> pl.DataFrame:
@@ -46,7 +46,7 @@ def _comparable(df: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.mark.slow
 def test_a_four_platform_world_lands_in_the_same_core_model(mixed_warehouse, tiny_warehouse):
-    path, world = mixed_warehouse
+    path, world, _ = mixed_warehouse
     assert set(world.tables["customers"]["platform"]) == set(ALL)  # every platform has customers
     mixed = duckdb.connect(str(path), read_only=True)
     single = duckdb.connect(str(tiny_warehouse), read_only=True)
@@ -69,3 +69,43 @@ def test_a_four_platform_world_lands_in_the_same_core_model(mixed_warehouse, tin
     finally:
         mixed.close()
         single.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["stripe", "chargebee", "zuora"])
+def test_a_webhook_named_invoice_is_refreshed_alone_on_each_platform_that_can(mixed_warehouse, platform, tmp_path):
+    """On every platform whose connector fetches single objects: an invoice the warehouse lost (as if it
+    were created after the last snapshot) comes back, with exactly the reconciliation rows a full build
+    gave it, and nothing else changes."""
+    import shutil
+
+    from billing_ai import warehouse as wh
+    from billing_ai.platforms.registry import PLATFORM_SPECS
+    from billing_ai.webhooks.refresh import refresh
+
+    spec = next(s for s in PLATFORM_SPECS if s.name == platform)
+    assert spec.fetches_single_objects
+    path, _, gw = mixed_warehouse
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copy(path, copy)
+    con = wh.connect(copy)
+    try:
+        invoice_id, platform_id = wh.run(con, """SELECT i.invoice_id, i.platform_invoice_id FROM core.invoices i
+                                                 JOIN marts.invoice_reconciliation r USING (invoice_id)
+                                                 WHERE i.platform = ? ORDER BY i.invoice_id LIMIT 1""", [platform])[0]
+        q = "SELECT * FROM marts.invoice_reconciliation WHERE invoice_id = ? ORDER BY ALL"
+        expected, total = wh.run(con, q, [invoice_id]), wh.count(con, "marts.invoice_reconciliation")
+        raw_invoices = spec.raw_table("invoices")
+        child, (_, field) = next(iter(spec.children.items()))
+        wh.run(con, f"DELETE FROM {spec.raw_table(child)} WHERE payload->>'{field}' = ?", [platform_id])
+        wh.run(con, f"DELETE FROM {raw_invoices} WHERE id = ?", [platform_id])
+        for t in ("core.invoice_lines", "core.invoices", "marts.invoice_reconciliation"):
+            wh.run(con, f"DELETE FROM {t} WHERE invoice_id = ?", [invoice_id])
+        with SandboxServer(gw.paths.world_dir, tmp_path / "state") as server:
+            conn = pipeline_resources(server.url, copy, gw)[spec.resource_key].connector("test-pii-key")
+            fetched = conn.fetch_objects("invoice", [platform_id])
+        refresh(con, spec, "invoice", [platform_id], fetched, gw.config.as_of_dt())
+        assert wh.run(con, q, [invoice_id]) == expected
+        assert wh.count(con, "marts.invoice_reconciliation") == total
+    finally:
+        con.close()

@@ -391,3 +391,20 @@ def test_kinds_zuora_cannot_carry_out_are_blocked_and_contact_is_read_at_push_ti
     assert contact.email == cust["billTo"]["workEmail"] and contact.currency == env.currency
     env.zuora.leave_pointer(env.customer, "k", {"billing_ai_audit_id": "act_x#7"})
     assert env.facade.store.find("account", "accountNumber", env.customer)["billing_ai_audit_id__c"] == "act_x#7"
+
+
+def test_a_callout_named_invoice_or_subscription_is_fetched_alone_as_the_snapshot_has_it(zsandbox):
+    """What a targeted refresh lands for one invoice (with its items) or one subscription is exactly what the
+    full snapshot lands for it; an unknown id is left out."""
+    conn = connector(zsandbox)
+    snap = conn.fetch_snapshot(AS_OF)
+    inv = next(i for i in snap["invoices"] if any(it["invoiceId"] == i["id"] for it in snap["invoice_items"]))
+    got = conn.fetch_objects("invoice", [inv["id"], "2c92c0f9_no_such_invoice"])
+    assert got["invoices"] == [inv]
+    assert sorted(got["invoice_items"], key=lambda x: x["id"]) == \
+        sorted([it for it in snap["invoice_items"] if it["invoiceId"] == inv["id"]], key=lambda x: x["id"])
+    sub = snap["subscriptions"][0]
+    assert conn.fetch_objects("subscription", [sub["id"]]) == {"subscriptions": [sub]}
+    from billing_ai.platforms.zuora import SPEC
+
+    assert SPEC.fetches_single_objects and SPEC.children == {"invoice_items": ("invoices", "invoiceId")}

@@ -28,4 +28,6 @@ SPEC = PlatformSpec(
     },
     resource_key="zuora",
     kinds=frozenset({"zuora"}),
+    children={"invoice_items": ("invoices", "invoiceId")},
+    fetches_single_objects=True,
 )

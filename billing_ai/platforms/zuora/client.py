@@ -244,6 +244,50 @@ class ZuoraConnector:
                 return
             params = {**params, "cursor": body["nextPage"]}
 
+    def _accept(self, out: dict[str, list[dict]], bad: list[dict], obj_type: str, obj: Any, key_field: str = "id",
+                currency: str | None = None) -> bool:
+        """Land ``obj`` in ``out`` (money converted, PII scrubbed) or quarantine it in ``bad`` with the reason."""
+        record_key = obj.get(key_field) if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not obj.get("id") or not isinstance(obj.get("id"), str):
+            bad.append(quarantine_row(obj_type, None, "missing_id", obj, "no Zuora id"))
+            return False
+        if not record_key:
+            bad.append(quarantine_row(obj_type, obj["id"], "missing_key", obj, f"no {key_field}"))
+            return False
+        try:
+            convert_money(obj_type, obj, currency)
+        except MalformedMoney as e:
+            bad.append(quarantine_row(obj_type, str(record_key), "malformed_money", obj, str(e)))
+            return False
+        out[obj_type].append(scrub(obj_type, obj, self.pii_key))
+        return True
+
+    def fetch_objects(self, kind: str, ids: list[str]) -> dict[str, list[dict]]:
+        """Just these objects (a callout named them by Zuora id), as raw objects: ``kind`` "invoice" (with its
+        items) or "subscription". A deleted or unknown id is left out, and so is an object the snapshot would
+        quarantine (the nightly snapshot records it); the nightly snapshot settles both."""
+        if kind not in ("invoice", "subscription"):
+            raise ValueError(f"cannot fetch {kind!r} objects from Zuora one by one")
+        out: dict[str, list[dict]] = {"invoices": [], "invoice_items": []} if kind == "invoice" else \
+            {"subscriptions": []}
+        bad: list[dict] = []
+        for oid in ids:
+            try:
+                obj = self.http.request("GET", f"/v1/{kind}s/{oid}")
+            except PlatformHTTPError as e:
+                if e.status == 404:
+                    continue
+                raise
+            obj.pop("success", None)
+            if kind == "subscription":
+                self._accept(out, bad, "subscriptions", obj, "subscriptionNumber")
+            elif self._accept(out, bad, "invoices", obj, "invoiceNumber"):
+                for it in self.v1_pages(f"/v1/invoices/{obj['id']}/items", "invoiceItems"):
+                    if isinstance(it, dict):
+                        it["invoiceId"] = obj["id"]
+                    self._accept(out, bad, "invoice_items", it, currency=obj["currency"].lower())
+        return out
+
     # ---- the snapshot ingestion lands --------------------------------------------------------------
     def fetch_snapshot(self, now: datetime, log: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
         say = log or (lambda _m: None)
@@ -253,20 +297,7 @@ class ZuoraConnector:
         bad: list[dict] = []
 
         def accept(obj_type: str, obj: Any, key_field: str = "id", currency: str | None = None) -> bool:
-            record_key = obj.get(key_field) if isinstance(obj, dict) else None
-            if not isinstance(obj, dict) or not obj.get("id") or not isinstance(obj.get("id"), str):
-                bad.append(quarantine_row(obj_type, None, "missing_id", obj, "no Zuora id"))
-                return False
-            if not record_key:
-                bad.append(quarantine_row(obj_type, obj["id"], "missing_key", obj, f"no {key_field}"))
-                return False
-            try:
-                convert_money(obj_type, obj, currency)
-            except MalformedMoney as e:
-                bad.append(quarantine_row(obj_type, str(record_key), "malformed_money", obj, str(e)))
-                return False
-            out[obj_type].append(scrub(obj_type, obj, self.pii_key))
-            return True
+            return self._accept(out, bad, obj_type, obj, key_field, currency)
 
         for a in self.object_query("/object-query/accounts"):
             accept("accounts", a, "accountNumber")
