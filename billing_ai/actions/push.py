@@ -41,7 +41,7 @@ import httpx
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai.actions.ledger import Claim, Ledger
 from billing_ai.actions.policy import Policy
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries
+from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries, retry_after_seconds
 
 
 T = TypeVar("T")
@@ -164,8 +164,7 @@ class Sinks:
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 raise Transient(type(e).__name__) from e
             if r.status_code == 429:
-                ra = r.headers.get("retry-after")
-                raise RateLimited(float(ra) if ra and ra.isdigit() else None)
+                raise RateLimited(retry_after_seconds(r.headers.get("retry-after")))
             if r.status_code >= 500:
                 raise Transient(f"{r.status_code}")
             return r

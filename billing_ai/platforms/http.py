@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries
+from billing_ai.platforms.retry import (RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries,
+                                        retry_after_seconds)
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -26,14 +27,6 @@ class PlatformHTTPError(Exception):
     def __init__(self, platform: str, method: str, path: str, status: int, body: Any):
         self.platform, self.status, self.body = platform, status, body
         super().__init__(f"{platform} {method} {path}: {status} {str(body)[:500]}")
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After in seconds; None for an absent or HTTP-date value (then we back off)."""
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 class PlatformHTTP:

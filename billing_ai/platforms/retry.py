@@ -56,6 +56,14 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After in seconds; None for an absent or HTTP-date value (then we back off)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 class RateLimited(Exception):
     """Raised by an adapter for a 429; ``retry_after`` in seconds if the server said."""
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 import stripe
 
 from billing_ai.pii import tokenize
-from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries
+from billing_ai.platforms.retry import (RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries,
+                                        retry_after_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,6 @@ def _exact(value) -> str:
     return str(Decimal(repr(value))) if isinstance(value, float) else str(value)
 
 
-def _seconds(value: str | None) -> float | None:
-    """Retry-After in seconds; None for an absent or HTTP-date value (then we back off)."""
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 class StripeConnector:
     """Read-only Stripe access returning plain, scrubbed dicts."""
 
@@ -98,7 +91,7 @@ class StripeConnector:
                 return fn()
             except stripe.RateLimitError as e:
                 self.stats["rate_limited"] += 1
-                raise RateLimited(_seconds((e.headers or {}).get("retry-after")), str(e)) from e
+                raise RateLimited(retry_after_seconds((e.headers or {}).get("retry-after")), str(e)) from e
             except stripe.APIConnectionError as e:
                 if getattr(e, "should_retry", False):
                     raise  # the SDK already retried this class of error: not a second time

@@ -9,7 +9,7 @@ import stripe
 from billing_ai.actions.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
 from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
 from billing_ai.money import format_minor
-from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries
+from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries, retry_after_seconds
 
 
 def _has_pointer(obj: dict, action_id: str) -> bool:
@@ -37,8 +37,7 @@ class StripeWriter:
             try:
                 obj = fn()
             except stripe.RateLimitError as e:
-                ra = (e.headers or {}).get("retry-after")
-                raise RateLimited(float(ra) if ra and ra.isdigit() else None, str(e)) from e
+                raise RateLimited(retry_after_seconds((e.headers or {}).get("retry-after")), str(e)) from e
             return obj.to_dict(for_json=True) if hasattr(obj, "to_dict") else obj
 
         try:
