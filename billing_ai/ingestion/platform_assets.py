@@ -20,6 +20,7 @@ import polars as pl
 from billing_ai import warehouse as wh
 from billing_ai.ingestion.checks import RULES_BY_TABLE, Scope, evaluate_table, tables_read_by_rules
 from billing_ai.ingestion.partitions import PARTITION_START
+from billing_ai.ingestion.quarantine import QUARANTINE_DDL
 from billing_ai.metadata import markdown_preview
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import PlatformSpec
@@ -43,11 +44,31 @@ def quarantine_row(obj: str, record_key: str | None, reason: str, record, detail
             "record": record if isinstance(record, str) else json.dumps(record, default=str)}
 
 
+def raw_ids(spec: PlatformSpec, obj: str, rows: list[dict]) -> list[str | None]:
+    """The raw ``id`` column of ``rows``: each payload's id field, as text."""
+    field = spec.id_field(obj)
+    return [None if r.get(field) is None else str(r.get(field)) for r in rows]
+
+
+def write_raw(con, spec: PlatformSpec, obj: str, rows: list[dict], landed_at: datetime, replace: bool) -> int:
+    """Write ``rows`` as raw.<platform>_<obj> rows (``id``, ``payload`` JSON, ``landed_at``): the whole table
+    (``replace``, a snapshot) or appended (a targeted refresh, after deleting what it replaces)."""
+    df = pl.DataFrame({"id": raw_ids(spec, obj, rows), "payload": [json.dumps(r) for r in rows]},
+                      schema={"id": pl.String, "payload": pl.String})
+    select = "SELECT id, payload::JSON AS payload, ?::TIMESTAMPTZ AS landed_at FROM _raw_rows"
+    con.register("_raw_rows", df)
+    try:
+        table = spec.raw_table(obj)
+        wh.run(con, f"CREATE OR REPLACE TABLE {table} AS {select}" if replace else f"INSERT INTO {table} {select}",
+               [landed_at])
+    finally:
+        con.unregister("_raw_rows")
+    return df.height
+
+
 def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at: datetime) -> dict[str, int]:
     """Replace every raw.<platform>_* table with the snapshot (missing objects land empty), and this
     platform's rows of core.quarantine with the objects its connector refused. Caller holds the transaction."""
-    from billing_ai.ingestion.quarantine import QUARANTINE_DDL
-
     wh.run(con, QUARANTINE_DDL)
     wh.run(con, "DELETE FROM core.quarantine WHERE source LIKE ? ESCAPE '\\'", [f"{spec.name}\\_%"])
     bad = snapshot.get(QUARANTINE_KEY, [])
@@ -62,16 +83,7 @@ def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at
         wh.write_frame(con, "core.quarantine", q)
     counts = {QUARANTINE_KEY: len(bad)}
     for name in spec.raw_objects:
-        rows = snapshot.get(name, [])
-        id_field = spec.id_field(name)
-        df = pl.DataFrame({"id": [None if r.get(id_field) is None else str(r.get(id_field)) for r in rows],
-                           "payload": [json.dumps(r) for r in rows]},
-                          schema={"id": pl.String, "payload": pl.String})
-        con.register("_landing", df)
-        wh.run(con, f"CREATE OR REPLACE TABLE {spec.raw_table(name)} AS "
-                    "SELECT id, payload::JSON AS payload, ?::TIMESTAMPTZ AS landed_at FROM _landing", [landed_at])
-        con.unregister("_landing")
-        counts[name] = df.height
+        counts[name] = write_raw(con, spec, name, snapshot.get(name, []), landed_at, replace=True)
     return counts
 
 

@@ -13,14 +13,12 @@ The nightly run still rebuilds everything and runs every asset check; a
 targeted refresh is the fast path between two nights, not a replacement.
 """
 
-import json
 from datetime import datetime
 
 import dagster as dg
-import polars as pl
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.platform_assets import build_core_table
+from billing_ai.ingestion.platform_assets import build_core_table, raw_ids, write_raw
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import PlatformSpec
 from billing_ai.rating.reconcile import ReconcileSettings, refresh_rating_marts
@@ -56,7 +54,7 @@ def upsert_raw(con, spec: PlatformSpec, fetched: dict[str, list[dict]], landed_a
     for obj in fetched:
         if obj not in spec.raw_objects:
             raise ValueError(f"{spec.name} has no raw object {obj!r}")
-    ids = {obj: [str(r[spec.id_field(obj)]) for r in rows] for obj, rows in fetched.items()}
+    ids = {obj: raw_ids(spec, obj, rows) for obj, rows in fetched.items()}
     # every delete before any insert: a parent's refresh drops all its children, then the fetched ones land
     for obj in fetched:
         wh.run(con, f"DELETE FROM {spec.raw_table(obj)} WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids[obj]])
@@ -64,16 +62,7 @@ def upsert_raw(con, spec: PlatformSpec, fetched: dict[str, list[dict]], landed_a
             if parent == obj:  # lines the platform no longer has must go with their invoice
                 wh.run(con, f"DELETE FROM {spec.raw_table(child)} WHERE payload->>'{field}' IN "
                             "(SELECT unnest(?::VARCHAR[]))", [ids[obj]])
-    written = {}
-    for obj, rows in fetched.items():
-        df = pl.DataFrame({"id": ids[obj], "payload": [json.dumps(r) for r in rows]},
-                          schema={"id": pl.String, "payload": pl.String})
-        con.register("_refresh", df)
-        wh.run(con, f"INSERT INTO {spec.raw_table(obj)} SELECT id, payload::JSON, ?::TIMESTAMPTZ FROM _refresh",
-               [landed_at])
-        con.unregister("_refresh")
-        written[obj] = df.height
-    return written
+    return {obj: write_raw(con, spec, obj, rows, landed_at, replace=False) for obj, rows in fetched.items()}
 
 
 def core_tables_reading(spec: PlatformSpec, objects: set[str]) -> list[str]:
