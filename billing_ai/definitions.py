@@ -165,6 +165,11 @@ def analytics_after_usage(context: dg.RunStatusSensorContext):
     return dg.RunRequest(run_key=f"analytics-{context.dagster_run.run_id}")
 
 
+def _secret_if_set(name: str) -> str:
+    """An EnvVar for a platform that may not be used here: a deployment without it needs no such variable."""
+    return dg.EnvVar(name) if os.environ.get(name) else ""
+
+
 def default_resources() -> dict:
     return {
         "warehouse": WarehouseResource(path=os.environ.get("BILLING_AI_WAREHOUSE", DEFAULT_WAREHOUSE)),
@@ -175,18 +180,18 @@ def default_resources() -> dict:
         ),
         "zuora": ZuoraResource(
             api_base=os.environ.get("ZUORA_API_BASE", ""),
-            client_id=dg.EnvVar("ZUORA_CLIENT_ID") if os.environ.get("ZUORA_CLIENT_ID") else "",
-            client_secret=dg.EnvVar("ZUORA_CLIENT_SECRET") if os.environ.get("ZUORA_CLIENT_SECRET") else "",
+            client_id=_secret_if_set("ZUORA_CLIENT_ID"),
+            client_secret=_secret_if_set("ZUORA_CLIENT_SECRET"),
             requests_per_second=float(os.environ.get("ZUORA_REQUESTS_PER_SECOND", "10")),
         ),
         "recurly": RecurlyResource(
             api_base=os.environ.get("RECURLY_API_BASE", ""),
-            api_key=dg.EnvVar("RECURLY_API_KEY") if os.environ.get("RECURLY_API_KEY") else "",
+            api_key=_secret_if_set("RECURLY_API_KEY"),
             requests_per_second=float(os.environ.get("RECURLY_REQUESTS_PER_SECOND", "20")),
         ),
         "chargebee": ChargebeeResource(
             api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
-            api_key=dg.EnvVar("CHARGEBEE_API_KEY") if os.environ.get("CHARGEBEE_API_KEY") else "",
+            api_key=_secret_if_set("CHARGEBEE_API_KEY"),
             requests_per_second=float(os.environ.get("CHARGEBEE_REQUESTS_PER_SECOND", "10")),
         ),
         "actions": ActionsResource(
@@ -196,17 +201,16 @@ def default_resources() -> dict:
         "push": PushResource(
             stripe_api_key=dg.EnvVar("STRIPE_PUSH_API_KEY"),
             stripe_api_base=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
-            recurly_api_key=dg.EnvVar("RECURLY_PUSH_API_KEY") if os.environ.get("RECURLY_PUSH_API_KEY") else "",
+            recurly_api_key=_secret_if_set("RECURLY_PUSH_API_KEY"),
             recurly_api_base=os.environ.get("RECURLY_API_BASE", ""),
-            chargebee_api_key=dg.EnvVar("CHARGEBEE_PUSH_API_KEY") if os.environ.get("CHARGEBEE_PUSH_API_KEY") else "",
+            chargebee_api_key=_secret_if_set("CHARGEBEE_PUSH_API_KEY"),
             chargebee_api_base=os.environ.get("CHARGEBEE_API_BASE", ""),
             case_url=os.environ.get("BILLING_AI_CASE_URL", "http://127.0.0.1:12111/sinks/cases"),
             chat_webhook_url=dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL"),
             outbox_dir=os.environ.get("BILLING_AI_OUTBOX", "data/outbox"),
             zuora_api_base=os.environ.get("ZUORA_API_BASE", ""),
-            zuora_client_id=dg.EnvVar("ZUORA_PUSH_CLIENT_ID") if os.environ.get("ZUORA_PUSH_CLIENT_ID") else "",
-            zuora_client_secret=(dg.EnvVar("ZUORA_PUSH_CLIENT_SECRET") if os.environ.get("ZUORA_PUSH_CLIENT_SECRET")
-                                 else ""),
+            zuora_client_id=_secret_if_set("ZUORA_PUSH_CLIENT_ID"),
+            zuora_client_secret=_secret_if_set("ZUORA_PUSH_CLIENT_SECRET"),
         ),
         "truth": GroundTruth(path=os.environ.get("BILLING_AI_TRUTH_DIR", "data/world/truth")),
         "settings": PipelineSettings(

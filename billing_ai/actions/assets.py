@@ -24,9 +24,10 @@ from billing_ai.actions.ledger import Ledger, read_heads
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.proposers import FINDINGS_SQL, proposals_from_reconciliation
 from billing_ai.actions.push import Executor, Sinks, push_action
-from billing_ai.platforms.recurly.writer import RecurlyExecutor, RecurlyWriter
 from billing_ai.platforms.chargebee.writer import ChargebeeExecutor, ChargebeeWriter
+from billing_ai.platforms.recurly.writer import RecurlyExecutor, RecurlyWriter
 from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
+from billing_ai.platforms.zuora.writer import ZuoraExecutor
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
@@ -50,28 +51,28 @@ class PushResource(dg.ConfigurableResource):
 
     stripe_api_key: str = dg.EnvVar("STRIPE_PUSH_API_KEY")
     stripe_api_base: str = "https://api.stripe.com"
-    recurly_api_key: str = ""  # RECURLY_PUSH_API_KEY (EnvVar) when set; empty base: no Recurly writer
-    recurly_api_base: str = ""
-    chargebee_api_key: str = ""  # CHARGEBEE_PUSH_API_KEY; empty base: no Chargebee writer
+    # the other platforms: an empty base means no writer there (the router blocks its proposals); keys are
+    # <PLATFORM>_PUSH_* EnvVars when set
     chargebee_api_base: str = ""
+    chargebee_api_key: str = ""
+    recurly_api_base: str = ""
+    recurly_api_key: str = ""
+    zuora_api_base: str = ""
+    zuora_client_id: str = ""
+    zuora_client_secret: str = ""
     case_url: str = "http://127.0.0.1:12111/sinks/cases"
     chat_webhook_url: str = dg.EnvVar("BILLING_AI_CHAT_WEBHOOK_URL")
     outbox_dir: str = "data/outbox"
-    zuora_api_base: str = ""  # empty: no Zuora writer (its proposals are blocked by the router)
-    zuora_client_id: str = ""
-    zuora_client_secret: str = ""
 
     def executor(self) -> Executor:
         platforms = {"stripe": StripeExecutor(StripeWriter(self.stripe_api_key, self.stripe_api_base))}
-        if self.zuora_api_base:
-            from billing_ai.platforms.zuora.writer import ZuoraExecutor
-
-            platforms["zuora"] = ZuoraExecutor(self.zuora_api_base, self.zuora_client_id, self.zuora_client_secret)
-        if self.recurly_api_base:
-            platforms["recurly"] = RecurlyExecutor(RecurlyWriter(self.recurly_api_key, self.recurly_api_base))
         if self.chargebee_api_base:
             platforms["chargebee"] = ChargebeeExecutor(ChargebeeWriter(self.chargebee_api_key,
                                                                          self.chargebee_api_base))
+        if self.recurly_api_base:
+            platforms["recurly"] = RecurlyExecutor(RecurlyWriter(self.recurly_api_key, self.recurly_api_base))
+        if self.zuora_api_base:
+            platforms["zuora"] = ZuoraExecutor(self.zuora_api_base, self.zuora_client_id, self.zuora_client_secret)
         return Executor(platforms,
                         Sinks(case_url=self.case_url, chat_webhook_url=self.chat_webhook_url,
                               outbox_dir=Path(self.outbox_dir)))
