@@ -21,8 +21,11 @@ from billing_ai_tests.conftest import pipeline_resources
 # an event row built from an existing one; {sets} overrides columns
 _EVENT = """INSERT INTO core.usage_events SELECT * REPLACE ({sets}) FROM core.usage_events
             WHERE event_id = (SELECT max(event_id) FROM core.usage_events WHERE event_date BETWEEN $start AND $end)"""
-_RAW = """INSERT INTO raw.usage_events SELECT * REPLACE ({sets}) FROM raw.usage_events
-          WHERE event_id = (SELECT max(event_id) FROM core.usage_events WHERE event_date BETWEEN $start AND $end)"""
+# one landed record more in the landing's index, on that event's day ({sets}: unused, the index counts records)
+_RAW = """UPDATE raw.usage_file_days SET events = events + 1 WHERE rowid = (
+          SELECT min(rowid) FROM raw.usage_file_days WHERE event_date = (
+              SELECT event_date FROM core.usage_events WHERE event_id =
+                  (SELECT max(event_id) FROM core.usage_events WHERE event_date BETWEEN $start AND $end)))"""
 
 
 def _copy(table: str, key: str, sets: str) -> str:
@@ -128,7 +131,7 @@ MUTATIONS: dict[str, list[str]] = {
         f"DELETE FROM {t} WHERE {c} >= $end - 3" for t, c in (
             ("core.usage_events", "event_date"), ("core.meter_usage_summaries", "usage_date"),
             ("core.quarantine", "partition_date"))] + [
-        "DELETE FROM raw.usage_events WHERE CAST(event_ts AT TIME ZONE 'UTC' AS DATE) >= $end - 3"],
+        "DELETE FROM raw.usage_file_days WHERE event_date >= $end - 3"],
     "usage_events_match_platform_summaries": [
         "UPDATE core.meter_usage_summaries SET quantity = quantity + 1 WHERE (customer_id, meter_name, usage_date) = "
         "(SELECT (customer_id, meter_name, usage_date) FROM core.meter_usage_summaries "

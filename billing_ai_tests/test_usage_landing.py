@@ -211,3 +211,48 @@ def test_a_wide_raw_is_narrowed_without_its_files(con, tmp_path):
     assert build_usage_events(con, DAY, DAY, NOW) == {"records": 6, "accepted": 4, "quarantined": 2, "late": 2}
     assert wh.run(con, "SELECT record_key, detail FROM core.quarantine WHERE source = 'usage_events' ORDER BY 1") == [
         ("n1", "u-2026-06-06.ndjson:1"), ("p1", "u-2026-06-05.parquet:1")]
+
+
+def test_a_warehouse_landed_before_the_index_is_indexed_once_with_the_same_build(con, tmp_path):
+    """Before the landing's index (raw.usage_file_days, raw.usage_landing_rejects), raw held a narrow row
+    per landed record of every file, Parquet ones too. Such a warehouse is indexed on first use: the
+    days from those rows, a Parquet file's rows leave raw (its records are read from the kept file),
+    and the record its landing quarantined (p2, timestamp before the window) is found as the kept
+    file's row without a raw row, with its reason from the quarantine. The build is unchanged."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ts = datetime(2026, 6, 5, 12, tzinfo=UTC)
+    pl.DataFrame({
+        "event_id": ["p1", "p2", "p3"], "customer_id": ["cus_1"] * 3, "subscription_id": ["sub_1"] * 3,
+        "meter_name": ["api_calls"] * 3, "quantity": pl.Series(["2.5", "1", "3"]).cast(pl.Decimal(38, 3)),
+        "timestamp": [ts, datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 6, 4, 8, tzinfo=UTC)],
+    }).write_parquet(inbox / "u.parquet")
+    (inbox / "u.ndjson").write_bytes(_line("n1", timestamp="2026-06-04T09:00:00Z") + b"\n" + _line("p1") + b"\n")
+    land_inbox(con, inbox, NOW, WINDOW_START)
+    index = ("SELECT f.file_name, d.event_date, d.events FROM raw.usage_file_days d JOIN raw.usage_files f "
+             "USING (file_id) ORDER BY ALL")
+    rejects = "SELECT file_id, source_row, reason FROM raw.usage_landing_rejects ORDER BY ALL"
+    (pq,), = wh.run(con, "SELECT file_id FROM raw.usage_files WHERE format = 'parquet'")
+    assert wh.run(con, index) == [("u.ndjson", date(2026, 6, 4), 1), ("u.ndjson", DAY, 1),
+                                  ("u.parquet", date(2026, 6, 4), 1), ("u.parquet", DAY, 1)]
+    assert wh.run(con, rejects) == [(pq, 2, "timestamp_too_old")]
+    assert wh.run(con, "SELECT count(*) FROM raw.usage_events WHERE file_id = ?", [pq]) == [(0,)]
+    first = build_usage_events(con, date(2026, 6, 4), DAY, NOW)
+    core = "SELECT event_id, source_file, source_row, quantity, event_ts FROM core.usage_events ORDER BY ALL"
+    built = wh.run(con, core)
+    # p1 of the Parquet file is the later copy (u.ndjson sorts first among files landed together);
+    # p3 has no received_at and its file landed on June 10, after the June 1-6 invoice: late
+    assert first == {"records": 4, "accepted": 3, "quarantined": 1, "late": 1}
+    assert [r[:3] for r in built] == [("n1", "u.ndjson", 1), ("p1", "u.ndjson", 2), ("p3", "u.parquet", 3)]
+
+    # the same warehouse as the landing before the index left it
+    wh.run(con, "INSERT INTO raw.usage_events (file_id, source_row, event_id, event_ts) VALUES "
+                f"({pq}, 1, 'p1', TIMESTAMPTZ '2026-06-05 12:00:00+00'), ({pq}, 3, 'p3', TIMESTAMPTZ '2026-06-04 08:00:00+00')")
+    wh.run(con, "DROP TABLE raw.usage_file_days")
+    wh.run(con, "DROP TABLE raw.usage_landing_rejects")
+    assert build_usage_events(con, date(2026, 6, 4), DAY, NOW) == first
+    assert wh.run(con, core) == built
+    assert wh.run(con, index) == [("u.ndjson", date(2026, 6, 4), 1), ("u.ndjson", DAY, 1),
+                                  ("u.parquet", date(2026, 6, 4), 1), ("u.parquet", DAY, 1)]
+    assert wh.run(con, rejects) == [(pq, 2, "timestamp_too_old")]
+    assert wh.run(con, "SELECT count(*) FROM raw.usage_events WHERE file_id = ?", [pq]) == [(0,)]

@@ -210,8 +210,8 @@ RULES += [
                       OR event_date <> CAST(event_ts AT TIME ZONE 'UTC' AS DATE))"""),
     Rule("usage_events_conserved", "usage_events",
          "Records in = accepted + quarantined for the days written (nothing lost, nothing doubled).",
-         sql="""WITH r AS (SELECT count(*) AS n FROM raw.usage_events
-                           WHERE CAST(event_ts AT TIME ZONE 'UTC' AS DATE) BETWEEN $start AND $end),
+         sql="""WITH r AS (SELECT coalesce(sum(events), 0) AS n FROM raw.usage_file_days
+                           WHERE event_date BETWEEN $start AND $end),
                      a AS (SELECT count(*) AS n FROM core.usage_events WHERE event_date BETWEEN $start AND $end),
                      q AS (SELECT count(*) AS n FROM core.quarantine
                            WHERE source = 'usage_events' AND partition_date BETWEEN $start AND $end)

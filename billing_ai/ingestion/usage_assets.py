@@ -27,12 +27,12 @@ def raw_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     now = settings.clock().now()
     with warehouse.connect() as con:
         results = land_inbox(con, settings.inbox(), now, date.fromisoformat(PARTITION_START))
-        total = wh.count(con, "raw.usage_events")
+        (total,), = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days")
         # event days touched by this landing: the partitions downstream should (re)build
         touched = [r[0].isoformat() for r in wh.run(con, """
-            SELECT DISTINCT CAST(event_ts AT TIME ZONE 'UTC' AS DATE) AS d FROM raw.usage_events
+            SELECT DISTINCT event_date FROM raw.usage_file_days
             WHERE file_id IN (SELECT file_id FROM raw.usage_files WHERE file_name IN (SELECT unnest(?::VARCHAR[])))
-            ORDER BY d""", [[r.file_name for r in results]])]
+            ORDER BY 1""", [[r.file_name for r in results]])]
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         context.log.warning(f"unreadable usage file {r.file_name}: {r.error}")
@@ -42,7 +42,7 @@ def raw_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     return dg.MaterializeResult(metadata={
         "new_files": len(results), "failed_files": len(failed),
         "records_in": records, "records_landed": landed, "records_quarantined": quarantined,
-        "dagster/row_count": total,
+        "dagster/row_count": int(total),
         "event_days_touched": len(touched),
         "first_day_touched": touched[0] if touched else "",
         "last_day_touched": touched[-1] if touched else "",

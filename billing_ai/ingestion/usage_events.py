@@ -14,13 +14,14 @@ and a crash leaves the previous contents.
 
 The landed records are read with ``usage_files.records``: a text file's fields are in raw (and those
 of every file landed before raw was narrowed), a Parquet file's in the file raw keeps (see
-usage_files); core is the one table that holds a copy of every accepted event. Built for tens of
-millions of events: the later copies of repeated event ids are found first, by one pass over raw
-that keeps only them (``_copies``); then, batch by batch of files,
-the records are read three times, never staged whole: twice for the few special ones, keyed by
-(file_id, source_row) (``_rejects``: the records that fail validation, with their quarantine record;
-``_late``: the late events), and once for the range's accepted rows, written by one ``INSERT`` that
-excludes the rejects and flags the late ones.
+usage_files); core is the one table that holds a copy of every accepted event. Which files hold
+records of the range, and how many, is the landing's index (raw.usage_file_days). Built for tens of
+millions of events: the later copies of repeated event ids are found first, by one pass over the
+event ids of every landed record that keeps only them (``_copies``); then, per batch of files (one
+format, one Parquet schema), the range's landed records are read three times, never staged whole:
+twice for the few special ones, keyed by (file_id, source_row) (``_rejects``: the records that fail
+validation, with their quarantine record; ``_late``: the late events), and once for the accepted
+rows, written by one ``INSERT`` that excludes the rejects and flags the late ones.
 """
 
 from __future__ import annotations
@@ -31,15 +32,12 @@ import duckdb
 
 from billing_ai import warehouse as wh
 from billing_ai.ingestion import usage_files
-from billing_ai.ingestion.usage_files import EVENT_TS, QUANTITY_TEXT, Records, blank, record_json
+from billing_ai.ingestion.usage_files import EVENT_DATE, EVENT_TS, QUANTITY_TEXT, Records, blank, record_json
 
 SOURCE = "usage_events"
 MAX_QUANTITY = 10**12
 # the metadata keys core.usage_events keeps as columns of their own
 METADATA_COLUMNS = ("project", "department", "endpoint", "region")
-# a Parquet batch's records are matched to their raw rows by a hash join: batches of at most this many
-# records keep its table (and the rows written meanwhile) well inside the memory limit
-BATCH_RECORDS = 2_000_000
 
 DDL = """
 CREATE TABLE IF NOT EXISTS core.usage_events (
@@ -53,9 +51,6 @@ CREATE TABLE IF NOT EXISTS core.usage_events (
 # itself: the same rows, and zone maps skip the row groups of other days
 IN_RANGE = ("event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
             "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC'")
-# the UTC day of event_ts, by arithmetic on the instant (no time zone conversion; the range holds no
-# infinite timestamp, the one case where it differs from CAST(event_ts AT TIME ZONE 'UTC' AS DATE))
-EVENT_DATE = "CAST(make_timestamp(epoch_us(event_ts)) AS DATE)"
 # when the event reached us: its received_at (text or typed, see usage_files.records), else its file's landing
 RECEIVED = "coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), received_ts, landed_at)"
 # the quantity's value as DECIMAL(38, 9), and as DOUBLE: TRY_CAST of its text. The DOUBLE only decides
@@ -68,54 +63,58 @@ QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DO
 
 # Every copy of an event_id but the first landed (landed_at, file name, row; file_id, the landing
 # order, only tells apart two files of one name landed at the same clock time), across all partitions,
-# with the first copy's key. Ranking all 10M rows by event_id is what is expensive, and ~0.1% of them
-# repeat: only the rows whose event_id *hash* occurs more than once are ranked (by the event_id
-# itself, so a hash collision only adds a candidate). A NULL event_id is one partition, like in a
-# window, so later NULL-id rows carry the first one as their detail.
+# with the first copy's key. {ids}: (file_id, source_row, event_id) of every landed record (see
+# landed_ids). Ranking all 10M rows by event_id is what is expensive, and ~0.1% of them repeat: only
+# the rows whose event_id *hash* occurs more than once are ranked (by the event_id itself, so a hash
+# collision only adds a candidate). A NULL event_id is one partition, like in a window, so later
+# NULL-id rows carry the first one as their detail.
 COPIES = """
 CREATE OR REPLACE TEMP TABLE _copies AS
+WITH ids AS ({ids})
 SELECT file_id, source_row, first_copy FROM (
     SELECT r.file_id, r.source_row,
         row_number() OVER w AS copy_no,
         first_value(f.file_name || ':' || r.source_row) OVER w AS first_copy
-    FROM raw.usage_events r JOIN raw.usage_files f USING (file_id)
-    WHERE hash(r.event_id) IN (SELECT hash(event_id) FROM raw.usage_events GROUP BY 1 HAVING count(*) > 1)
+    FROM ids r JOIN raw.usage_files f USING (file_id)
+    WHERE hash(r.event_id) IN (SELECT hash(event_id) FROM ids GROUP BY 1 HAVING count(*) > 1)
     WINDOW w AS (PARTITION BY r.event_id ORDER BY f.landed_at, f.file_name, f.file_id, r.source_row))
 WHERE copy_no > 1
 """
 
 
-def landed(records: Records, in_range: str, file_ids: list[int]) -> str:
-    """SQL: a batch's landed records of the range: a text file's from raw itself, a Parquet file's read
-    from the kept file, matched to its raw row (which has its event_ts, the partition's; its event_id is
-    the one raw copied from the file)."""
+def landed_ids(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL: (file_id, source_row, event_id) of every landed record of every file: a text file's from raw,
+    a Parquet file's from the kept file (its event_id column only), less the records its landing
+    quarantined. Parquet files of one schema are read by one scan."""
+    parts = ["SELECT file_id, source_row, event_id FROM raw.usage_events"]
+    kept = usage_files.kept_files(con, "NOT coalesce(fields_in_raw, format <> 'parquet')")
+    for batch in usage_files.batches(con, kept):
+        parts.append(f"""SELECT v.file_id, v.source_row, v.event_id FROM ({usage_files.parquet_ids(con, batch)}) v
+                         ANTI JOIN raw.usage_landing_rejects x USING (file_id, source_row)""")
+    return "\nUNION ALL\n".join(parts)
+
+
+def landed(records: Records, in_range: str) -> str:
+    """SQL: a batch's landed records of the range, with their file's name and landing time: a text
+    file's from raw itself; a Parquet file's read from the kept file, with event_ts as the landing read
+    it (EVENT_TS), less the few records its landing quarantined."""
     if records.in_raw:
-        return f"""
-SELECT v.*, f.file_name AS source_file, f.landed_at
-FROM ({records.sql}) v JOIN raw.usage_files f USING (file_id) WHERE {in_range}"""
-    return f"""
-SELECT v.*, r.event_ts, f.file_name AS source_file, f.landed_at
-FROM ({records.sql}) v
-JOIN (SELECT file_id, source_row, event_ts FROM raw.usage_events
-      WHERE {in_range} AND file_id IN ({", ".join(map(str, file_ids))})) r USING (file_id, source_row)
-JOIN raw.usage_files f USING (file_id)"""
-
-
-def in_files(records: Records) -> str:
-    """SQL: every record of a batch's files, with its file's name and landing time. The few rejects and
-    late events are looked for among these, by (file_id, source_row), without matching all of them to
-    raw: only those that are landed records of the range count (see build_usage_events)."""
+        rows = f"SELECT * FROM ({records.sql}) WHERE {in_range}"
+    else:
+        rows = f"""SELECT v.* FROM (SELECT v.*, {EVENT_TS} AS event_ts FROM ({records.sql}) v) v
+                   ANTI JOIN raw.usage_landing_rejects x USING (file_id, source_row) WHERE {in_range}"""
     return f"""
 SELECT v.*, f.file_name AS source_file, f.landed_at
-FROM ({records.sql}) v JOIN raw.usage_files f USING (file_id)"""
+FROM ({rows}) v JOIN raw.usage_files f USING (file_id)"""
 
 
-def find_rejects(records: Records) -> str:
-    """The records that fail validation, with their reason and quarantine record (few): the accepted
-    rows are then written without them."""
+def find_rejects(records: Records, landed: str) -> str:
+    """The records that fail validation, with their reason, event id and day, and quarantine record
+    (few): the accepted rows are then written without them."""
     return f"""
 INSERT INTO _rejects
-SELECT file_id, source_row, reason, detail, {record_json(records.metadata_json)} AS record
+SELECT file_id, source_row, coalesce(event_id, source_file || ':' || source_row), {EVENT_DATE}, reason, detail,
+       {record_json(records.metadata_json)} AS record
 FROM (
     SELECT t.*,
         CASE
@@ -134,20 +133,18 @@ FROM (
             WHEN c.first_copy IS NOT NULL THEN 'duplicate_of'
         END AS reason,
         c.first_copy AS detail
-    FROM (SELECT *, {QUANTITY} AS q, {QUANTITY_DOUBLE} AS qd FROM ({in_files(records)})) t
+    FROM (SELECT *, {QUANTITY} AS q, {QUANTITY_DOUBLE} AS qd FROM ({landed})) t
     LEFT JOIN _copies c USING (file_id, source_row))
 WHERE reason IS NOT NULL"""
 
 
-def find_late(records: Records) -> str:
+def find_late(landed: str) -> str:
     """The events received (received_at, else landed) once their billing period had been invoiced: a
-    plain join against the (small) invoices table, instead of an EXISTS per event. (The event's time
-    is read as the landing read it, see usage_files.event_ts.)"""
+    plain join against the (small) invoices table, instead of an EXISTS per event."""
     return f"""
 INSERT INTO _late
 SELECT DISTINCT r.file_id, r.source_row
-FROM (SELECT file_id, source_row, subscription_id, {EVENT_TS} AS event_ts, {RECEIVED} AS received
-      FROM ({in_files(records)})) r
+FROM (SELECT file_id, source_row, subscription_id, event_ts, {RECEIVED} AS received FROM ({landed})) r
 JOIN core.invoices i ON i.subscription_id = r.subscription_id
 WHERE i.billing_reason <> 'subscription_create'
   AND r.event_ts >= i.period_start AND r.event_ts < i.period_end AND r.received >= i.finalized_at"""
@@ -155,14 +152,17 @@ WHERE i.billing_reason <> 'subscription_create'
 
 def insert_accepted(landed: str, records: Records) -> str:
     """Accepted = the batch's landed records of the range that are not rejects; their metadata is
-    written (and its keys read) after the anti join: a rejected row's never is."""
+    written (and its keys read) after the anti join: a rejected row's never is. is_late is a join to
+    the few late events (a tuple IN (subquery) per row costs ~15% of the insert)."""
+    extra, values = records.metadata_values(METADATA_COLUMNS)
     return f"""
 INSERT INTO core.usage_events
-SELECT event_id, 'inbox', customer_id, nullif(subscription_id, ''), meter_name, {QUANTITY},
-       event_ts, {EVENT_DATE}, m[1], m[2], m[3], m[4], CAST(metadata_json AS JSON),
-       source_file, source_row, {RECEIVED}, (file_id, source_row) IN (SELECT (file_id, source_row) FROM _late)
-FROM (SELECT a.*, {records.metadata_json} AS metadata_json, {records.metadata_values(METADATA_COLUMNS)} AS m
-      FROM ({landed}) a ANTI JOIN _rejects x USING (file_id, source_row))"""
+SELECT a.event_id, 'inbox', a.customer_id, nullif(a.subscription_id, ''), a.meter_name, {QUANTITY},
+       a.event_ts, {EVENT_DATE}, {", ".join(values)}, CAST(metadata_json AS JSON),
+       a.source_file, a.source_row, {RECEIVED}, l.file_id IS NOT NULL
+FROM (SELECT a.*, {records.metadata_json} AS metadata_json{extra}
+      FROM ({landed}) a ANTI JOIN _rejects x USING (file_id, source_row)) a
+LEFT JOIN _late l USING (file_id, source_row)"""
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -179,37 +179,32 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
     params = {"start": start, "end": end}
     in_range = IN_RANGE.format(start=start.isoformat(), end=end.isoformat())
     with wh.transaction(con):
-        (in_raw,), = wh.run(con, f"SELECT count(*) FROM raw.usage_events WHERE {in_range}")
-        files = usage_files.kept_files(
-            con, f"file_id IN (SELECT DISTINCT file_id FROM raw.usage_events WHERE {in_range})")
-        wh.run(con, COPIES)
-        wh.run(con, "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, reason VARCHAR, "
-                    "detail VARCHAR, record VARCHAR)")
+        (in_raw,), = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days "
+                                 "WHERE event_date BETWEEN $start AND $end", params)
+        files = usage_files.kept_files(con, "file_id IN (SELECT file_id FROM raw.usage_file_days "
+                                            f"WHERE event_date BETWEEN DATE '{start}' AND DATE '{end}')")
+        wh.run(con, COPIES.format(ids=landed_ids(con)))
+        wh.run(con, "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, record_key VARCHAR, "
+                    "event_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR)")
         wh.run(con, "CREATE OR REPLACE TEMP TABLE _late (file_id INTEGER, source_row BIGINT)")
         wh.run(con, "DELETE FROM core.usage_events WHERE event_date BETWEEN $start AND $end", params)
         wh.run(con, "DELETE FROM core.quarantine WHERE source = ? AND partition_date BETWEEN ? AND ?",
                [SOURCE, start, end])
         accepted = 0
-        for batch in usage_files.batches(con, files, max_records=BATCH_RECORDS, read_back=True):
+        for batch in usage_files.batches(con, files, read_back=True):
             with usage_files.records(con, batch) as records:
-                wh.run(con, find_rejects(records))
-                wh.run(con, find_late(records))
-                (n,), = wh.run(con, insert_accepted(landed(records, in_range, [f.file_id for f in batch]), records))
+                rows = landed(records, in_range)
+                wh.run(con, find_rejects(records, rows))
+                wh.run(con, find_late(rows))
+                (n,), = wh.run(con, insert_accepted(rows, records))
             accepted += n
-        # the rejects that are landed records of the range (the others were quarantined at landing, or
-        # belong to other days), with raw's event_id and event day
-        (quarantined,), = wh.run(con, f"""
+        (quarantined,), = wh.run(con, """
             INSERT INTO core.quarantine
-            SELECT ?, coalesce(r.event_id, f.file_name || ':' || r.source_row), {EVENT_DATE}, x.reason, x.detail,
-                   x.record, ?::TIMESTAMPTZ
-            FROM _rejects x JOIN raw.usage_events r USING (file_id, source_row) JOIN raw.usage_files f USING (file_id)
-            WHERE {in_range}""", [SOURCE, now])
-        if accepted + quarantined != in_raw:  # every landed record read back from its kept file, once
+            SELECT ?, record_key, event_date, reason, detail, record, ?::TIMESTAMPTZ FROM _rejects""", [SOURCE, now])
+        if accepted + quarantined != in_raw:  # every landed record of the range read back, once
             raise RuntimeError(f"{in_raw} landed records in {start}..{end}, but {accepted + quarantined} "
-                               "read back from the kept files")
-        (late,), = wh.run(con, f"""
-            SELECT count(*) FROM _late l JOIN raw.usage_events r USING (file_id, source_row)
-            WHERE {in_range} AND (file_id, source_row) NOT IN (SELECT (file_id, source_row) FROM _rejects)""")
+                               "read back from raw and the kept files")
+        (late,), = wh.run(con, "SELECT count(*) FROM _late ANTI JOIN _rejects USING (file_id, source_row)")
         for t in ("_copies", "_rejects", "_late"):
             wh.run(con, f"DROP TABLE {t}")
     return {"records": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "late": late}

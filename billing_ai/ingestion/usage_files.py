@@ -1,4 +1,4 @@
-"""Product usage event files -> raw.usage_files (the ledger) and raw.usage_events (their landed records).
+"""Product usage event files -> raw.usage_files (the ledger, with its index) and raw.usage_events.
 
 Files (NDJSON, CSV or Parquet) are landed whole, once: the ledger ``raw.usage_files`` keys them by
 content hash, so a re-run lands only new files and a replayed file is never counted twice. Every
@@ -6,31 +6,33 @@ record of a file is either landed or quarantined with its reason (unreadable lin
 timestamp, timestamp outside the window the pipeline covers, oversized metadata); a file that cannot
 be read at all is recorded as failed and the others go on.
 
-Raw keeps each file once and not a second copy of a Parquet file's records: the file is kept beside
-the warehouse (``<warehouse>.usage_files/<sha256><suffix>``: the ledger's ``stored_path``), and
-``raw.usage_events`` holds one narrow row per landed record: its file (``file_id``: what is the same
-for all its records is in the ledger), its row in that file (``source_row``, from 1: the physical
-line of an NDJSON file, blank and rejected lines counted; the data row of a CSV file; the row of a
-Parquet file), its ``event_id`` (dedup) and ``event_ts`` (its partition). A record of a text file
-(NDJSON, CSV) also keeps its other fields there, as parsed, once: parsing the file again would cost
-more than keeping them; a Parquet file's are read from the kept file (typed and columnar, reading it
-again costs little). The ledger's ``fields_in_raw`` says which: true for text files, and for every
-file landed before raw was narrowed (see _migrate_wide_raw). A kept Parquet file is a read-only copy
-(the build reads it again, so it must not change if the inbox file is rewritten in place); a text
-file, which is never read again, is a hard link where the file system allows. The build
-(``usage_events``) reads the records with :func:`records`; every row of core or of the quarantine
-leads back to the record as received (file and row).
+Raw keeps each file once. The file is kept beside the warehouse (``<warehouse>.usage_files/<sha256>
+<suffix>``: the ledger's ``stored_path``). The landing indexes every file (INDEX_DDL): its landed
+records per UTC event day (``raw.usage_file_days``: which files a partition reads, and how many
+records it must account for) and the records it quarantined (``raw.usage_landing_rejects``). A text
+file's (NDJSON, CSV) landed records are also rows of ``raw.usage_events``: its file (``file_id``: what
+is the same for all its records is in the ledger), its row in that file (``source_row``, from 1: the
+physical line of an NDJSON file, blank and rejected lines counted; the data row of a CSV file), its
+``event_id``, ``event_ts`` and its other fields, as parsed, once: parsing the file again would cost
+more than keeping them. A Parquet file's records are read from the kept file (typed and columnar,
+reading it again costs little; its row is the ``source_row``), less the ones its landing quarantined.
+The ledger's ``fields_in_raw`` says which: true for text files, and for every file landed before raw
+was narrowed (see _migrate_wide_raw; files landed before the index are indexed by _index_landed). A
+kept Parquet file is a read-only copy (the build reads it again, so it must not change if the inbox
+file is rewritten in place); a text file, which is never read again, is a hard link where the file
+system allows. The build (``usage_events``) reads the records with :func:`records`; every row of core
+or of the quarantine leads back to the record as received (file and row).
 
 How files are landed, built for millions of records (see ``land_inbox``): new files are landed in
 batches (Parquet files of one schema; NDJSON files up to NDJSON_BATCH_BYTES; CSV files), one
 transaction per batch, the ledger exact per file; if a batch fails, its files are landed one by one
 so that only the unreadable one fails. Per batch, every record is read and judged once, the checks
-inline, into a temp table of verdicts (``_checked``, see _land), which then splits into one append
-to raw.usage_events (one large append is much cheaper for DuckDB than one per file: it reads the
-files in parallel, and leaves no partial row groups for the checkpoint to merge and rewrite) and the
-quarantine, each failing record with its reason and its ``record`` as received. An NDJSON line is
-parsed once (json_transform), its JSON types checked again only where a value looks like it may not
-be a string.
+inline (see _land): a text file's verdicts go to a temp table that splits into one append to
+raw.usage_events (one large append is much cheaper for DuckDB than one per file: it reads the files
+in parallel, and leaves no partial row groups for the checkpoint to merge and rewrite), the index and
+the quarantine; a Parquet file's are counted per day in one grouped pass that keeps only the failing
+records. An NDJSON line is parsed once (json_transform), its JSON types checked again only where a
+value looks like it may not be a string.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ JSON_TYPES = {"event_id": ("VARCHAR",), "customer_id": ("VARCHAR",), "subscripti
 # read_csv options that keep a bad line (bad encoding, wrong column count) out of the result and in a
 # rejects table, so it can be quarantined with its reason instead of failing the whole file
 REJECTS = "store_rejects=true, rejects_table='_csv_rejects', rejects_scan='_csv_rejects_scan'"
-TEMP_TABLES = ("_batch", "_lines", "_line_gaps", "_checked", "_csv_rejects", "_csv_rejects_scan", "_rejected_lines")
+TEMP_TABLES = ("_batch", "_lines", "_line_gaps", "_checked", "_verdicts", "_csv_rejects", "_csv_rejects_scan", "_rejected_lines")
 # how a typed timestamp is written as text (in the quarantine record, and as the build sees it)
 TS_TEXT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # typed timestamps in this range survive strftime(TS_TEXT) -> TRY_CAST(... AS TIMESTAMPTZ) unchanged,
@@ -82,6 +84,14 @@ _EXACT_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINY
                    "UBIGINT", "UHUGEINT")
 _DECIMAL = re.compile(r"DECIMAL\(\d+,(\d+)\)")
 _DAY_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+# The landing's index of every landed file, whatever its format: its landed records per UTC event
+# day (which files a partition reads, and how many records it must account for), and the records it
+# quarantined (few; a Parquet file's records are read from the kept file, and these are skipped).
+INDEX_DDL = """
+CREATE TABLE IF NOT EXISTS raw.usage_file_days (file_id INTEGER, event_date DATE, events BIGINT);
+CREATE TABLE IF NOT EXISTS raw.usage_landing_rejects (file_id INTEGER, source_row BIGINT, reason VARCHAR);
+"""
 
 DDL = """
 CREATE TABLE IF NOT EXISTS raw.usage_files (
@@ -97,7 +107,7 @@ CREATE TABLE IF NOT EXISTS raw.usage_events (
     file_id INTEGER, source_row BIGINT, event_id VARCHAR, event_ts TIMESTAMPTZ, customer_id VARCHAR,
     subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR, "timestamp" VARCHAR, metadata VARCHAR,
     received_at VARCHAR);
-""" + QUARANTINE_DDL
+""" + INDEX_DDL + QUARANTINE_DDL
 
 
 def blank(col: str) -> str:
@@ -117,6 +127,9 @@ RECEIVED_AT_TEXT = f"coalesce(received_at, strftime(received_ts, '{TS_TEXT}'))"
 # A landed record's event_ts, from its fields: what the landing computed (see _checked: a typed
 # timestamp inside the landing window is itself, a text one is parsed), for every landed record
 EVENT_TS = 'coalesce(ts_typed, TRY_CAST("timestamp" AS TIMESTAMPTZ))'
+# the UTC day of event_ts, by arithmetic on the instant (no time zone conversion; a landed record holds
+# no infinite timestamp, the one case where it differs from CAST(event_ts AT TIME ZONE 'UTC' AS DATE))
+EVENT_DATE = "CAST(make_timestamp(epoch_us(event_ts)) AS DATE)"
 
 
 def record_json(metadata_json: str = "metadata") -> str:
@@ -144,10 +157,40 @@ def _reason(oversized: str) -> str:
 END"""
 
 
-def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_tables(con: duckdb.DuckDBPyConnection, index: bool = True) -> None:
+    """The tables; a warehouse landed before the index (see INDEX_DDL) is indexed (``index``) once."""
+    unindexed = wh.table_exists(con, "raw.usage_files") and not wh.table_exists(con, "raw.usage_file_days")
+    if index and unindexed and not wide_raw(con):
+        with wh.transaction(con):  # the index tables exist only once filled
+            _run_ddl(con)
+            _index_landed(con)
+    else:
+        _run_ddl(con)
+
+
+def _run_ddl(con: duckdb.DuckDBPyConnection) -> None:
     for stmt in DDL.split(";"):
         if stmt.strip():
             wh.run(con, stmt)
+
+
+def _index_landed(con: duckdb.DuckDBPyConnection) -> None:
+    """Index the files landed before the index existed, when raw held a narrow row per landed record
+    of every file (inside the caller's transaction): their days from those rows. A Parquet file's rows
+    then leave raw (its records are read from the kept file), and the records its landing quarantined
+    are the kept file's rows that had none (their reason from the quarantine). A text file's records
+    stay in raw; the ones its landing quarantined are not indexed (nothing reads them back)."""
+    wh.run(con, f"INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM raw.usage_events "
+                "GROUP BY ALL")
+    for batch in batches(con, kept_files(con, "NOT coalesce(fields_in_raw, format <> 'parquet')")):
+        wh.run(con, f"""
+            INSERT INTO raw.usage_landing_rejects
+            SELECT v.file_id, v.source_row, coalesce((
+                SELECT any_value(q.reason) FROM core.quarantine q
+                WHERE q.source = '{SOURCE}' AND q.record_key = f.file_name || ':' || v.source_row), 'quarantined')
+            FROM ({parquet_ids(con, batch)}) v JOIN raw.usage_files f USING (file_id)
+            ANTI JOIN raw.usage_events r USING (file_id, source_row)""")
+        wh.run(con, f"DELETE FROM raw.usage_events WHERE file_id IN ({', '.join(str(f.file_id) for f in batch)})")
 
 
 def wide_raw(con: duckdb.DuckDBPyConnection) -> bool:
@@ -363,17 +406,29 @@ def _csv_rows(con: duckdb.DuckDBPyConnection, files: list[_File]) -> str:
     return " UNION ALL ".join(selects)
 
 
-def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...]) -> str:
-    """The rows of Parquet files of one schema, read by one multi-file scan (the reader numbers the rows)."""
-    present = [c for c in FIELDS if c in {name for name, _ in schema}]
+def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...], fields: tuple[str, ...] = FIELDS) -> str:
+    """The rows of Parquet files of one schema (their ``fields`` it has), read by one multi-file scan
+    (the reader numbers the rows)."""
+    present = [c for c in fields if c in {name for name, _ in schema}]
     cols = "".join(f', "{c}"' for c in present)
     if {"filename", "file_row_number"}.isdisjoint(name for name, _ in schema):
         paths = ", ".join(f"'{_quote(f.path)}'" for f in files)
+        ids = ", ".join(f"('{_quote(f.path)}', {f.file_id})" for f in files)
         return (f"SELECT b.file_id, file_row_number + 1 AS source_row{cols} "
-                f"FROM read_parquet([{paths}], filename=true, file_row_number=true) JOIN _batch b ON b.path = filename")
+                f"FROM read_parquet([{paths}], filename=true, file_row_number=true) "
+                f"JOIN (VALUES {ids}) b(path, file_id) ON b.path = filename")
     return " UNION ALL ".join(  # the files have columns of those names: number the rows ourselves
         f"SELECT {f.file_id} AS file_id, row_number() OVER () AS source_row{cols} FROM read_parquet('{_quote(f.path)}')"
         for f in files)
+
+
+def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[_File]) -> str:
+    """SQL: (file_id, source_row, event_id) of every record of landed Parquet files of one schema
+    (see :func:`batches`), read from the kept files: the one column the dedup needs."""
+    schema = _describe(con, files[0])
+    event_id = 'CAST("event_id" AS VARCHAR)' if "event_id" in dict(schema) else "CAST(NULL AS VARCHAR)"
+    return (f"SELECT file_id, source_row, {event_id} AS event_id "
+            f"FROM ({_parquet_rows(files, schema, ('event_id',))})")
 
 
 # --- the fields of those rows: file_id, source_row, event_id, customer_id, subscription_id, meter_name,
@@ -441,14 +496,17 @@ class Records:
     struct: tuple[tuple[str, str], ...] | None = None  # the STRUCT's fields (name, type)
     in_raw: bool = False  # read from raw.usage_events (a text file's records), with their event_ts
 
-    def metadata_values(self, keys: tuple[str, ...]) -> str:
-        """SQL: VARCHAR[] of the values of these metadata keys, as text (metadata->>key)."""
+    def metadata_values(self, keys: tuple[str, ...]) -> tuple[str, list[str]]:
+        """SQL for the values of these metadata keys, as text (metadata->>key): ``(extra, values)``, where
+        ``extra`` is a column to add to the rows (``, <expr> AS m``, or "") and ``values`` one expression
+        per key over the rows with it. JSON text is parsed once for all keys (into the list ``m``); a
+        STRUCT's text fields are read as they are (a list per row would cost more than the fields)."""
         if self.struct is None:
-            return f"json_extract_string({self.metadata_json}, {list(keys)!r})"
+            extra = f", json_extract_string({self.metadata_json}, {list(keys)!r}) AS m"
+            return extra, [f"m[{i}]" for i in range(1, len(keys) + 1)]
         types = dict(self.struct)
-        return "[" + ", ".join(
-            "CAST(NULL AS VARCHAR)" if k not in types else f"metadata.{_ident(k)}" if types[k] == "VARCHAR"
-            else f"json_extract_string({self.metadata_json}, {[k]!r})[1]" for k in keys) + "]"
+        return "", ["CAST(NULL AS VARCHAR)" if k not in types else f"metadata.{_ident(k)}" if types[k] == "VARCHAR"
+                    else f"json_extract_string({self.metadata_json}, {[k]!r})[1]" for k in keys]
 
     def metadata_over(self, limit: str) -> str:
         """SQL: whether the metadata's JSON text is longer than ``limit``. A STRUCT of texts is not when
@@ -533,13 +591,11 @@ def kept_files(con: duckdb.DuckDBPyConnection, where: str) -> list[_File]:
     return files
 
 
-def batches(con: duckdb.DuckDBPyConnection, files: list[_File], max_records: int | None = None,
-            read_back: bool = False) -> list[list[_File]]:
+def batches(con: duckdb.DuckDBPyConnection, files: list[_File], read_back: bool = False) -> list[list[_File]]:
     """Files read together: one format, and for Parquet one schema (their rows are read by one
     statement; a file whose columns cannot even be read goes alone, and fails alone); NDJSON files
-    up to NDJSON_BATCH_BYTES (their lines are parsed into memory meanwhile); and, if given, up to
-    ``max_records`` landed records. ``read_back`` (landed files, see :func:`records`): the files whose
-    fields are in raw go together, whatever their format."""
+    up to NDJSON_BATCH_BYTES (their lines are parsed into memory meanwhile). ``read_back`` (landed
+    files, see :func:`records`): the files whose fields are in raw go together, whatever their format."""
     groups: dict[tuple, list[_File]] = {}
     ndjson_batch, ndjson_bytes = 0, 0
     for f in files:
@@ -557,19 +613,7 @@ def batches(con: duckdb.DuckDBPyConnection, files: list[_File], max_records: int
             except duckdb.Error:
                 key = (f.fmt, str(f.path))
         groups.setdefault(key, []).append(f)
-    if max_records is None:
-        return list(groups.values())
-    out = []
-    for group in groups.values():
-        run, n = [], 0
-        for f in group:
-            if run and n + f.records > max_records:
-                out.append(run)
-                run, n = [], 0
-            run.append(f)
-            n += f.records
-        out.append(run)
-    return out
+    return list(groups.values())
 
 
 # --- landing
@@ -591,30 +635,44 @@ def _checked(records: Records) -> str:
 def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, window_start: date,
           max_future_days: int) -> dict[int, tuple[int, int]]:
     """Land a batch of files of one format (inside the caller's transaction): (landed, quarantined) per
-    file_id. The records' verdicts go to ``_checked`` (a temp table, with the quarantine record of
-    those that fail): a text file's, every record's, with the fields raw keeps (reading is parsing:
-    once), which then splits into raw and quarantine; a Parquet file's, only the failing ones' (few),
-    the others then read again (cheaply) into raw by an anti join against those few."""
+    file_id. Every record is read and judged once. A text file's verdicts go to ``_checked`` (a temp
+    table, with the fields raw keeps -- reading is parsing: once -- and the quarantine record of those
+    that fail), which then splits into raw and quarantine. A Parquet file's records stay in the kept
+    file: one grouped pass counts the landed ones per event day (the index) and keeps each failing one
+    (few) as a group of its own, with its quarantine record."""
     checks = {"window_start": window_start, "now": now, "max_future_days": max_future_days,
               "max_metadata": MAX_METADATA_BYTES}
     _stage_batch(con, files)
     records = _records(con, files)
-    text = files[0].fmt != "parquet"
-    kept = "file_id, source_row, event_id, event_ts" + ("".join(f', "{f}"' for f in TEXT_FIELDS) if text else "")
-    record = "line" if files[0].fmt == "ndjson" else record_json(records.metadata_json)
-    wh.run(con, f"""
-        CREATE TEMP TABLE _checked AS
-        SELECT {kept}, reason, CASE WHEN reason IS NOT NULL THEN {record} END AS record
-        FROM ({_checked(records)}) {"" if text else "WHERE reason IS NOT NULL"}""", checks)
-    if text:
+    if files[0].fmt != "parquet":
+        kept = "file_id, source_row, event_id, event_ts" + "".join(f', "{f}"' for f in TEXT_FIELDS)
+        record = "line" if files[0].fmt == "ndjson" else record_json(records.metadata_json)
+        wh.run(con, f"""
+            CREATE TEMP TABLE _checked AS
+            SELECT {kept}, reason, CASE WHEN reason IS NOT NULL THEN {record} END AS record
+            FROM ({_checked(records)})""", checks)
         wh.run(con, f"INSERT INTO raw.usage_events ({kept}) SELECT {kept} FROM _checked WHERE reason IS NULL")
+        wh.run(con, f"""INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM _checked
+                        WHERE reason IS NULL GROUP BY ALL""")
     else:
-        wh.run(con, f"""INSERT INTO raw.usage_events ({kept}) SELECT {kept} FROM ({_checked(_records(con, files))})
-                        ANTI JOIN _checked USING (file_id, source_row)""", checks)
+        failing = {c: f"CASE WHEN reason IS NOT NULL THEN {e} END AS {c}" for c, e in (
+            ("source_row", "source_row"), ("event_id", "event_id"), ("event_ts", "event_ts"),
+            ("record", record_json(records.metadata_json)))}
+        wh.run(con, f"""
+            CREATE TEMP TABLE _verdicts AS
+            SELECT file_id, CASE WHEN reason IS NULL THEN {EVENT_DATE} END AS event_date, reason,
+                   {", ".join(failing.values())}, count(*) AS n
+            FROM ({_checked(records)}) GROUP BY ALL""", checks)
+        wh.run(con, "INSERT INTO raw.usage_file_days SELECT file_id, event_date, n FROM _verdicts WHERE reason IS NULL")
+        wh.run(con, "CREATE TEMP TABLE _checked AS SELECT file_id, source_row, event_id, event_ts, reason, record "
+                    "FROM _verdicts WHERE reason IS NOT NULL")
+    wh.run(con, "INSERT INTO raw.usage_landing_rejects SELECT file_id, source_row, reason FROM _checked "
+                "WHERE reason IS NOT NULL")
     ids = ", ".join(str(f.file_id) for f in files)
     counts = {f.file_id: [0, 0] for f in files}
-    for file_id, landed in wh.run(con, f"SELECT file_id, count(*) FROM raw.usage_events WHERE file_id IN ({ids}) GROUP BY 1"):
-        counts[file_id][0] = landed
+    for file_id, landed in wh.run(con, f"SELECT file_id, sum(events) FROM raw.usage_file_days "
+                                       f"WHERE file_id IN ({ids}) GROUP BY 1"):
+        counts[file_id][0] = int(landed)
     for file_id, quarantined in wh.run(con, "SELECT file_id, count(*) FROM _checked WHERE reason IS NOT NULL GROUP BY 1"):
         counts[file_id][1] = quarantined
     wh.run(con, """
@@ -721,7 +779,7 @@ def _migrate_wide_raw(con: duckdb.DuckDBPyConnection, inbox: dict[str, Path]) ->
         for column in _WIDE_TYPED:
             wh.run(con, f"ALTER TABLE raw.usage_events ADD COLUMN IF NOT EXISTS {column}")
         wh.run(con, "ALTER TABLE raw.usage_events RENAME TO usage_events_wide")
-        ensure_tables(con)
+        ensure_tables(con, index=False)
         (wide,), = wh.run(con, "SELECT count(*) FROM raw.usage_events_wide")
         columns = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
         (narrow,), = wh.run(con, f"""
@@ -732,6 +790,9 @@ def _migrate_wide_raw(con: duckdb.DuckDBPyConnection, inbox: dict[str, Path]) ->
             raise RuntimeError(f"raw.usage_events: {wide} records, {narrow} of them in files of the ledger: "
                                "not narrowed")
         wh.run(con, "DROP TABLE raw.usage_events_wide")
+        # every file's records are now in raw (fields_in_raw): the index is their days
+        wh.run(con, "DELETE FROM raw.usage_file_days")
+        _index_landed(con)
 
 
 def land_inbox(con: duckdb.DuckDBPyConnection, inbox: Path, now: datetime, window_start: date) -> list[FileResult]:
