@@ -5,6 +5,7 @@ For N usage events (default 10M) spread over ~30 daily files, measures
 * ``floor_parquet``: ``CREATE TABLE t AS SELECT * FROM read_parquet('<dir>/*.parquet')``
 * ``ours_parquet``:  ``land_inbox`` of the Parquet files + ``build_usage_events`` over the whole range
 * ``floor_ndjson``:  ``CREATE TABLE t AS SELECT * FROM read_json('<dir>/*.ndjson')``
+* ``shape_*``: a second baseline: the records written straight into core.usage_events' columns, no validation
 * ``ours_ndjson``:   the same as ``ours_parquet`` for the NDJSON files
 
 each in its own subprocess (so peak RSS is that measurement's), with the same DuckDB
@@ -54,7 +55,18 @@ REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1")
 INVALID_KINDS = ("negative_quantity", "unknown_customer", "unknown_meter", "unknown_subscription",
                  "timestamp_too_old")
 START = date(2025, 3, 1)
-MEASUREMENTS = ("floor_parquet", "ours_parquet", "floor_ndjson", "ours_ndjson")
+MEASUREMENTS = ("floor_parquet", "shape_parquet", "ours_parquet", "floor_ndjson", "shape_ndjson", "ours_ndjson")
+# shape_*: a second baseline, not the target's: the files' records written straight into
+# core.usage_events' columns (metadata as JSON text and its four promoted keys, event_date, source
+# file and row), with no validation, dedup, late flags, ledger or raw. What writing the analysts'
+# table alone costs beside the floor.
+SHAPE_SQL = """
+INSERT INTO core.usage_events
+SELECT event_id, 'inbox', customer_id, subscription_id, meter_name, CAST(quantity AS DECIMAL(38, 9)),
+       CAST("timestamp" AS TIMESTAMPTZ), CAST(CAST("timestamp" AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS DATE),
+       metadata.project, metadata.department, metadata.endpoint, metadata.region, CAST(to_json(metadata) AS JSON),
+       parse_filename(filename), file_row_number, CAST(received_at AS TIMESTAMPTZ), false
+FROM {reader}"""
 TARGET_RATIO = 2.0
 TARGET_RSS_MIB = 4096
 ID_MOD = 10**14
@@ -305,16 +317,27 @@ def child(spec: dict) -> dict:
     rss0, _ = _rss_mib()
     out["rss_start_mib"] = rss0
 
-    if kind == "floor":
-        reader = f"read_parquet('{src}/*.parquet')" if fmt == "parquet" else f"read_json('{src}/*.ndjson')"
+    if kind in ("floor", "shape"):
+        if kind == "floor":
+            reader = f"read_parquet('{src}/*.parquet')" if fmt == "parquet" else f"read_json('{src}/*.ndjson')"
+            sql, table = f"CREATE TABLE t AS SELECT * FROM {reader}", "t"
+        else:  # NDJSON has no row numbers: its records are counted in the scan, like Parquet's are
+            reader = (f"read_parquet('{src}/*.parquet', filename=true, file_row_number=true)" if fmt == "parquet"
+                      else f"(SELECT *, row_number() OVER () AS file_row_number FROM read_json('{src}/*.ndjson', "
+                           "filename=true))")
+            sql, table = SHAPE_SQL.format(reader=reader), "core.usage_events"
+            shutil.copyfile(spec["template"], db)
+            con = wh.connect(db)
+            wh.run(con, usage_events.DDL)
+            con.close()
         t0 = time.perf_counter()
         con = wh.connect(db, threads=spec["threads"], memory_limit=spec["memory_limit"])
-        wh.run(con, f"CREATE TABLE t AS SELECT * FROM {reader}")
+        wh.run(con, sql)
         con.close()
         out["seconds"] = time.perf_counter() - t0
         _, out["peak_rss_mib"] = _rss_mib()
         con = wh.connect(db, read_only=True)
-        out["rows"] = wh.run(con, "SELECT count(*) FROM t")[0][0]
+        out["rows"] = wh.run(con, f"SELECT count(*) FROM {table}")[0][0]
         out["accepted"], out["quarantined"] = out["rows"], 0
         con.close()
         return out
@@ -391,7 +414,7 @@ def _run_child(spec: dict) -> dict:
 
 def _check(res: dict, expected: dict, code: str) -> list[str]:
     errs = []
-    if res["measurement"].startswith("floor"):
+    if res["measurement"].startswith(("floor", "shape")):
         if res["rows"] != expected["records"]:
             errs.append(f"{res['measurement']}: {res['rows']} rows, expected {expected['records']}")
         return errs
@@ -470,6 +493,10 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
         print(f"   {fmt:<8} ours/floor time {ratio:5.2f}x  -> <= {TARGET_RATIO:.1f}x: {'PASS' if ok_t else 'FAIL'};   "
               f"ours peak RSS {o['peak_rss_mib']:,.0f} MiB (floor {f['peak_rss_mib']:,.0f}) -> < 4 GiB: "
               f"{'PASS' if ok_m else 'FAIL'}")
+        if sh := summary.get(f"shape_{fmt}"):
+            verdicts[fmt]["shape_ratio"] = sh["seconds"] / f["seconds"]
+            print(f"   {'':<8} shape/floor time {sh['seconds'] / f['seconds']:5.2f}x (writing core's columns, "
+                  f"no validation);  ours/shape {o['seconds'] / sh['seconds']:5.2f}x")
     return {"summary": summary, "verdicts": verdicts}
 
 
