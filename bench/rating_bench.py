@@ -51,6 +51,9 @@ def build_template(root: Path, n_events: int) -> Path:
     from billing_ai.runner import Layout, ensure_world, materialize_all
     from billing_ai.sandbox.server import SandboxServer
     from billing_ai.sandbox.world import WorldConfig
+    from billing_ai.platforms.chargebee.resource import ChargebeeResource
+    from billing_ai.platforms.recurly.resource import RecurlyResource
+    from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
 
     cfg = WorldConfig(seed=3, customers=300, days=60)
@@ -60,6 +63,8 @@ def build_template(root: Path, n_events: int) -> Path:
         res = {"warehouse": WarehouseResource(path=str(layout.warehouse)),
                "stripe": StripeResource(api_key="rk_test_sandbox_readonly", api_base=server.url,
                                         requests_per_second=1000),
+               # the other platforms are not configured (no api_base): their raw tables land empty
+               "zuora": ZuoraResource(), "recurly": RecurlyResource(), "chargebee": ChargebeeResource(),
                "settings": PipelineSettings(as_of=cfg.as_of, inbox_dir=str(layout.world.inbox_dir),
                                             pii_key="bench")}
         materialize_all(cfg, resources=res, say=lambda m: None,
