@@ -256,3 +256,48 @@ def test_a_warehouse_landed_before_the_index_is_indexed_once_with_the_same_build
                                   ("u.parquet", date(2026, 6, 4), 1), ("u.parquet", DAY, 1)]
     assert wh.run(con, rejects) == [(pq, 2, "timestamp_too_old")]
     assert wh.run(con, "SELECT count(*) FROM raw.usage_events WHERE file_id = ?", [pq]) == [(0,)]
+
+
+def test_csv_rows_below_a_rejected_row_keep_their_own_numbers(con, tmp_path):
+    """A CSV record's source_row is its data row (the header is not counted): the rows the reader
+    rejects (invalid UTF-8, too many columns) count too, and are quarantined as <file>:L<row, header
+    counted>. A quoted field over three physical lines is one row. (The scan numbers only the rows
+    it keeps: before the renumbering, c3 was row 2 and c5 row 3.)"""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    header = b"event_id,customer_id,subscription_id,meter_name,quantity,timestamp,received_at"
+    row = lambda e: f"{e},cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z".encode()  # noqa: E731
+    (inbox / "u.csv").write_bytes(b"\n".join([
+        header,
+        b'"c1\nwith\nbreaks",cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z',  # row 1
+        b"\xff\xfe,cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z",  # row 2 rejected
+        row("c3"),                                                                       # row 3
+        row("c4") + b",extra",                                                           # row 4 rejected
+        row("c5"),                                                                       # row 5
+    ]) + b"\n")
+    [res] = land_inbox(con, inbox, NOW, WINDOW_START)
+    assert (res.records, res.landed, res.quarantined) == (5, 3, 2)
+    assert wh.run(con, "SELECT source_row, event_id FROM raw.usage_events ORDER BY 1") == [
+        (1, "c1\nwith\nbreaks"), (3, "c3"), (5, "c5")]
+    assert wh.run(con, "SELECT record_key, reason FROM core.quarantine ORDER BY 1") == [
+        ("u.csv:L3", "invalid_encoding"), ("u.csv:L5", "malformed_line")]
+    assert build_usage_events(con, DAY, DAY, NOW)["accepted"] == 3
+    assert wh.run(con, "SELECT source_row FROM core.usage_events ORDER BY 1") == [(1,), (3,), (5,)]
+
+
+def test_a_warehouse_moved_with_its_kept_files_still_builds(tmp_path):
+    """The ledger's stored_path is where a file was kept when it landed; a warehouse moved (or restored
+    from a backup) together with its folder of kept files reads them where it is now."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "inbox").mkdir(parents=True)
+    _parquet(old / "inbox" / "p.parquet", ["p1", "p2"])
+    con = wh.connect(old / "w.duckdb")
+    _core(con)
+    land_inbox(con, old / "inbox", NOW, WINDOW_START)
+    con.close()
+    (old / "inbox" / "p.parquet").unlink()
+    old.rename(new)
+    con = wh.connect(new / "w.duckdb")
+    assert not Path(wh.run(con, "SELECT stored_path FROM raw.usage_files")[0][0]).exists()
+    assert build_usage_events(con, DAY, DAY, NOW) == {"records": 2, "accepted": 2, "quarantined": 0, "late": 0}
+    con.close()

@@ -12,7 +12,8 @@ records per UTC event day (``raw.usage_file_days``: which files a partition read
 records it must account for) and the records it quarantined (``raw.usage_landing_rejects``). A text
 file's (NDJSON, CSV) landed records are also rows of ``raw.usage_events``: its file (``file_id``: what
 is the same for all its records is in the ledger), its row in that file (``source_row``, from 1: the
-physical line of an NDJSON file, blank and rejected lines counted; the data row of a CSV file), its
+physical line of an NDJSON file, blank and rejected lines counted; the data row of a CSV file, rejected
+rows counted), its
 ``event_id``, ``event_ts`` and its other fields, as parsed, once: parsing the file again would cost
 more than keeping them. A Parquet file's records are read from the kept file (typed and columnar,
 reading it again costs little; its row is the ``source_row``), less the ones its landing quarantined.
@@ -261,6 +262,12 @@ def kept_dir(warehouse_path: str | Path) -> Path:
     return Path(f"{warehouse_path}.usage_files")
 
 
+def _kept_path(con: duckdb.DuckDBPyConnection, sha: str, name: str) -> Path | None:
+    """Where the warehouse ``con`` is on keeps the file of this content and name (None: in memory)."""
+    (db,), = wh.run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    return kept_dir(db) / f"{sha}{Path(name).suffix.lower()}" if db else None
+
+
 def _keep(con: duckdb.DuckDBPyConnection, f: _File) -> _File:
     """The file as raw keeps it, by content hash beside the warehouse, written whole or not at all
     (a temp name, then os.replace). A file whose records are read from it again (Parquet) is a
@@ -268,10 +275,9 @@ def _keep(con: duckdb.DuckDBPyConnection, f: _File) -> _File:
     would change (or truncate) records already landed. A text file, never read again, is a hard link
     where the file system allows. (An in-memory warehouse keeps nothing beyond the session: it reads
     the inbox file.)"""
-    (db,), = wh.run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
-    if not db:
+    kept = _kept_path(con, f.sha, f.path.name)
+    if kept is None:
         return f
-    kept = kept_dir(db) / f"{f.sha}{f.path.suffix.lower()}"
     if not kept.exists():
         kept.parent.mkdir(parents=True, exist_ok=True)
         tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
@@ -313,18 +319,42 @@ def _stage_lines(con: duckdb.DuckDBPyConnection, files: list[_File]) -> None:
             FROM read_csv('{_quote(f.path)}', columns={{'line': 'VARCHAR'}}, header=false, delim='\x1f', quote='',
                           escape='', auto_detect=false, {REJECTS})""")
         before += n
-    if wh.run(con, "SELECT 1 FROM duckdb_tables() WHERE table_name = '_csv_rejects' AND temporary"):
-        # (a line can be rejected for more than one error: counted once; adjacent rejected lines have
-        # as many kept lines before them: the last one's count holds)
+    _line_gaps(con, header_rows=0)
+
+
+def _line_gaps(con: duckdb.DuckDBPyConnection, header_rows: int) -> bool:
+    """``_line_gaps`` from the rows the reader rejected in the batch's files (NDJSON lines, CSV rows; the
+    reader's ``line`` counts ``header_rows`` first): per rejected row of a file, in order, the rows it
+    kept before it and how many it rejected up to it. A kept row's number is its position among the
+    kept rows plus the rejected rows before it (see _ndjson_read, _renumber_csv). Whether there are any."""
+    if not wh.run(con, "SELECT 1 FROM duckdb_tables() WHERE table_name = '_csv_rejects' AND temporary"):
+        return False
+    # (a row can be rejected for more than one error: counted once; adjacent rejected rows have as many
+    # kept rows before them: the last one's count holds)
+    wh.run(con, f"""
+        CREATE OR REPLACE TEMP TABLE _line_gaps AS
+        SELECT file_index, line - shift AS kept_before, max(shift) AS shift FROM (
+            SELECT b.idx AS file_index, r.line - {header_rows} AS line,
+                   row_number() OVER (PARTITION BY b.idx ORDER BY r.line) AS shift
+            FROM (SELECT DISTINCT scan_id, file_id, line FROM _csv_rejects) r
+            JOIN _csv_rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path)
+        GROUP BY ALL""")
+    if not wh.run(con, "SELECT 1 FROM _line_gaps LIMIT 1"):
+        wh.run(con, "DROP TABLE _line_gaps")
+        return False
+    return True
+
+
+def _renumber_csv(con: duckdb.DuckDBPyConnection) -> None:
+    """A CSV file's rows are numbered in the scan among the rows the reader kept; where it rejected rows
+    (bad encoding, wrong column count: quarantined on their own), the rows below them move down to
+    their own data row in ``_checked`` (rare: only then is it rewritten)."""
+    if _line_gaps(con, header_rows=1):
         wh.run(con, """
-            CREATE TEMP TABLE _line_gaps AS
-            SELECT file_index, line - shift AS kept_before, max(shift) AS shift FROM (
-                SELECT b.idx AS file_index, r.line, row_number() OVER (PARTITION BY b.idx ORDER BY r.line) AS shift
-                FROM (SELECT DISTINCT scan_id, file_id, line FROM _csv_rejects) r
-                JOIN _csv_rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path)
-            GROUP BY ALL""")
-        if not wh.run(con, "SELECT 1 FROM _line_gaps LIMIT 1"):
-            wh.run(con, "DROP TABLE _line_gaps")
+            CREATE OR REPLACE TEMP TABLE _checked AS
+            SELECT c.* EXCLUDE (idx) REPLACE (c.source_row + coalesce(g.shift, 0) AS source_row)
+            FROM (SELECT c.*, b.idx FROM _checked c JOIN _batch b USING (file_id)) c
+            ASOF LEFT JOIN _line_gaps g ON g.file_index = c.idx AND c.source_row > g.kept_before""")
 
 
 def _ndjson_read(gaps: bool = False) -> str:
@@ -575,13 +605,20 @@ def records(con: duckdb.DuckDBPyConnection, files: list[_File]) -> Iterator[Reco
 
 
 def kept_files(con: duckdb.DuckDBPyConnection, where: str) -> list[_File]:
-    """Landed files of the ledger (``where`` on raw.usage_files), as raw keeps them. Fails if a file
-    whose records are read from it (a Parquet file landed narrow) is gone or changed size."""
+    """Landed files of the ledger (``where`` on raw.usage_files), as raw keeps them: beside the
+    warehouse where it is now (a warehouse moved or restored with its folder of kept files reads them
+    there, whatever the ledger's ``stored_path`` says), else at ``stored_path``. Fails if a file whose
+    records are read from it (a Parquet file landed narrow) is gone or changed size."""
     rows = wh.run(con, f"""
         SELECT stored_path, file_name, sha256, format, CAST(file_day AS VARCHAR), bytes, file_id, landed,
                coalesce(fields_in_raw, format <> 'parquet')
         FROM raw.usage_files WHERE status = 'landed' AND ({where}) ORDER BY file_id""")
-    files = [_File(Path(p or ""), name, sha, fmt, day, size, file_id, landed, in_raw)
+
+    def where_kept(stored: str | None, sha: str, name: str) -> Path:
+        here = _kept_path(con, sha, name)
+        return here.resolve() if here is not None and here.is_file() else Path(stored or "")
+
+    files = [_File(where_kept(p, sha, name), name, sha, fmt, day, size, file_id, landed, in_raw)
              for p, name, sha, fmt, day, size, file_id, landed, in_raw in rows]
     gone = [f.name for f in files
             if not f.fields_in_raw and not (f.path.is_file() and f.path.stat().st_size == f.size)]
@@ -651,6 +688,8 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
             CREATE TEMP TABLE _checked AS
             SELECT {kept}, reason, CASE WHEN reason IS NOT NULL THEN {record} END AS record
             FROM ({_checked(records)})""", checks)
+        if files[0].fmt == "csv":
+            _renumber_csv(con)
         wh.run(con, f"INSERT INTO raw.usage_events ({kept}) SELECT {kept} FROM _checked WHERE reason IS NULL")
         wh.run(con, f"""INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM _checked
                         WHERE reason IS NULL GROUP BY ALL""")
