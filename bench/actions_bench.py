@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from billing_ai.actions.ledger import Ledger
     from billing_ai.actions.policy import Policy
     from billing_ai.actions.push import Executor, Sinks, push_action
-from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
+    from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
     from billing_ai.clock import parse_instant
     from billing_ai.sandbox.generator import generate_world, write_world
     from billing_ai.sandbox.server import SandboxServer

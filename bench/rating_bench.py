@@ -44,7 +44,7 @@ TARGET_RATIO = 1.5
 
 
 
-def build_template(root: Path, n_events: int) -> Path:
+def build_template(root: Path, n_events: int, customers: int = 300, days: int = 60) -> Path:
     """A warehouse with the default plans, a small world's core tables and N synthetic events."""
     sys.path.insert(0, str(REPO))
     from billing_ai import warehouse as wh
@@ -56,7 +56,7 @@ def build_template(root: Path, n_events: int) -> Path:
     from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
 
-    cfg = WorldConfig(seed=3, customers=300, days=60)
+    cfg = WorldConfig(seed=3, customers=customers, days=days)
     layout = Layout(root / "data")
     ensure_world(layout, cfg, lambda m: None)
     with SandboxServer(layout.world.world_dir, layout.sandbox_state) as server:
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--customers", type=int, default=300, help="customers in the world whose plans rate the events")
+    ap.add_argument("--world-days", type=int, default=60, help="days of that world's history")
     ap.add_argument("--child")
     args, _ = ap.parse_known_args(argv)
     if args.child:
@@ -147,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="billing_ai_rating_bench_"))
     try:
         t = time.perf_counter()
-        template = build_template(root, args.events)
+        template = build_template(root, args.events, args.customers, args.world_days)
         print(f"setup: {args.events:,} events over the default plans in {time.perf_counter() - t:.0f} s "
               f"(threads={THREADS}, memory_limit={MEMORY_LIMIT})", flush=True)
         from billing_ai.sandbox.world import WorldConfig
 
-        now = WorldConfig(seed=3, customers=300, days=60).as_of
+        now = WorldConfig(seed=3, customers=args.customers, days=args.world_days).as_of
         results: dict[str, list[dict]] = {"floor": [], "windows": [], "rating": [], "full": []}
         for _ in range(args.repeats):
             for what in results:  # interleaved: all see the same machine load

@@ -114,3 +114,18 @@ def test_a_negative_invoice_total_becomes_credit_not_a_negative_amount_due():
     assert (negative["ending_balance"] == negative["starting_balance"] + negative["total"]).all()
     assert (negative["amount_due"] == 0).all()
 
+
+
+def test_current_period_is_the_month_holding_as_of_with_month_ends_clamped():
+    """The period every platform facade shows as current: Jan 31 anchors clamp to Feb 28, then Mar 31;
+    a subscription anchored after as_of (created at the world's end) shows its first period."""
+    from datetime import UTC, datetime
+
+    from billing_ai.sandbox.invoicing import current_period
+
+    def t(*ymd):
+        return int(datetime(*ymd, tzinfo=UTC).timestamp())
+
+    assert current_period(t(2026, 1, 31), t(2026, 3, 5)) == (t(2026, 2, 28), t(2026, 3, 31))
+    assert current_period(t(2026, 1, 31), t(2026, 2, 28)) == (t(2026, 2, 28), t(2026, 3, 31))  # at a bound
+    assert current_period(t(2026, 4, 10), t(2026, 3, 5)) == (t(2026, 4, 10), t(2026, 5, 10))

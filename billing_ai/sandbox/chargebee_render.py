@@ -36,7 +36,7 @@ from typing import Iterator
 import polars as pl
 
 from billing_ai.money import minor_unit_exponent
-from billing_ai.sandbox.invoicing import RETRY_DAYS, _periods
+from billing_ai.sandbox.invoicing import RETRY_DAYS, current_period
 from billing_ai.sandbox.world import make_id
 
 AGGREGATION = {"sum": "sum_of_usages", "max": "max_usage", "last": "last_usage"}
@@ -321,8 +321,7 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
     sub_of_cust: dict[str, list[dict]] = {}
     for s in subs_rows:
         sub_of_cust.setdefault(s["customer_id"], []).append(s)
-        bounds = _periods(s["anchor"], as_of)
-        cur = next((bounds[k - 1], bounds[k]) for k in range(1, len(bounds)) if bounds[k] > as_of)
+        cur = current_period(s["anchor"], as_of)
         status = "cancelled" if s["canceled_at"] and s["canceled_at"] <= as_of else (
             "non_renewing" if s["canceled_at"] else "active")
         at = min(as_of, s["canceled_at"] - 1) if s["canceled_at"] else as_of

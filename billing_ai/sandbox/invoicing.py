@@ -87,6 +87,17 @@ def _periods(anchor: int, until: int) -> list[int]:
         k += 1
 
 
+def current_period(anchor: int, as_of: int) -> tuple[int, int]:
+    """The monthly billing period [start, end) of a subscription anchored at ``anchor`` that holds
+    ``as_of`` (unix seconds), as the platforms show it; a subscription anchored after ``as_of``
+    (created at the end of the world) shows its first period."""
+    bounds = _periods(anchor, as_of)  # ends with the first bound after as_of
+    if len(bounds) == 1:  # anchored after as_of
+        a = datetime.fromtimestamp(anchor, UTC)
+        return bounds[0], ts(add_months(a, 1, a.day))
+    return bounds[-2], bounds[-1]
+
+
 def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.DataFrame,
                rng: np.random.Generator) -> Billing:
     seed = config.seed

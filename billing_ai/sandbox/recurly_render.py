@@ -419,7 +419,7 @@ def usage(row: dict, addon: dict, sao_id: str) -> dict:
 def render_world(tables: dict[str, pl.DataFrame], as_of: int
                  ) -> Iterator[tuple[str, dict, str | None, str | None, int]]:
     """Yield (type, object, account code, parent id, created) for every object the facade serves."""
-    from billing_ai.sandbox.invoicing import _periods  # the world's billing calendar
+    from billing_ai.sandbox.invoicing import current_period  # the world's billing calendar
 
     custs = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)
              if c.get("platform", "stripe") == "recurly"}
@@ -457,8 +457,7 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int
     for it in tables["subscription_items"].iter_rows(named=True):
         items_by_sub.setdefault(it["subscription_id"], []).append(it)
     for s in subs_rows:
-        bounds = _periods(s["anchor"], as_of)
-        cur = next((bounds[k - 1], bounds[k]) for k in range(1, len(bounds)) if bounds[k] > as_of)
+        cur = current_period(s["anchor"], as_of)
         at = min(as_of, s["canceled_at"] - 1) if s["canceled_at"] else as_of
         current = [it for it in items_by_sub[s["subscription_id"]]
                    if it["valid_from"] <= at and (it["valid_to"] is None or at < it["valid_to"])]

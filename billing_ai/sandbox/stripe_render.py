@@ -229,7 +229,7 @@ def credit_note(cn: dict) -> dict:
 
 def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[str, dict, str | None, str | None]]:
     """Yield (type, object, customer, parent) for every object the facade serves."""
-    from billing_ai.sandbox.invoicing import _periods  # the platform's own calendar
+    from billing_ai.sandbox.invoicing import current_period  # the platform's own calendar
 
     custs = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)}
     subs_rows = list(tables["subscriptions"].iter_rows(named=True))
@@ -260,8 +260,7 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
     for s in subs_rows:
         if s["customer_id"] not in cust_objs:
             continue
-        bounds = _periods(s["anchor"], as_of)
-        cur = next((bounds[k - 1], bounds[k]) for k in range(1, len(bounds)) if bounds[k] > as_of)
+        cur = current_period(s["anchor"], as_of)
         status = "canceled" if s["canceled_at"] and s["canceled_at"] <= as_of else "active"
         # a subscription shows its current items only; replaced items survive on invoice lines
         at = min(as_of, s["canceled_at"] - 1) if s["canceled_at"] else as_of

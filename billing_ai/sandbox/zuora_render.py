@@ -291,7 +291,7 @@ def usage(u: dict, acct: dict, meter_name: str, as_of: int) -> dict:
 
 def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[str, dict, str | None, str | None]]:
     """Yield (type, object, accountNumber, parent) for every object the Zuora facade serves."""
-    from billing_ai.sandbox.invoicing import _periods  # the platform's own calendar
+    from billing_ai.sandbox.invoicing import current_period  # the platform's own calendar
 
     custs = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)}
     mine = {cid for cid, c in custs.items() if c.get("platform", "stripe") == "zuora"}
@@ -326,8 +326,7 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
     for s in subs_rows:
         if s["customer_id"] not in mine:
             continue
-        bounds = _periods(s["anchor"], as_of)
-        cur = next((bounds[k - 1], bounds[k]) for k in range(1, len(bounds)) if bounds[k] > as_of)
+        cur = current_period(s["anchor"], as_of)
         canceled = s["canceled_at"] is not None and s["canceled_at"] <= as_of
         at = min(as_of, s["canceled_at"] - 1) if s["canceled_at"] else as_of
         rps = []
