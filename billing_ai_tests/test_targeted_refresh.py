@@ -173,3 +173,63 @@ def test_a_webhook_for_an_unconfigured_platform_fails_with_a_clear_reason(wareho
     assert not out.success
     failure = next(e for e in out.all_events if e.event_type_value == "STEP_FAILURE")
     assert "chargebee is not configured here" in failure.step_failure_data.error.message
+
+
+def _future_invoice(con, days: int = 400) -> tuple[str, dict, dict]:
+    """A Stripe invoice of the warehouse as the platform would now return it, created ``days`` after
+    the clock's now (which no invoice can be), with its lines."""
+    inv_id, payload = wh.run(con, "SELECT id, payload FROM raw.stripe_invoices ORDER BY id LIMIT 1")[0]
+    invoice = json.loads(payload)
+    invoice["created"] += days * 86400
+    lines = [json.loads(p) for (p,) in wh.run(con, "SELECT payload FROM raw.stripe_invoice_lines "
+                                                   "WHERE payload->>'invoice' = ? ORDER BY id", [inv_id])]
+    return inv_id, invoice, {"invoices": [invoice], "invoice_lines": lines}
+
+
+def test_a_refresh_that_breaks_a_blocking_core_check_refreshes_nothing_downstream(warehouse_copy, tiny_world):
+    """The rebuilt core tables are checked as in the nightly run: an invoice created after now fails
+    invoices_not_in_future (blocking), so the rating marts are left as they were."""
+    from billing_ai.platforms.stripe import SPEC
+    from billing_ai.webhooks.refresh import refresh
+
+    con = wh.connect(warehouse_copy)
+    try:
+        before = wh.run(con, "SELECT * FROM marts.invoice_reconciliation ORDER BY ALL")
+        _, _, as_it_was = _future_invoice(con, days=0)
+        inv_id, _, fetched = _future_invoice(con)
+        out = refresh(con, SPEC, "invoice", [inv_id], fetched, tiny_world.config.as_of_dt())
+        assert out["blocked"] == ["invoices_not_in_future"]
+        assert out["mart_rows"] == {}
+        assert {o.rule.name: o.violations for o in out["checks"]["invoices"]}["invoices_not_in_future"] == 1
+        assert wh.run(con, "SELECT * FROM marts.invoice_reconciliation ORDER BY ALL") == before
+        # the same refresh with the invoice as it was passes its checks and refreshes the marts
+        out = refresh(con, SPEC, "invoice", [inv_id], as_it_was, tiny_world.config.as_of_dt())
+        assert out["blocked"] == [] and out["mart_rows"]
+    finally:
+        con.close()
+
+
+def test_a_targeted_run_whose_checks_fail_does_not_publish(warehouse_copy, tiny_world, monkeypatch):
+    from billing_ai.platforms.stripe.client import StripeConnector
+    from billing_ai.webhooks.refresh import targeted_refresh_job
+
+    con = wh.connect(warehouse_copy)
+    try:
+        inv_id, _, fetched = _future_invoice(con)
+    finally:
+        con.close()
+    monkeypatch.setattr(StripeConnector, "fetch_objects", lambda self, kind, ids: fetched)
+    published = wh.published_path_for(warehouse_copy)
+    assert not published.exists()
+    out = targeted_refresh_job.execute_in_process(
+        run_config={"ops": {"refresh_named_objects": {"config": {"platform": "stripe", "kind": "invoice",
+                                                                 "ids": [inv_id], "events": ["evt_1"]}}}},
+        resources=pipeline_resources("http://127.0.0.1:9", warehouse_copy, tiny_world), raise_on_error=False)
+    assert not out.success
+    failure = next(e for e in out.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "blocking checks failed" in failure.step_failure_data.error.message
+    assert "invoices_not_in_future" in failure.step_failure_data.error.message
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data.passed
+                   for e in out.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert evaluations["invoices_not_in_future"] is False
+    assert not published.exists()  # analysts keep the last good snapshot

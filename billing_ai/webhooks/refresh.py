@@ -9,15 +9,20 @@ affected subscriptions only (:func:`billing_ai.rating.reconcile.refresh_rating_m
 and publishes the snapshot. A platform whose connector cannot fetch one object
 at a time gets the coalesced snapshot run instead (see ``sensors``).
 
-The nightly run still rebuilds everything and runs every asset check; a
-targeted refresh is the fast path between two nights, not a replacement.
+The core tables it rebuilds get their asset checks, as in the nightly run; if a
+blocking one fails, nothing downstream runs: no rating marts, no snapshot (the
+analysts keep the last good one), and the run fails naming the checks. The
+nightly run still rebuilds everything and runs every asset check; a targeted
+refresh is the fast path between two nights, not a replacement.
 """
 
-from datetime import datetime
+from datetime import date, datetime
 
 import dagster as dg
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.checks import Scope, evaluate_table
+from billing_ai.ingestion.partitions import PARTITION_START
 from billing_ai.ingestion.platform_assets import build_core_table, raw_ids, write_raw
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import PlatformSpec
@@ -78,15 +83,20 @@ def subscriptions_of(con, platform: str, kind: str, platform_ids: list[str]) -> 
 
 def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched: dict[str, list[dict]],
             now: datetime, settings: ReconcileSettings = ReconcileSettings()) -> dict:
-    """Raw upsert, core rebuild of the tables that read them, rating marts for the affected subscriptions."""
+    """Raw upsert, core rebuild of the tables that read them and their checks, then (unless a blocking
+    check failed: ``blocked`` names them) the rating marts for the affected subscriptions."""
     with wh.transaction(con):
         written = upsert_raw(con, spec, fetched, now)
     tables = core_tables_reading(spec, set(fetched))
     for t in tables:
         build_core_table(con, t)
+    scope = Scope(now=now, window_start=date.fromisoformat(PARTITION_START))
+    checks = {t: evaluate_table(con, t, scope) for t in tables}
+    blocked = [o.rule.name for outcomes in checks.values() for o in outcomes if o.rule.blocking and not o.passed]
     subs = subscriptions_of(con, spec.name, kind, platform_ids)
-    marts = refresh_rating_marts(con, now, subs, settings) if subs else {}
-    return {"raw_rows": written, "core_tables": tables, "subscriptions": subs, "mart_rows": marts}
+    marts = refresh_rating_marts(con, now, subs, settings) if subs and not blocked else {}
+    return {"raw_rows": written, "core_tables": tables, "subscriptions": subs, "mart_rows": marts,
+            "checks": checks, "blocked": blocked}
 
 
 class RefreshConfig(dg.Config):
@@ -115,20 +125,32 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
         out = refresh(con, spec, config.kind, config.ids, fetched, now)
         findings = dict(wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation WHERE "
                                     "subscription_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
-                               [out["subscriptions"]])) if out["subscriptions"] else {}
-        wh.publish(con, warehouse.path)
+                               [out["subscriptions"]])) if out["subscriptions"] and not out["blocked"] else {}
+        if not out["blocked"]:
+            wh.publish(con, warehouse.path)
     meta = {"platform": config.platform, "kind": config.kind, "ids": ", ".join(config.ids),
             "webhook_events": ", ".join(config.events), "subscriptions": ", ".join(out["subscriptions"]),
             "targeted": True}
+    # yielded, not logged: events logged with context.log_event are dropped when the op then fails
     for t in out["core_tables"]:
-        context.log_event(dg.AssetMaterialization(asset_key=["core", t], metadata=meta))
+        yield dg.AssetMaterialization(asset_key=["core", t], metadata=meta)
+        for o in out["checks"][t]:
+            yield dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey(["core", t]), check_name=o.rule.name, passed=o.passed,
+                metadata={"violations": o.violations, "targeted": True},
+                severity=dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR)
+    out["checks"] = {o.rule.name: o.violations for outcomes in out["checks"].values() for o in outcomes}
+    if out["blocked"]:
+        raise dg.Failure(f"blocking checks failed after refreshing {config.kind} {config.ids}: "
+                         f"{', '.join(out['blocked'])}; the rating marts were not refreshed and the snapshot "
+                         "was not published", metadata={"failed_checks": ", ".join(out["blocked"])})
     for t, n in out["mart_rows"].items():
-        context.log_event(dg.AssetMaterialization(
+        yield dg.AssetMaterialization(
             asset_key=["marts", t], metadata={**meta, "rows_refreshed": n,
                                               **({"findings": dg.MetadataValue.json(findings)}
-                                                 if t == "invoice_reconciliation" else {})}))
+                                                 if t == "invoice_reconciliation" else {})})
     context.log.info(f"refreshed {config.kind} {config.ids}: {out}")
-    return out
+    yield dg.Output(out)
 
 
 @dg.job(description="A webhook's named invoice or subscription, refreshed without a full run: its raw and "
