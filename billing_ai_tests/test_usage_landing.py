@@ -301,3 +301,42 @@ def test_a_warehouse_moved_with_its_kept_files_still_builds(tmp_path):
     assert not Path(wh.run(con, "SELECT stored_path FROM raw.usage_files")[0][0]).exists()
     assert build_usage_events(con, DAY, DAY, NOW) == {"records": 2, "accepted": 2, "quarantined": 0, "late": 0}
     con.close()
+
+
+@pytest.mark.parametrize("range_dedup_below", [0.0, 1.01], ids=["over_all_ids", "over_the_range_ids"])
+def test_a_days_build_finds_the_earlier_copies_of_its_events_on_other_days(con, tmp_path, monkeypatch,
+                                                                          range_dedup_below):
+    """Dedup is across all partitions while a build holds only its range's ids: building June 5 alone
+    quarantines its copies of x (first in a.parquet on June 4) and of n (first in a.ndjson on June 4:
+    files landed together are ordered by name) with the first copy as detail; building June 4 alone keeps both first copies and quarantines
+    nothing, although a later copy of each exists (on June 5). The same whether the repeated ids are
+    found among all landed ids or among the range's only (the way a build of a small range does)."""
+    from billing_ai.ingestion import usage_events
+
+    monkeypatch.setattr(usage_events, "RANGE_DEDUP_BELOW", range_dedup_below)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    june4, june5 = datetime(2026, 6, 4, 9, tzinfo=UTC), datetime(2026, 6, 5, 9, tzinfo=UTC)
+
+    def parquet(path, ids, ts):
+        n = len(ids)
+        pl.DataFrame({"event_id": ids, "customer_id": ["cus_1"] * n, "subscription_id": ["sub_1"] * n,
+                      "meter_name": ["api_calls"] * n, "quantity": pl.Series(["1"] * n).cast(pl.Decimal(38, 3)),
+                      "timestamp": [ts] * n, "received_at": [ts] * n}).write_parquet(path)
+
+    parquet(inbox / "a.parquet", ["w", "x"], june4)
+    parquet(inbox / "b.parquet", ["x", "n", "z"], june5)
+    (inbox / "a.ndjson").write_bytes(_line("n", timestamp="2026-06-04T10:00:00Z") + b"\n")
+    land_inbox(con, inbox, NOW, WINDOW_START)
+    quarantine = "SELECT record_key, reason, detail FROM core.quarantine WHERE source = 'usage_events' ORDER BY 1"
+
+    assert build_usage_events(con, DAY, DAY, NOW) == {"records": 3, "accepted": 1, "quarantined": 2, "late": 0}
+    assert wh.run(con, quarantine) == [("n", "duplicate_of", "a.ndjson:1"), ("x", "duplicate_of", "a.parquet:2")]
+    assert wh.run(con, "SELECT event_id FROM core.usage_events") == [("z",)]
+
+    june_4 = date(2026, 6, 4)
+    assert build_usage_events(con, june_4, june_4, NOW) == {"records": 3, "accepted": 3, "quarantined": 0,
+                                                            "late": 0}
+    assert wh.run(con, "SELECT event_id, source_file FROM core.usage_events WHERE event_date = ? ORDER BY 1",
+                  [june_4]) == [("n", "a.ndjson"), ("w", "a.parquet"), ("x", "a.parquet")]
+    assert len(wh.run(con, quarantine)) == 2  # June 5's, untouched

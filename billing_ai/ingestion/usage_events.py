@@ -61,35 +61,61 @@ QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DO
                    f"WHEN quantity_dec BETWEEN {MAX_QUANTITY} - 1 AND {MAX_QUANTITY} + 1 "
                    f"THEN TRY_CAST({QUANTITY_TEXT} AS DOUBLE) ELSE CAST(quantity_dec AS DOUBLE) END")
 
-# Every copy of an event_id but the first landed (landed_at, file name, row; file_id, the landing
-# order, only tells apart two files of one name landed at the same clock time), across all partitions,
-# with the first copy's key. {ids}: (file_id, source_row, event_id) of every landed record (see
-# landed_ids). Ranking all 10M rows by event_id is what is expensive, and ~0.1% of them repeat: only
-# the rows whose event_id *hash* occurs more than once are ranked (by the event_id itself, so a hash
-# collision only adds a candidate). A NULL event_id is one partition, like in a window, so later
-# NULL-id rows carry the first one as their detail.
+# Every copy of an event_id of the range but the first landed (landed_at, file name, row; file_id, the
+# landing order, only tells apart two files of one name landed at the same clock time), across all
+# partitions, with the first copy's key. {ids}: (file_id, source_row, event_id) of every
+# landed record (see landed_ids). Ranking every record by event_id is what is expensive, and ~0.1% of
+# them repeat: only the records whose event_id *hash* occurs more than once ({repeated}) are ranked (by
+# the event_id itself, so a hash collision only adds a candidate). A NULL event_id is one partition,
+# like in a window, so later NULL-id rows carry the first one as their detail.
 COPIES = """
 CREATE OR REPLACE TEMP TABLE _copies AS
-WITH ids AS ({ids})
+WITH {repeated}
 SELECT file_id, source_row, first_copy FROM (
     SELECT r.file_id, r.source_row,
         row_number() OVER w AS copy_no,
         first_value(f.file_name || ':' || r.source_row) OVER w AS first_copy
-    FROM ids r JOIN raw.usage_files f USING (file_id)
-    WHERE hash(r.event_id) IN (SELECT hash(event_id) FROM ids GROUP BY 1 HAVING count(*) > 1)
+    FROM ({ids}) r JOIN raw.usage_files f USING (file_id)
+    WHERE hash(r.event_id) IN (SELECT h FROM repeated)
     WINDOW w AS (PARTITION BY r.event_id ORDER BY f.landed_at, f.file_name, f.file_id, r.source_row))
 WHERE copy_no > 1
 """
+# The repeated hashes: of every landed record (one hash table as large as the history), or, for a range
+# holding less than RANGE_DEDUP_BELOW of the landed records (a nightly day), of the range's records
+# only ({range_ids}: those of the range's files): what is held in memory then grows with the range, not
+# the history, and every landed event id is read once more, streaming, to find their earlier copies.
+# Both give the same copies of the range's events, which are all the build uses.
+REPEATED_ALL = "repeated AS (SELECT hash(event_id) AS h FROM ({ids}) GROUP BY 1 HAVING count(*) > 1)"
+REPEATED_OF_RANGE = """in_range AS (SELECT DISTINCT hash(event_id) AS h FROM ({range_ids}) WHERE {in_range}),
+repeated AS (
+    SELECT hash(event_id) AS h FROM ({ids})
+    WHERE hash(event_id) IN (SELECT h FROM in_range) GROUP BY 1 HAVING count(*) > 1)"""
+RANGE_DEDUP_BELOW = 0.5
 
 
-def landed_ids(con: duckdb.DuckDBPyConnection) -> str:
-    """SQL: (file_id, source_row, event_id) of every landed record of every file: a text file's from raw,
-    a Parquet file's from the kept file (its event_id column only), less the records its landing
-    quarantined. Parquet files of one schema are read by one scan."""
-    parts = ["SELECT file_id, source_row, event_id FROM raw.usage_events"]
-    kept = usage_files.kept_files(con, "NOT coalesce(fields_in_raw, format <> 'parquet')")
+def copies_sql(con: duckdb.DuckDBPyConnection, files: list, in_range: str, range_records: int) -> str:
+    """The COPIES statement for a build of ``range_records`` landed records in ``files``."""
+    ids = landed_ids(con)
+    (landed,), = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days")
+    if range_records < RANGE_DEDUP_BELOW * landed:
+        range_ids = landed_ids(con, f"file_id IN ({', '.join(str(f.file_id) for f in files) or 'NULL'})",
+                               with_ts=True)
+        repeated = REPEATED_OF_RANGE.format(range_ids=range_ids, in_range=in_range, ids=ids)
+    else:
+        repeated = REPEATED_ALL.format(ids=ids)
+    return COPIES.format(repeated=repeated, ids=ids)
+
+
+def landed_ids(con: duckdb.DuckDBPyConnection, where: str = "true", with_ts: bool = False) -> str:
+    """SQL: (file_id, source_row, event_id[, event_ts]) of every landed record of the ledger's files
+    ``where`` says: a text file's from raw, a Parquet file's from the kept file (those columns only),
+    less the records its landing quarantined. Parquet files of one schema are read by one scan."""
+    cols = "file_id, source_row, event_id" + (", event_ts" if with_ts else "")
+    parts = [f"SELECT {cols} FROM raw.usage_events"
+             + ("" if where == "true" else f" WHERE file_id IN (SELECT file_id FROM raw.usage_files WHERE {where})")]
+    kept = usage_files.kept_files(con, f"NOT coalesce(fields_in_raw, format <> 'parquet') AND ({where})")
     for batch in usage_files.batches(con, kept):
-        parts.append(f"""SELECT v.file_id, v.source_row, v.event_id FROM ({usage_files.parquet_ids(con, batch)}) v
+        parts.append(f"""SELECT {cols} FROM ({usage_files.parquet_ids(con, batch, with_ts)})
                          ANTI JOIN raw.usage_landing_rejects x USING (file_id, source_row)""")
     return "\nUNION ALL\n".join(parts)
 
@@ -183,7 +209,7 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
                                  "WHERE event_date BETWEEN $start AND $end", params)
         files = usage_files.kept_files(con, "file_id IN (SELECT file_id FROM raw.usage_file_days "
                                             f"WHERE event_date BETWEEN DATE '{start}' AND DATE '{end}')")
-        wh.run(con, COPIES.format(ids=landed_ids(con)))
+        wh.run(con, copies_sql(con, files, in_range, in_raw))
         wh.run(con, "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, record_key VARCHAR, "
                     "event_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR)")
         wh.run(con, "CREATE OR REPLACE TEMP TABLE _late (file_id INTEGER, source_row BIGINT)")

@@ -452,13 +452,26 @@ def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...], field
         for f in files)
 
 
-def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[_File]) -> str:
-    """SQL: (file_id, source_row, event_id) of every record of landed Parquet files of one schema
-    (see :func:`batches`), read from the kept files: the one column the dedup needs."""
+def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[_File], with_ts: bool = False) -> str:
+    """SQL: (file_id, source_row, event_id[, event_ts]) of every record of landed Parquet files of one
+    schema (see :func:`batches`), read from the kept files: the columns the dedup needs, event_ts as the
+    landing read it (EVENT_TS)."""
     schema = _describe(con, files[0])
-    event_id = 'CAST("event_id" AS VARCHAR)' if "event_id" in dict(schema) else "CAST(NULL AS VARCHAR)"
-    return (f"SELECT file_id, source_row, {event_id} AS event_id "
-            f"FROM ({_parquet_rows(files, schema, ('event_id',))})")
+    types = dict(schema)
+    event_id = 'CAST("event_id" AS VARCHAR)' if "event_id" in types else "CAST(NULL AS VARCHAR)"
+    if not with_ts:
+        return (f"SELECT file_id, source_row, {event_id} AS event_id "
+                f"FROM ({_parquet_rows(files, schema, ('event_id',))})")
+    event_ts = ('CAST("timestamp" AS TIMESTAMPTZ)' if _typed_time(types, "timestamp")
+                else 'TRY_CAST(CAST("timestamp" AS VARCHAR) AS TIMESTAMPTZ)' if "timestamp" in types
+                else "CAST(NULL AS TIMESTAMPTZ)")
+    return (f"SELECT file_id, source_row, {event_id} AS event_id, {event_ts} AS event_ts "
+            f"FROM ({_parquet_rows(files, schema, ('event_id', 'timestamp'))})")
+
+
+def _typed_time(types: dict[str, str], field: str) -> bool:
+    """Whether a Parquet column is read as an instant (a timestamp or a date), not as text."""
+    return types.get(field, "").startswith(("TIMESTAMP", "DATE"))
 
 
 # --- the fields of those rows: file_id, source_row, event_id, customer_id, subscription_id, meter_name,
@@ -486,9 +499,6 @@ def _parquet_values(rows: str, schema: tuple[tuple[str, str], ...]) -> str:
     q_type = types.get("quantity", "")
     scale = 0 if q_type in _EXACT_INTEGERS else int(m.group(1)) if (m := _DECIMAL.fullmatch(q_type)) else None
 
-    def typed_time(f: str) -> bool:
-        return types.get(f, "").startswith(("TIMESTAMP", "DATE"))
-
     def text(f: str) -> str:
         return f'CAST("{f}" AS VARCHAR)' if f in types else "CAST(NULL AS VARCHAR)"
 
@@ -499,11 +509,11 @@ def _parquet_values(rows: str, schema: tuple[tuple[str, str], ...]) -> str:
     else:
         quantity = (f"{text('quantity')} AS quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, "
                     "CAST(NULL AS UTINYINT) AS quantity_scale")
-    if typed_time("timestamp"):
+    if _typed_time(types, "timestamp"):
         ts = 'CAST(NULL AS VARCHAR) AS "timestamp", CAST("timestamp" AS TIMESTAMPTZ) AS ts_typed'
     else:
         ts = f'{text("timestamp")} AS "timestamp", CAST(NULL AS TIMESTAMPTZ) AS ts_typed'
-    if typed_time("received_at"):
+    if _typed_time(types, "received_at"):
         recv = "CAST(received_at AS TIMESTAMPTZ)"
         received = (f"CASE WHEN NOT coalesce({recv} {TS_SAFE}, true) THEN strftime({recv}, '{TS_TEXT}') END "
                     f"AS received_at, CASE WHEN {recv} {TS_SAFE} THEN {recv} END AS received_ts")
