@@ -114,7 +114,8 @@ def test_replaying_a_partition_changes_nothing(tiny_world, tmp_path):
             assert dg.materialize(PLATFORM_ASSETS, resources=res).success  # re-landing lands no file twice
             with WarehouseResource(path=str(tmp_path / "w.duckdb")).connect(read_only=True) as con:
                 counts.append(wh.run(con, "SELECT count(*), sum(quantity) FROM core.usage_events WHERE event_date=?",
-                                     [day])[0] + wh.run(con, "SELECT count(*) FROM raw.usage_events")[0])
+                                     [day])[0] + wh.run(con, "SELECT count(*) FROM raw.usage_events")[0]
+                              + wh.run(con, "SELECT sum(events) FROM raw.usage_file_days")[0])
         assert counts[0][0] > 0 and counts[0] == counts[1] == counts[2]
 
 
