@@ -186,22 +186,25 @@ def _future_invoice(con, days: int = 400) -> tuple[str, dict, dict]:
     return inv_id, invoice, {"invoices": [invoice], "invoice_lines": lines}
 
 
-def test_a_refresh_that_breaks_a_blocking_core_check_refreshes_nothing_downstream(warehouse_copy, tiny_world):
-    """The rebuilt core tables are checked as in the nightly run: an invoice created after now fails
-    invoices_not_in_future (blocking), so the rating marts are left as they were."""
+def test_a_refresh_that_breaks_a_blocking_core_check_keeps_nothing(warehouse_copy, tiny_world):
+    """The rebuilt core tables are checked as in the nightly run, in the refresh's transaction: an invoice
+    created after now fails invoices_not_in_future (blocking), so raw, core and the rating marts are
+    left exactly as they were (a later refresh of something else cannot publish it)."""
     from billing_ai.platforms.stripe import SPEC
     from billing_ai.webhooks.refresh import refresh
 
     con = wh.connect(warehouse_copy)
+    state = ["SELECT * FROM marts.invoice_reconciliation ORDER BY ALL", "SELECT * FROM core.invoices ORDER BY ALL",
+             "SELECT id, payload FROM raw.stripe_invoices ORDER BY ALL"]
     try:
-        before = wh.run(con, "SELECT * FROM marts.invoice_reconciliation ORDER BY ALL")
+        before = [wh.run(con, q) for q in state]
         _, _, as_it_was = _future_invoice(con, days=0)
         inv_id, _, fetched = _future_invoice(con)
         out = refresh(con, SPEC, "invoice", [inv_id], fetched, tiny_world.config.as_of_dt())
         assert out["blocked"] == ["invoices_not_in_future"]
-        assert out["mart_rows"] == {}
+        assert out["mart_rows"] == {} and out["raw_rows"] == {}
         assert {o.rule.name: o.violations for o in out["checks"]["invoices"]}["invoices_not_in_future"] == 1
-        assert wh.run(con, "SELECT * FROM marts.invoice_reconciliation ORDER BY ALL") == before
+        assert [wh.run(con, q) for q in state] == before
         # the same refresh with the invoice as it was passes its checks and refreshes the marts
         out = refresh(con, SPEC, "invoice", [inv_id], as_it_was, tiny_world.config.as_of_dt())
         assert out["blocked"] == [] and out["mart_rows"]
@@ -233,3 +236,26 @@ def test_a_targeted_run_whose_checks_fail_does_not_publish(warehouse_copy, tiny_
                    for e in out.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert evaluations["invoices_not_in_future"] is False
     assert not published.exists()  # analysts keep the last good snapshot
+    assert len([e for e in out.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried
+
+    # a later refresh of something else publishes a snapshot in which the blocked invoice never landed
+    con = wh.connect(warehouse_copy)
+    try:
+        (sub_id,), = wh.run(con, "SELECT id FROM raw.stripe_subscriptions ORDER BY id LIMIT 1")
+    finally:
+        con.close()
+    monkeypatch.undo()
+    from billing_ai.sandbox.server import SandboxServer as Server
+
+    with Server(tiny_world.paths.world_dir, warehouse_copy.parent / "state") as server:
+        out = targeted_refresh_job.execute_in_process(
+            run_config={"ops": {"refresh_named_objects": {"config": {"platform": "stripe", "kind": "subscription",
+                                                                     "ids": [sub_id], "events": ["evt_2"]}}}},
+            resources=pipeline_resources(server.url, warehouse_copy, tiny_world))
+    assert out.success and published.exists()
+    pub = wh.connect_published(warehouse_copy)
+    try:
+        assert wh.run(pub, "SELECT count(*) FROM core.invoices WHERE created_at > ?",
+                      [tiny_world.config.as_of_dt()]) == [(0,)]
+    finally:
+        pub.close()

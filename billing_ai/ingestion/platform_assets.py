@@ -11,6 +11,7 @@ table.
 """
 
 
+import contextlib
 import json
 from datetime import date, datetime
 
@@ -151,12 +152,13 @@ def _platform_rank() -> str:
     return "CASE platform " + " ".join(f"WHEN '{s.name}' THEN {i}" for i, s in enumerate(PLATFORM_SPECS)) + " END"
 
 
-def build_core_table(con, table: str) -> int:
+def build_core_table(con, table: str, in_transaction: bool = False) -> int:
     """Rebuild core.<table> from every platform's mapping, in one transaction (catalog tables: one row per
-    canonical id, every platform's copy recorded in core.catalog_platform_ids)."""
+    canonical id, every platform's copy recorded in core.catalog_platform_ids). ``in_transaction``: in
+    the caller's, which decides whether it lands (see webhooks.refresh)."""
     selects = [wh.read_sql(f"core/{s.name}/{table}.sql") for s in PLATFORM_SPECS if table in s.core_sources]
     body = "\nUNION ALL BY NAME\n".join(f"({s})" for s in selects)
-    with wh.transaction(con):
+    with contextlib.nullcontext() if in_transaction else wh.transaction(con):
         if table not in CATALOG:
             wh.run(con, f"CREATE OR REPLACE TABLE core.{table} AS {body}")
         else:

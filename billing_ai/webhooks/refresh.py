@@ -9,9 +9,10 @@ affected subscriptions only (:func:`billing_ai.rating.reconcile.refresh_rating_m
 and publishes the snapshot. A platform whose connector cannot fetch one object
 at a time gets the coalesced snapshot run instead (see ``sensors``).
 
-The core tables it rebuilds get their asset checks, as in the nightly run; if a
-blocking one fails, nothing downstream runs: no rating marts, no snapshot (the
-analysts keep the last good one), and the run fails naming the checks. The
+The core tables it rebuilds get their asset checks, as in the nightly run, in the
+refresh's transaction: if a blocking one fails, nothing of the refresh is kept (raw
+and core roll back; no rating marts, no snapshot: the analysts keep the last good
+one, and a later refresh cannot publish it), and the run fails naming the checks. The
 nightly run still rebuilds everything and runs every asset check; a targeted
 refresh is the fast path between two nights, not a replacement.
 """
@@ -81,18 +82,32 @@ def subscriptions_of(con, platform: str, kind: str, platform_ids: list[str]) -> 
     return [r[0] for r in rows]
 
 
+class _RollBack(Exception):
+    """Leaves the refresh's transaction without landing it (a blocking check failed)."""
+
+
 def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched: dict[str, list[dict]],
             now: datetime, settings: ReconcileSettings = ReconcileSettings()) -> dict:
-    """Raw upsert, core rebuild of the tables that read them and their checks, then (unless a blocking
-    check failed: ``blocked`` names them) the rating marts for the affected subscriptions."""
-    with wh.transaction(con):
-        written = upsert_raw(con, spec, fetched, now)
+    """Raw upsert, core rebuild of the tables that read them and their checks, in one transaction that
+    lands only if no blocking check fails (``blocked`` names those: then nothing of the refresh stays,
+    and a later refresh cannot publish it); then the rating marts for the affected subscriptions."""
     tables = core_tables_reading(spec, set(fetched))
-    for t in tables:
-        build_core_table(con, t)
     scope = Scope(now=now, window_start=date.fromisoformat(PARTITION_START))
-    checks = {t: evaluate_table(con, t, scope) for t in tables}
-    blocked = [o.rule.name for outcomes in checks.values() for o in outcomes if o.rule.blocking and not o.passed]
+    checks: dict = {}
+    blocked: list[str] = []
+    try:
+        with wh.transaction(con):
+            written = upsert_raw(con, spec, fetched, now)
+            for t in tables:
+                build_core_table(con, t, in_transaction=True)
+            checks = {t: evaluate_table(con, t, scope) for t in tables}
+            blocked = [o.rule.name for outcomes in checks.values() for o in outcomes
+                       if o.rule.blocking and not o.passed]
+            if blocked:
+                raise _RollBack
+    except _RollBack:
+        return {"raw_rows": {}, "core_tables": tables, "subscriptions": [], "mart_rows": {}, "checks": checks,
+                "blocked": blocked}
     subs = subscriptions_of(con, spec.name, kind, platform_ids)
     marts = refresh_rating_marts(con, now, subs, settings) if subs and not blocked else {}
     return {"raw_rows": written, "core_tables": tables, "subscriptions": subs, "mart_rows": marts,
@@ -142,8 +157,9 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
     out["checks"] = {o.rule.name: o.violations for outcomes in out["checks"].values() for o in outcomes}
     if out["blocked"]:
         raise dg.Failure(f"blocking checks failed after refreshing {config.kind} {config.ids}: "
-                         f"{', '.join(out['blocked'])}; the rating marts were not refreshed and the snapshot "
-                         "was not published", metadata={"failed_checks": ", ".join(out["blocked"])})
+                         f"{', '.join(out['blocked'])}; nothing of the refresh was kept (raw and core rolled "
+                         "back, marts and snapshot untouched)", metadata={"failed_checks": ", ".join(out["blocked"])},
+                         allow_retries=False)  # the same objects would fail the same way; the nightly run decides
     for t, n in out["mart_rows"].items():
         yield dg.AssetMaterialization(
             asset_key=["marts", t], metadata={**meta, "rows_refreshed": n,
