@@ -340,3 +340,31 @@ def test_a_days_build_finds_the_earlier_copies_of_its_events_on_other_days(con, 
     assert wh.run(con, "SELECT event_id, source_file FROM core.usage_events WHERE event_date = ? ORDER BY 1",
                   [june_4]) == [("n", "a.ndjson"), ("w", "a.parquet"), ("x", "a.parquet")]
     assert len(wh.run(con, quarantine)) == 2  # June 5's, untouched
+
+
+def test_a_csv_row_the_reader_rejects_for_two_reasons_is_one_record(con, tmp_path):
+    """The reader reports one error per missing column: the row is still one record, quarantined once
+    with both reasons in its detail (records in = rows in the file)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_bytes(b"\n".join([
+        b"event_id,customer_id,subscription_id,meter_name,quantity,timestamp,received_at",
+        b"c1,cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z",
+        b"c2,cus_1,sub_1,api_calls,1",  # two columns missing
+    ]) + b"\n")
+    [res] = land_inbox(con, inbox, NOW, WINDOW_START)
+    assert (res.records, res.landed, res.quarantined) == (2, 1, 1)
+    [(key, reason, detail)] = wh.run(con, "SELECT record_key, reason, detail FROM core.quarantine")
+    assert (key, reason) == ("a.csv:L3", "malformed_line") and detail
+
+
+def test_a_parquet_file_with_a_column_named_like_the_readers_own_lands(con, tmp_path):
+    """A column the reader would add itself (any case: FILENAME, File_Row_Number) is the file's own data."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _parquet(inbox / "u.parquet", ["p1", "p2"])
+    pl.read_parquet(inbox / "u.parquet").with_columns(pl.lit("x").alias("Filename")).write_parquet(inbox / "u.parquet")
+    [res] = land_inbox(con, inbox, NOW, WINDOW_START)
+    assert (res.status, res.records, res.landed) == ("landed", 2, 2)
+    assert build_usage_events(con, DAY, DAY, NOW)["accepted"] == 2
+    assert wh.run(con, "SELECT event_id, source_row FROM core.usage_events ORDER BY 1") == [("p1", 1), ("p2", 2)]

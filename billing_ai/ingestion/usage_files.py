@@ -441,7 +441,7 @@ def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...], field
     (the reader numbers the rows)."""
     present = [c for c in fields if c in {name for name, _ in schema}]
     cols = "".join(f', "{c}"' for c in present)
-    if {"filename", "file_row_number"}.isdisjoint(name for name, _ in schema):
+    if {"filename", "file_row_number"}.isdisjoint(name.lower() for name, _ in schema):  # (names are case-blind)
         paths = ", ".join(f"'{_quote(f.path)}'" for f in files)
         ids = ", ".join(f"('{_quote(f.path)}', {f.file_id})" for f in files)
         return (f"SELECT b.file_id, file_row_number + 1 AS source_row{cols} "
@@ -733,10 +733,12 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
         wh.run(con, """
             CREATE TEMP TABLE _rejected_lines AS
             SELECT b.file_id, b.name || ':L' || r.line AS record_key,
-                   CASE r.error_type WHEN 'INVALID ENCODING' THEN 'invalid_encoding' ELSE 'malformed_line' END
-                       AS reason,
-                   split_part(r.error_message, chr(10), 1) AS detail, r.csv_line AS record
-            FROM _csv_rejects r JOIN _csv_rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path""")
+                   CASE WHEN bool_or(r.error_type = 'INVALID ENCODING') THEN 'invalid_encoding' ELSE 'malformed_line'
+                   END AS reason,
+                   string_agg(DISTINCT split_part(r.error_message, chr(10), 1), '; ') AS detail,
+                   any_value(r.csv_line) AS record
+            FROM _csv_rejects r JOIN _csv_rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path
+            GROUP BY b.file_id, b.name, r.line  -- one record per rejected line, however many errors the reader saw""")
         wh.run(con, """INSERT INTO core.quarantine SELECT ?, record_key, NULL, reason, detail, record, ?::TIMESTAMPTZ
                        FROM _rejected_lines""", [SOURCE, now])
         for file_id, n in wh.run(con, "SELECT file_id, count(*) FROM _rejected_lines GROUP BY 1"):
