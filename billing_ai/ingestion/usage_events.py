@@ -65,27 +65,28 @@ QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DO
 # landing order, only tells apart two files of one name landed at the same clock time), across all
 # partitions, with the first copy's key. {ids}: (file_id, source_row, event_id) of every
 # landed record (see landed_ids). Ranking every record by event_id is what is expensive, and ~0.1% of
-# them repeat: only the records whose event_id *hash* occurs more than once ({repeated}) are ranked (by
+# them repeat: only the records whose event_id *hash* occurs more than once (``repeated``) are ranked (by
 # the event_id itself, so a hash collision only adds a candidate). A NULL event_id is one partition,
 # like in a window, so later NULL-id rows carry the first one as their detail.
 COPIES = """
 CREATE OR REPLACE TEMP TABLE _copies AS
-WITH {repeated}
+WITH {ctes}
 SELECT file_id, source_row, first_copy FROM (
     SELECT r.file_id, r.source_row,
         row_number() OVER w AS copy_no,
         first_value(f.file_name || ':' || r.source_row) OVER w AS first_copy
-    FROM ({ids}) r JOIN raw.usage_files f USING (file_id)
+    FROM {ids} r JOIN raw.usage_files f USING (file_id)
     WHERE hash(r.event_id) IN (SELECT h FROM repeated)
     WINDOW w AS (PARTITION BY r.event_id ORDER BY f.landed_at, f.file_name, f.file_id, r.source_row))
 WHERE copy_no > 1
 """
-# The repeated hashes: of every landed record (one hash table as large as the history), or, for a range
-# holding less than RANGE_DEDUP_BELOW of the landed records (a nightly day), of the range's records
-# only ({range_ids}: those of the range's files): what is held in memory then grows with the range, not
-# the history, and every landed event id is read once more, streaming, to find their earlier copies.
-# Both give the same copies of the range's events, which are all the build uses.
-REPEATED_ALL = "repeated AS (SELECT hash(event_id) AS h FROM ({ids}) GROUP BY 1 HAVING count(*) > 1)"
+# The repeated hashes: of every landed record (the ids are one CTE, which DuckDB may keep rather than
+# read twice: as large as the history), or, for a range holding less than RANGE_DEDUP_BELOW of the
+# landed records (a nightly day), of the range's records only ({range_ids}: those of the range's
+# files): what is held in memory then grows with the range, not the history, and every landed event
+# id is read twice, streaming, to find their earlier copies. Both give the same copies of the range's
+# events, which are all the build uses.
+REPEATED_ALL = "ids AS ({ids}), repeated AS (SELECT hash(event_id) AS h FROM ids GROUP BY 1 HAVING count(*) > 1)"
 REPEATED_OF_RANGE = """in_range AS (SELECT DISTINCT hash(event_id) AS h FROM ({range_ids}) WHERE {in_range}),
 repeated AS (
     SELECT hash(event_id) AS h FROM ({ids})
@@ -100,10 +101,9 @@ def copies_sql(con: duckdb.DuckDBPyConnection, files: list, in_range: str, range
     if range_records < RANGE_DEDUP_BELOW * landed:
         range_ids = landed_ids(con, f"file_id IN ({', '.join(str(f.file_id) for f in files) or 'NULL'})",
                                with_ts=True)
-        repeated = REPEATED_OF_RANGE.format(range_ids=range_ids, in_range=in_range, ids=ids)
-    else:
-        repeated = REPEATED_ALL.format(ids=ids)
-    return COPIES.format(repeated=repeated, ids=ids)
+        return COPIES.format(ctes=REPEATED_OF_RANGE.format(range_ids=range_ids, in_range=in_range, ids=ids),
+                             ids=f"({ids})")
+    return COPIES.format(ctes=REPEATED_ALL.format(ids=ids), ids="ids")
 
 
 def landed_ids(con: duckdb.DuckDBPyConnection, where: str = "true", with_ts: bool = False) -> str:
