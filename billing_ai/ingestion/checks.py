@@ -23,6 +23,7 @@ import pandera.polars as pa
 import polars as pl
 
 from billing_ai import warehouse as wh
+from billing_ai.ingestion.partitions import PARTITION_START
 from billing_ai.money import MINOR_UNITS
 
 UTC_TS = pl.Datetime("us", "UTC")
@@ -125,7 +126,7 @@ class Scope:
     """What a rule evaluates against: the clock, and for usage the event days just written."""
 
     now: datetime
-    window_start: date
+    window_start: date = date.fromisoformat(PARTITION_START)  # the pipeline's first day
     start: date | None = None  # usage partitions written in this step (inclusive)
     end: date | None = None
     freshness_hours: int = 36

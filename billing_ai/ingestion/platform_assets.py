@@ -13,14 +13,13 @@ table.
 
 import contextlib
 import json
-from datetime import date, datetime
+from datetime import datetime
 
 import dagster as dg
 import polars as pl
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.checks import RULES_BY_TABLE, Scope, evaluate_table, tables_read_by_rules
-from billing_ai.ingestion.partitions import PARTITION_START
+from billing_ai.ingestion.checks import RULES_BY_TABLE, Outcome, Scope, evaluate_table, tables_read_by_rules
 from billing_ai.ingestion.quarantine import QUARANTINE_DDL
 from billing_ai.metadata import markdown_preview
 from billing_ai.platforms.registry import PLATFORM_SPECS
@@ -184,17 +183,23 @@ def check_specs(table: str) -> list[dg.AssetCheckSpec]:
             for r in RULES_BY_TABLE.get(table, [])]
 
 
+def _reported(o: Outcome, **extra) -> dict:
+    """What Dagster is told of a rule's outcome: name, verdict, violations (with a sample), severity."""
+    meta = {"violations": o.violations, **o.extra, **extra}
+    if o.violations:
+        meta["sample"] = markdown_preview(o.sample)
+    return {"check_name": o.rule.name, "passed": o.passed, "metadata": meta,
+            "severity": dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR}
+
+
 def check_results(con, table: str, scope: Scope) -> list[dg.AssetCheckResult]:
     """Evaluate the table's rules on the step's own connection."""
-    out = []
-    for o in evaluate_table(con, table, scope):
-        meta = {"violations": o.violations, **o.extra}
-        if o.violations:
-            meta["sample"] = markdown_preview(o.sample)
-        out.append(dg.AssetCheckResult(
-            check_name=o.rule.name, passed=o.passed, metadata=meta,
-            severity=dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR))
-    return out
+    return [dg.AssetCheckResult(**_reported(o)) for o in evaluate_table(con, table, scope)]
+
+
+def check_evaluation(table: str, o: Outcome, **extra) -> dg.AssetCheckEvaluation:
+    """A rule's outcome on core.<table> evaluated outside the table's asset (an op, e.g. a targeted refresh)."""
+    return dg.AssetCheckEvaluation(asset_key=dg.AssetKey(["core", table]), **_reported(o, **extra))
 
 
 def _core_asset(table: str) -> dg.AssetsDefinition:
@@ -210,7 +215,7 @@ def _core_asset(table: str) -> dg.AssetsDefinition:
     )
     def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                settings: PipelineSettings) -> dg.MaterializeResult:
-        scope = Scope(now=settings.clock().now(), window_start=date.fromisoformat(PARTITION_START))
+        scope = Scope(now=settings.clock().now())
         with warehouse.connect() as con:
             n = build_core_table(con, table)
             preview = con.sql(f"SELECT * FROM core.{table} LIMIT 5").pl()

@@ -69,7 +69,7 @@ def core_usage_events(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     start = window.start.date()
     end = window.end.date() - timedelta(days=1)
     now = settings.clock().now()
-    scope = Scope(now=now, window_start=date.fromisoformat(PARTITION_START), start=start, end=end)
+    scope = Scope(now=now, start=start, end=end)
     with warehouse.connect() as con:
         stats = build_usage_events(con, start, end, now)
         checks = check_results(con, "usage_events", scope)

@@ -262,10 +262,15 @@ def kept_dir(warehouse_path: str | Path) -> Path:
     return Path(f"{warehouse_path}.usage_files")
 
 
-def _kept_path(con: duckdb.DuckDBPyConnection, sha: str, name: str) -> Path | None:
-    """Where the warehouse ``con`` is on keeps the file of this content and name (None: in memory)."""
+def _kept_dir_of(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """Where the warehouse ``con`` is on keeps its files (None: in memory, it keeps none)."""
     (db,), = wh.run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
-    return kept_dir(db) / f"{sha}{Path(name).suffix.lower()}" if db else None
+    return kept_dir(db) if db else None
+
+
+def _kept_name(sha: str, name: str) -> str:
+    """A kept file's name: its content hash and its format's suffix."""
+    return f"{sha}{Path(name).suffix.lower()}"
 
 
 def _keep(con: duckdb.DuckDBPyConnection, f: _File) -> _File:
@@ -275,9 +280,10 @@ def _keep(con: duckdb.DuckDBPyConnection, f: _File) -> _File:
     would change (or truncate) records already landed. A text file, never read again, is a hard link
     where the file system allows. (An in-memory warehouse keeps nothing beyond the session: it reads
     the inbox file.)"""
-    kept = _kept_path(con, f.sha, f.path.name)
-    if kept is None:
+    home = _kept_dir_of(con)
+    if home is None:
         return f
+    kept = home / _kept_name(f.sha, f.path.name)
     if not kept.exists():
         kept.parent.mkdir(parents=True, exist_ok=True)
         tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
@@ -454,24 +460,12 @@ def _parquet_rows(files: list[_File], schema: tuple[tuple[str, str], ...], field
 
 def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[_File], with_ts: bool = False) -> str:
     """SQL: (file_id, source_row, event_id[, event_ts]) of every record of landed Parquet files of one
-    schema (see :func:`batches`), read from the kept files: the columns the dedup needs, event_ts as the
-    landing read it (EVENT_TS)."""
+    schema (see :func:`batches`), read from the kept files: only the columns the dedup needs, read as
+    the landing read them (:func:`_parquet_values`, EVENT_TS)."""
     schema = _describe(con, files[0])
-    types = dict(schema)
-    event_id = 'CAST("event_id" AS VARCHAR)' if "event_id" in types else "CAST(NULL AS VARCHAR)"
-    if not with_ts:
-        return (f"SELECT file_id, source_row, {event_id} AS event_id "
-                f"FROM ({_parquet_rows(files, schema, ('event_id',))})")
-    event_ts = ('CAST("timestamp" AS TIMESTAMPTZ)' if _typed_time(types, "timestamp")
-                else 'TRY_CAST(CAST("timestamp" AS VARCHAR) AS TIMESTAMPTZ)' if "timestamp" in types
-                else "CAST(NULL AS TIMESTAMPTZ)")
-    return (f"SELECT file_id, source_row, {event_id} AS event_id, {event_ts} AS event_ts "
-            f"FROM ({_parquet_rows(files, schema, ('event_id', 'timestamp'))})")
-
-
-def _typed_time(types: dict[str, str], field: str) -> bool:
-    """Whether a Parquet column is read as an instant (a timestamp or a date), not as text."""
-    return types.get(field, "").startswith(("TIMESTAMP", "DATE"))
+    needed = ("event_id", "timestamp") if with_ts else ("event_id",)
+    values = _parquet_values(_parquet_rows(files, schema, needed), tuple(c for c in schema if c[0] in needed))
+    return f"SELECT file_id, source_row, event_id{f', {EVENT_TS} AS event_ts' if with_ts else ''} FROM ({values})"
 
 
 # --- the fields of those rows: file_id, source_row, event_id, customer_id, subscription_id, meter_name,
@@ -499,6 +493,9 @@ def _parquet_values(rows: str, schema: tuple[tuple[str, str], ...]) -> str:
     q_type = types.get("quantity", "")
     scale = 0 if q_type in _EXACT_INTEGERS else int(m.group(1)) if (m := _DECIMAL.fullmatch(q_type)) else None
 
+    def typed_time(f: str) -> bool:
+        return types.get(f, "").startswith(("TIMESTAMP", "DATE"))
+
     def text(f: str) -> str:
         return f'CAST("{f}" AS VARCHAR)' if f in types else "CAST(NULL AS VARCHAR)"
 
@@ -509,11 +506,11 @@ def _parquet_values(rows: str, schema: tuple[tuple[str, str], ...]) -> str:
     else:
         quantity = (f"{text('quantity')} AS quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, "
                     "CAST(NULL AS UTINYINT) AS quantity_scale")
-    if _typed_time(types, "timestamp"):
+    if typed_time("timestamp"):
         ts = 'CAST(NULL AS VARCHAR) AS "timestamp", CAST("timestamp" AS TIMESTAMPTZ) AS ts_typed'
     else:
         ts = f'{text("timestamp")} AS "timestamp", CAST(NULL AS TIMESTAMPTZ) AS ts_typed'
-    if _typed_time(types, "received_at"):
+    if typed_time("received_at"):
         recv = "CAST(received_at AS TIMESTAMPTZ)"
         received = (f"CASE WHEN NOT coalesce({recv} {TS_SAFE}, true) THEN strftime({recv}, '{TS_TEXT}') END "
                     f"AS received_at, CASE WHEN {recv} {TS_SAFE} THEN {recv} END AS received_ts")
@@ -624,8 +621,10 @@ def kept_files(con: duckdb.DuckDBPyConnection, where: str) -> list[_File]:
                coalesce(fields_in_raw, format <> 'parquet')
         FROM raw.usage_files WHERE status = 'landed' AND ({where}) ORDER BY file_id""")
 
+    home = _kept_dir_of(con)
+
     def where_kept(stored: str | None, sha: str, name: str) -> Path:
-        here = _kept_path(con, sha, name)
+        here = home / _kept_name(sha, name) if home is not None else None
         return here.resolve() if here is not None and here.is_file() else Path(stored or "")
 
     files = [_File(where_kept(p, sha, name), name, sha, fmt, day, size, file_id, landed, in_raw)
@@ -704,13 +703,13 @@ def _land(con: duckdb.DuckDBPyConnection, files: list[_File], now: datetime, win
         wh.run(con, f"""INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM _checked
                         WHERE reason IS NULL GROUP BY ALL""")
     else:
-        failing = {c: f"CASE WHEN reason IS NOT NULL THEN {e} END AS {c}" for c, e in (
+        failing = ", ".join(f"CASE WHEN reason IS NOT NULL THEN {e} END AS {c}" for c, e in (
             ("source_row", "source_row"), ("event_id", "event_id"), ("event_ts", "event_ts"),
-            ("record", record_json(records.metadata_json)))}
+            ("record", record_json(records.metadata_json))))
         wh.run(con, f"""
             CREATE TEMP TABLE _verdicts AS
             SELECT file_id, CASE WHEN reason IS NULL THEN {EVENT_DATE} END AS event_date, reason,
-                   {", ".join(failing.values())}, count(*) AS n
+                   {failing}, count(*) AS n
             FROM ({_checked(records)}) GROUP BY ALL""", checks)
         wh.run(con, "INSERT INTO raw.usage_file_days SELECT file_id, event_date, n FROM _verdicts WHERE reason IS NULL")
         wh.run(con, "CREATE TEMP TABLE _checked AS SELECT file_id, source_row, event_id, event_ts, reason, record "

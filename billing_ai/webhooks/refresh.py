@@ -17,14 +17,13 @@ nightly run still rebuilds everything and runs every asset check; a targeted
 refresh is the fast path between two nights, not a replacement.
 """
 
-from datetime import date, datetime
+from datetime import datetime
 
 import dagster as dg
 
 from billing_ai import warehouse as wh
 from billing_ai.ingestion.checks import Scope, evaluate_table
-from billing_ai.ingestion.partitions import PARTITION_START
-from billing_ai.ingestion.platform_assets import build_core_table, raw_ids, write_raw
+from billing_ai.ingestion.platform_assets import build_core_table, check_evaluation, raw_ids, write_raw
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import PlatformSpec
 from billing_ai.rating.reconcile import ReconcileSettings, refresh_rating_marts
@@ -92,9 +91,7 @@ def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched
     lands only if no blocking check fails (``blocked`` names those: then nothing of the refresh stays,
     and a later refresh cannot publish it); then the rating marts for the affected subscriptions."""
     tables = core_tables_reading(spec, set(fetched))
-    scope = Scope(now=now, window_start=date.fromisoformat(PARTITION_START))
-    checks: dict = {}
-    blocked: list[str] = []
+    scope = Scope(now=now)
     try:
         with wh.transaction(con):
             written = upsert_raw(con, spec, fetched, now)
@@ -109,7 +106,7 @@ def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched
         return {"raw_rows": {}, "core_tables": tables, "subscriptions": [], "mart_rows": {}, "checks": checks,
                 "blocked": blocked}
     subs = subscriptions_of(con, spec.name, kind, platform_ids)
-    marts = refresh_rating_marts(con, now, subs, settings) if subs and not blocked else {}
+    marts = refresh_rating_marts(con, now, subs, settings) if subs else {}
     return {"raw_rows": written, "core_tables": tables, "subscriptions": subs, "mart_rows": marts,
             "checks": checks, "blocked": blocked}
 
@@ -140,7 +137,7 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
         out = refresh(con, spec, config.kind, config.ids, fetched, now)
         findings = dict(wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation WHERE "
                                     "subscription_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
-                               [out["subscriptions"]])) if out["subscriptions"] and not out["blocked"] else {}
+                               [out["subscriptions"]])) if out["subscriptions"] else {}
         if not out["blocked"]:
             wh.publish(con, warehouse.path)
     meta = {"platform": config.platform, "kind": config.kind, "ids": ", ".join(config.ids),
@@ -150,10 +147,7 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
     for t in out["core_tables"]:
         yield dg.AssetMaterialization(asset_key=["core", t], metadata=meta)
         for o in out["checks"][t]:
-            yield dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey(["core", t]), check_name=o.rule.name, passed=o.passed,
-                metadata={"violations": o.violations, "targeted": True},
-                severity=dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR)
+            yield check_evaluation(t, o, targeted=True)
     out["checks"] = {o.rule.name: o.violations for outcomes in out["checks"].values() for o in outcomes}
     if out["blocked"]:
         raise dg.Failure(f"blocking checks failed after refreshing {config.kind} {config.ids}: "
