@@ -235,6 +235,7 @@ def test_a_targeted_run_whose_checks_fail_does_not_publish(warehouse_copy, tiny_
     evaluations = {e.event_specific_data.check_name: e.event_specific_data.passed
                    for e in out.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert evaluations["invoices_not_in_future"] is False
+    assert out.get_asset_materialization_events() == []  # rolled back: nothing materialized
     assert not published.exists()  # analysts keep the last good snapshot
     assert len([e for e in out.all_events if e.event_type_value == "STEP_START"]) == 1  # not retried
 

@@ -145,7 +145,8 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
             "targeted": True}
     # yielded, not logged: events logged with context.log_event are dropped when the op then fails
     for t in out["core_tables"]:
-        yield dg.AssetMaterialization(asset_key=["core", t], metadata=meta)
+        if not out["blocked"]:  # rolled back: nothing was materialized, only checked
+            yield dg.AssetMaterialization(asset_key=["core", t], metadata=meta)
         for o in out["checks"][t]:
             yield check_evaluation(t, o, targeted=True)
     out["checks"] = {o.rule.name: o.violations for outcomes in out["checks"].values() for o in outcomes}
