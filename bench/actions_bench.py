@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import stripe
 
     from billing_ai.actions import audit
-    from billing_ai.actions.kinds import Proposal, action_id
+    from billing_ai.writeback.kinds import Proposal, action_id
     from billing_ai.actions.ledger import Ledger
     from billing_ai.actions.policy import Policy
     from billing_ai.actions.push import Executor, Sinks, push_action

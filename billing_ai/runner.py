@@ -136,7 +136,7 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
 
     resources = dict(resources or d.default_resources())
     if "actions" not in resources:  # the action ledger beside the warehouse, unless configured
-        from billing_ai.actions.assets import ActionsResource
+        from billing_ai.actions.resources import ActionsResource
 
         ops = Path(resources["warehouse"].path).parent / "ops"
         resources["actions"] = ActionsResource(ledger_path=str(ops / "actions.sqlite"),

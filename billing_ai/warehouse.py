@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib import resources
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,7 +18,6 @@ from typing import Iterator, Sequence
 import duckdb
 
 SCHEMAS = ("raw", "core", "marts", "ops")
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
 def connect(path: str | Path, read_only: bool = False, threads: int | None = None,
@@ -115,5 +115,6 @@ def connect_published(path: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 def read_sql(relative: str) -> str:
-    """Text of a file under ``sql/``."""
-    return (SQL_DIR / relative).read_text()
+    """Text of a file under ``sql/`` (the ``billing_ai.sql`` package: the checkout's folder in a
+    development install, packaged data in an installed wheel)."""
+    return resources.files("billing_ai.sql").joinpath(relative).read_text()

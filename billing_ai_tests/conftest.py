@@ -95,7 +95,7 @@ TEST_PII_KEY = "test-pii-key"
 def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, page_size: int = 100,
                        api_key: str = "rk_test_sandbox_readonly") -> dict:
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
-    from billing_ai.actions.assets import ActionsResource
+    from billing_ai.actions.resources import ActionsResource
     from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.platforms.chargebee.resource import ChargebeeResource
     from billing_ai.sandbox.chargebee_api import DEFAULT_READONLY_KEY as CHARGEBEE_READONLY_KEY

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from billing_ai.actions import audit
-from billing_ai.actions.kinds import Proposal, action_id, schema_violations
+from billing_ai.writeback.kinds import Proposal, action_id, schema_violations
 from billing_ai.actions.ledger import ApprovalRefused, Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.proposers import RECONCILIATION_PROPOSER, proposals_from_reconciliation
@@ -48,7 +48,7 @@ def test_targets_reserved_keys_and_tags():
     assert not schema_violations(proposal("support_case", params={"subject": "s", "body": "b",
                                                                    "tags": ["Billing - Usage Anomaly"]}))
     assert schema_violations(proposal("unknown_kind")) == ["unknown kind 'unknown_kind'; known: " +
-                                                           str(sorted(__import__("billing_ai.actions.kinds",
+                                                           str(sorted(__import__("billing_ai.writeback.kinds",
                                                                                  fromlist=["KINDS"]).KINDS))]
 
 
@@ -239,13 +239,13 @@ class _FakePlatform:
         return None
 
     def apply(self, p, key, audit_seq):
-        from billing_ai.actions.push import Applied
+        from billing_ai.writeback.outcomes import Applied
 
         self.applied.append((p.action_id, key))
         return Applied(p.target_id)
 
     def contact(self, customer_id):
-        from billing_ai.actions.push import Contact
+        from billing_ai.writeback.outcomes import Contact
 
         return Contact(email="x@example.invalid", email_opt_out=True) if customer_id == "cus_1" else None
 
@@ -254,7 +254,8 @@ class _FakePlatform:
 
 
 def test_the_router_sends_each_proposal_to_its_own_platform(tmp_path):
-    from billing_ai.actions.push import Executor, Permanent, Sinks
+    from billing_ai.actions.push import Executor, Sinks
+    from billing_ai.writeback.outcomes import Permanent
 
     a, b = _FakePlatform("stripe"), _FakePlatform("recurly")
     ex = Executor({"stripe": a, "recurly": b}, Sinks("", "", tmp_path))
@@ -282,7 +283,8 @@ def test_the_router_sends_each_proposal_to_its_own_platform(tmp_path):
 
 
 def test_http_failures_are_classified_once_for_every_plain_http_writer():
-    from billing_ai.actions.push import Permanent, Unknown, http_outcome, none_if_missing
+    from billing_ai.platforms.http import http_outcome
+    from billing_ai.writeback.outcomes import Permanent, Unknown, none_if_missing
     from billing_ai.platforms.http import PlatformHTTPError
     from billing_ai.platforms.retry import RateLimited, Transient
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from billing_ai.actions.assets import (ActionsResource, PushResource, approve_actions_job, ops_tables,
                                       push_action_job, push_approved_actions, reconciliation_proposals)
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal, action_id
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal, action_id
 from billing_ai.actions.ledger import ApprovalRefused, Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.push import Executor, Sinks, push_action

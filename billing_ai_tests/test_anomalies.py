@@ -157,7 +157,7 @@ def test_scoring_arithmetic_and_the_naive_rule():
 
 
 def test_confident_anomalies_become_reviewable_proposals():
-    from billing_ai.actions.kinds import schema_violations
+    from billing_ai.writeback.kinds import schema_violations
     from billing_ai.actions.policy import Policy
     from billing_ai.actions.proposers import ANOMALY_TAG, proposals_from_anomalies
 

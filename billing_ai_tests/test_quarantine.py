@@ -164,7 +164,8 @@ def test_objects_a_connector_refuses_land_in_quarantine_and_are_counted():
     """records in = landed + quarantined for platform objects too; a second landing replaces, never doubles."""
     import duckdb
 
-    from billing_ai.ingestion.platform_assets import QUARANTINE_KEY, land_raw, quarantine_row
+    from billing_ai.ingestion.platform_assets import land_raw
+    from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
     from billing_ai.platforms.spec import PlatformSpec
 
     spec = PlatformSpec(name="acme", raw_objects=("customers", "invoices"), core_sources={}, resource_key="acme")

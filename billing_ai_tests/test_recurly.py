@@ -15,7 +15,7 @@ import httpx
 import polars as pl
 import pytest
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal, action_id
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal, action_id
 from billing_ai.actions.ledger import Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.push import Executor, Sinks, push_action

@@ -21,12 +21,13 @@ import polars as pl
 import pytest
 
 from billing_ai import warehouse as wh
-from billing_ai.actions.kinds import Proposal, action_id
+from billing_ai.writeback.kinds import Proposal, action_id
 from billing_ai.actions.ledger import Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.push import Executor, PushIncomplete, Sinks, push_action
 from billing_ai.clock import parse_instant
-from billing_ai.ingestion.platform_assets import CORE_TABLES, QUARANTINE_KEY, build_core_table, land_raw
+from billing_ai.ingestion.platform_assets import CORE_TABLES, build_core_table, land_raw
+from billing_ai.platforms.spec import QUARANTINE_KEY
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.zuora import SPEC
 from billing_ai.platforms.zuora.client import MalformedMoney, ZuoraConnector, to_minor

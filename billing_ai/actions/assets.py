@@ -21,6 +21,7 @@ import polars as pl
 from billing_ai import warehouse as wh
 from billing_ai.actions import audit
 from billing_ai.actions.ledger import Ledger, read_heads
+from billing_ai.actions.resources import ActionsResource
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.proposers import FINDINGS_SQL, proposals_from_reconciliation
 from billing_ai.actions.push import Executor, Sinks, push_action
@@ -30,20 +31,6 @@ from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.platforms.zuora.writer import ZuoraExecutor
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
-
-
-class ActionsResource(dg.ConfigurableResource):
-    """The action ledger (SQLite, outside the warehouse), the approval policy and the chain-head file."""
-
-    ledger_path: str = "data/ops/actions.sqlite"
-    policy_path: str = ""  # empty: BILLING_AI_ACTION_POLICY, then the packaged default
-    heads_file: str = "data/ops/audit_heads.jsonl"
-
-    def ledger(self) -> Ledger:
-        return Ledger(self.ledger_path)
-
-    def policy(self) -> Policy:
-        return Policy.load(self.policy_path or None)
 
 
 class PushResource(dg.ConfigurableResource):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from billing_ai.actions import audit
-from billing_ai.actions.kinds import Proposal
+from billing_ai.writeback.kinds import Proposal
 from billing_ai.actions.policy import POLICY_ACTOR_PREFIX, Policy
 from billing_ai.clock import Clock
 

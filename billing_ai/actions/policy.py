@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing_ai.actions.kinds import KINDS, Proposal, schema_violations
+from billing_ai.writeback.kinds import KINDS, Proposal, schema_violations
 from billing_ai.money import format_minor
 
 POLICY_ENV = "BILLING_AI_ACTION_POLICY"

@@ -27,7 +27,7 @@ from datetime import datetime
 
 import polars as pl
 
-from billing_ai.actions.kinds import Proposal, action_id
+from billing_ai.writeback.kinds import Proposal, action_id
 from billing_ai.actions.policy import Policy
 from billing_ai.money import format_minor
 

@@ -34,116 +34,24 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from string import Template
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
 
 import httpx
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai.actions.ledger import Claim, Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries, retry_after_seconds
-
-
-T = TypeVar("T")
-
-
-class Permanent(Exception):
-    """The platform refused: resending the same request cannot succeed. ``status``: its HTTP status."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class Unknown(Exception):
-    """The request may or may not have been applied."""
+from billing_ai.writeback.kinds import Proposal
+from billing_ai.writeback.outcomes import Applied, Permanent, PlatformExecutor, Unknown, pointer
 
 
 class PushIncomplete(Exception):
     """Attempts ran out with the outcome still unknown: the run fails and a retry reads back first."""
 
 
-def http_outcome(call: Callable[[], T], describe: Callable[[object], str] = str,
-                 unknown_statuses: frozenset[int] = frozenset()) -> T:
-    """One request through :class:`billing_ai.platforms.http.PlatformHTTP` (which has already waited out
-    429s and retried what is safe to repeat), its failure put in the push loop's terms -- the one place the
-    plain-HTTP writers classify outcomes:
-
-    * 401 / 403 are raised as they are: configuration, not the action's fault (the run fails, the action
-      stays approved);
-    * a 5xx, a 429 still there after the retries, a broken connection, or one of ``unknown_statuses`` (say
-      Zuora's 409: the same key still in flight) -> :class:`Unknown` (read back before any resend);
-    * any other 4xx -> :class:`Permanent` with the platform's own message (``describe(body)``).
-    """
-    from billing_ai.platforms.http import PlatformHTTPError
-
-    try:
-        return call()
-    except PlatformHTTPError as e:
-        if e.status in (401, 403):
-            raise
-        if e.status >= 500 or e.status in unknown_statuses:
-            raise Unknown(f"{e.status}: {describe(e.body)}") from e
-        raise Permanent(f"{e.status} {describe(e.body)}".strip(), status=e.status) from e
-    except (RateLimited, Transient, httpx.TransportError) as e:
-        raise Unknown(f"{type(e).__name__}: {e}") from e
-
-
-def none_if_missing(call: Callable[[], T]) -> T | None:
-    """A read for a re-check or read-back: a missing object (404) is None."""
-    try:
-        return call()
-    except Permanent as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-@dataclass(frozen=True)
-class Applied:
-    platform_object: str | None
-    response: dict = field(default_factory=dict)
-
-
-def pointer(action_id: str, audit_seq: int) -> dict[str, str]:
-    return {AUDIT_POINTER_KEY: f"{action_id}#{audit_seq}"}
-
-
 def slack_escape(text: str) -> str:
     """Slack's own escaping: customer text cannot mention @channel, link or format."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-@dataclass(frozen=True)
-class Contact:
-    """What a sink needs to know about a customer, read from the platform at push time (never stored)."""
-
-    email: str | None
-    email_opt_out: bool = False
-    currency: str | None = None
-
-
-class PlatformExecutor(Protocol):
-    """One billing platform's write-back: what :class:`Executor` routes a proposal to by its ``platform``.
-
-    ``precheck`` re-checks the platform's state (reasons to block, empty if fine); ``read_back`` finds a
-    change an earlier attempt may have made (by the audit pointer it carries); ``apply`` sends it with the
-    attempt's idempotency key. Raise :class:`Permanent` when the platform refuses, :class:`Unknown` when the
-    outcome is unknown. Targets are canonical ids; mapping them to platform ids is the executor's job.
-    """
-
-    platform: str
-    kinds: frozenset[str]  # the platform kinds this platform can carry out
-
-    def precheck(self, p: Proposal) -> list[str]: ...
-
-    def read_back(self, p: Proposal) -> Applied | None: ...
-
-    def apply(self, p: Proposal, key: str, audit_seq: int) -> Applied: ...
-
-    def contact(self, customer_id: str) -> Contact | None: ...
-
-    def leave_pointer(self, customer_id: str, key: str, mark: dict[str, str]) -> None: ...
 
 
 # ---- sinks (support cases, chat, e-mail) --------------------------------------------------------

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from billing_ai import warehouse as wh
-from billing_ai.actions.assets import ActionsResource
+from billing_ai.actions.resources import ActionsResource
 from billing_ai.actions.proposers import proposals_from_anomalies
 from billing_ai.anomalies.detect import OUTPUT_SCHEMA, detect_anomalies, episodes
 from billing_ai.ingestion.partitions import PARTITION_START

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from billing_ai import warehouse as wh
-from billing_ai.actions.assets import ActionsResource
+from billing_ai.actions.resources import ActionsResource
 from billing_ai.forecasting import projections as pj
 from billing_ai.metadata import markdown_preview
 from billing_ai.rating.plans import load_plans
@@ -168,7 +168,7 @@ NOTICE_PROBABILITY = 0.7
 
 def forecast_proposals(con, now: datetime, policy) -> list:
     """Tier-crossing notices, and upgrade quotes where a higher plan's projected bill is lower."""
-    from billing_ai.actions.kinds import Proposal, action_id
+    from billing_ai.writeback.kinds import Proposal, action_id
     from billing_ai.money import format_minor
 
     tiers = con.sql("SELECT t.*, f.projected_quantity, f.units_used FROM marts.tier_projections t "

@@ -23,7 +23,7 @@ from billing_ai.ingestion.checks import RULES_BY_TABLE, Outcome, Scope, evaluate
 from billing_ai.ingestion.quarantine import QUARANTINE_DDL
 from billing_ai.metadata import markdown_preview
 from billing_ai.platforms.registry import PLATFORM_SPECS
-from billing_ai.platforms.spec import PlatformSpec
+from billing_ai.platforms.spec import QUARANTINE_KEY, PlatformSpec
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
 CORE_TABLES = ("customers", "products", "prices", "price_tiers", "meters", "subscriptions", "subscription_items",
@@ -32,16 +32,6 @@ CORE_TABLES = ("customers", "products", "prices", "price_tiers", "meters", "subs
 
 def raw_key(platform: str, obj: str) -> dg.AssetKey:
     return dg.AssetKey(["raw", f"{platform}_{obj}"])
-
-
-QUARANTINE_KEY = "quarantine"
-
-
-def quarantine_row(obj: str, record_key: str | None, reason: str, record, detail: str = "") -> dict:
-    """What a connector returns, under ``snapshot["quarantine"]``, for an object it could not accept:
-    the raw object name, its id if it has one, the reason, and the record as received."""
-    return {"object": obj, "record_key": record_key, "reason": reason, "detail": detail,
-            "record": record if isinstance(record, str) else json.dumps(record, default=str)}
 
 
 def raw_ids(spec: PlatformSpec, obj: str, rows: list[dict]) -> list[str | None]:

@@ -11,12 +11,16 @@ with the platform's own error body. Credentials are passed in by the caller
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
 from billing_ai.platforms.retry import (RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries,
                                         retry_after_seconds)
+from billing_ai.writeback.outcomes import Permanent, Unknown
+
+T = TypeVar("T")
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -92,3 +96,27 @@ def _body(r: httpx.Response) -> Any:
         return r.json()
     except ValueError:
         return r.text
+
+
+def http_outcome(call: Callable[[], T], describe: Callable[[object], str] = str,
+                 unknown_statuses: frozenset[int] = frozenset()) -> T:
+    """One request through :class:`billing_ai.platforms.http.PlatformHTTP` (which has already waited out
+    429s and retried what is safe to repeat), its failure put in the push loop's terms -- the one place the
+    plain-HTTP writers classify outcomes:
+
+    * 401 / 403 are raised as they are: configuration, not the action's fault (the run fails, the action
+      stays approved);
+    * a 5xx, a 429 still there after the retries, a broken connection, or one of ``unknown_statuses`` (say
+      Zuora's 409: the same key still in flight) -> :class:`Unknown` (read back before any resend);
+    * any other 4xx -> :class:`Permanent` with the platform's own message (``describe(body)``).
+    """
+    try:
+        return call()
+    except PlatformHTTPError as e:
+        if e.status in (401, 403):
+            raise
+        if e.status >= 500 or e.status in unknown_statuses:
+            raise Unknown(f"{e.status}: {describe(e.body)}") from e
+        raise Permanent(f"{e.status} {describe(e.body)}".strip(), status=e.status) from e
+    except (RateLimited, Transient, httpx.TransportError) as e:
+        raise Unknown(f"{type(e).__name__}: {e}") from e

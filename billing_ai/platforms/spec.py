@@ -20,6 +20,7 @@ object, and two platforms that happen to mint the same id never collide.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -42,3 +43,15 @@ class PlatformSpec:
 
     def id_field(self, obj: str) -> str:
         return self.id_fields.get(obj, "id")
+
+
+# A connector's snapshot holds its objects under their raw names, and the objects it could not accept
+# under QUARANTINE_KEY (land_raw puts them in core.quarantine with their reason).
+QUARANTINE_KEY = "quarantine"
+
+
+def quarantine_row(obj: str, record_key: str | None, reason: str, record, detail: str = "") -> dict:
+    """What a connector returns, under ``snapshot["quarantine"]``, for an object it could not accept:
+    the raw object name, its id if it has one, the reason, and the record as received."""
+    return {"object": obj, "record_key": record_key, "reason": reason, "detail": detail,
+            "record": record if isinstance(record, str) else json.dumps(record, default=str)}

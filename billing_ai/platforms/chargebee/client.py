@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
-from billing_ai.ingestion.platform_assets import QUARANTINE_KEY, quarantine_row
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP
 from billing_ai.platforms.retry import RetryPolicy

@@ -30,11 +30,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
-from billing_ai.money import format_minor
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 from billing_ai.platforms.chargebee.client import IDEMPOTENCY_HEADER
-from billing_ai.platforms.http import PlatformHTTP
+from billing_ai.platforms.http import PlatformHTTP, http_outcome
 from billing_ai.platforms.retry import RetryPolicy
 
 ITEMS_KEY = "billing_ai_items"
@@ -71,7 +71,7 @@ class ChargebeeWriter:
     def call(self, method: str, path: str, *, params: dict | None = None, data: dict | None = None,
              key: str | None = None) -> Any:
         """One request (429s waited out and keyed 5xx retried by PlatformHTTP), its failure classified by
-        :func:`billing_ai.actions.push.http_outcome`."""
+        :func:`billing_ai.platforms.http.http_outcome`."""
         return http_outcome(lambda: self.http.request(method, path, params=params, data=data, idempotency_key=key),
                             lambda body: f"{_code(body)}: {_msg(body)}")
 
@@ -149,48 +149,42 @@ class ChargebeeExecutor:
         if p.target_type == "customer":
             cust = self.w.get("customer", tid)
             if cust is None or cust.get("deleted"):
-                return [f"customer {tid} does not exist"]
+                return rules.exists("customer", tid, None)
         if kind == "metadata_update":
             obj = cust if p.target_type == "customer" else self.w.get("subscription", tid)
-            if obj is None:
-                return [f"{p.target_type} {tid} does not exist"]
-        elif kind == "pending_invoice_item":
-            currency = (cust.get("preferred_currency_code") or "").lower()
-            if currency and currency != params["currency"]:
-                return [f"customer {tid} is billed in {currency}, not {params['currency']}"]
+            return rules.exists(p.target_type, tid, obj)
+        if kind == "pending_invoice_item":
+            problems = rules.same_currency("customer", tid, cust.get("preferred_currency_code"), params["currency"],
+                                           billed=True)
+            if problems:
+                return problems
             if self._subscription_for(tid, params.get("subscription")) is None:
                 which = params.get("subscription") or "no subscription"
                 return [f"{which} is not a live subscription of {tid}: Chargebee bills unbilled charges "
                         "through a subscription"]
         elif kind == "credit_note":
             inv = self.w.get("invoice", tid)
-            if inv is None:
-                return [f"invoice {tid} does not exist"]
-            if inv["status"] not in ("paid", *OPEN_STATUSES):
-                return [f"invoice {tid} is {inv['status']}: credit notes need a paid or due invoice"]
-            if inv["currency_code"].lower() != params["currency"]:
-                return [f"invoice {tid} is in {inv['currency_code'].lower()}, not {params['currency']}"]
-            credited = sum(cn["total"] for cn in self.w.listing("credit_notes", {"reference_invoice_id[is]": tid})
-                           if cn.get("status") != "voided")
-            room = inv["total"] - credited
-            if params["amount"] > room:
-                return [f"{format_minor(params['amount'], params['currency'])} is more than the invoice's "
-                        f"uncredited {format_minor(room, params['currency'])}"]
+            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
+                status=inv["status"], creditable=inv["status"] in ("paid", *OPEN_STATUSES),
+                currency=inv["currency_code"], total=inv["total"],
+                credited=lambda: sum(cn["total"] for cn in self.w.listing(
+                    "credit_notes", {"reference_invoice_id[is]": tid}) if cn.get("status") != "voided")),
+                params["amount"], params["currency"], needs="credit notes need a paid or due invoice")
         elif kind == "subscription_change":
             sub = self.w.get("subscription", tid)
-            if sub is None or sub["status"] not in LIVE_SUBSCRIPTION:
-                return [f"subscription {tid} is not active"]
+            problems = rules.subscription_live(tid, sub is not None and sub["status"] in LIVE_SUBSCRIPTION)
+            if problems:
+                return problems
             current = self._item_price_of(sub, params["item"])
-            if current is None:
-                return [f"subscription item {params['item']} is not on {tid}"]
-            if current == params["to_price"]:
-                return [f"price {params['to_price']} is already active on {params['item']}"]
-            new, old = self.w.get("item_price", params["to_price"]), self.w.get("item_price", current)
-            if new is None or new.get("status") != "active":
-                return [f"price {params['to_price']} does not exist or is inactive"]
-            if new["currency_code"] != sub["currency_code"]:
-                return [f"price {params['to_price']} is in {new['currency_code'].lower()}, the subscription in "
-                        f"{sub['currency_code'].lower()}"]
+            new = self.w.get("item_price", params["to_price"]) if current not in (None, params["to_price"]) else None
+            problems = rules.price_change_allowed(
+                tid, params["item"], params["to_price"], on_subscription=current is not None,
+                already_current=current == params["to_price"],
+                target=new and rules.TargetPrice(active=new.get("status") == "active", currency=new["currency_code"]),
+                item_currency=sub["currency_code"])
+            if problems:
+                return problems
+            old = self.w.get("item_price", current)
             if old and new["item_id"] != old["item_id"]:
                 return [f"price {params['to_price']} is for item {new['item_id']}, not {old['item_id']}"]
         return []

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from billing_ai.ingestion.platform_assets import QUARANTINE_KEY, quarantine_row
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.money import MAX_UNIT_PRICE_PLACES, UnknownCurrencyError, major_to_minor
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP

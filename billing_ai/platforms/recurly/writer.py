@@ -26,10 +26,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
-from billing_ai.money import format_minor, major_to_minor, minor_unit_exponent
-from billing_ai.platforms.http import PlatformHTTP
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
+from billing_ai.money import major_to_minor, minor_unit_exponent
+from billing_ai.platforms.http import PlatformHTTP, http_outcome
 from billing_ai.platforms.recurly.client import ACCEPT, _decimal_json
 from billing_ai.platforms.retry import RetryPolicy
 
@@ -63,7 +64,7 @@ class RecurlyWriter:
     def call(self, method: str, path: str, body: dict | None = None, key: str | None = None,
              params: dict | None = None) -> Any:
         """One request (429s waited out by PlatformHTTP), its failure classified by
-        :func:`billing_ai.actions.push.http_outcome`."""
+        :func:`billing_ai.platforms.http.http_outcome`."""
         headers = {"Idempotency-Key": key} if key else None
         return http_outcome(lambda: self.http.request(method, path, json=body, params=params, headers=headers),
                             lambda b: f"{_error_type(b)}: {_message(b)}")
@@ -145,35 +146,34 @@ class RecurlyExecutor:
         if p.target_type == "customer":
             acct = self.w.account(tid)
             if acct is None or acct.get("state") == "inactive":
-                return [f"customer {tid} does not exist"]
+                return rules.exists("customer", tid, None)
         if kind == "metadata_update":
             obj = acct if p.target_type == "customer" else self.w.subscription(tid)
             if obj is None:
-                return [f"{p.target_type} {tid} does not exist"]
+                return rules.exists(p.target_type, tid, None)
             long = [k for k, v in params["metadata"].items() if len(v) > CUSTOM_FIELD_MAX]
             if long:
                 return [f"Recurly custom field values hold at most {CUSTOM_FIELD_MAX} characters: {long}"]
         elif kind == "pending_invoice_item":
             contact = self.contact(tid)
-            if contact and contact.currency and contact.currency != params["currency"]:
-                return [f"customer {tid} is billed in {contact.currency}, not {params['currency']}"]
-            if params.get("subscription"):
-                sub = self.w.subscription(params["subscription"])
-                if sub is None or sub["account"]["code"] != tid or sub["state"] in ("expired", "failed"):
-                    return [f"subscription {params['subscription']} is not an active subscription of {tid}"]
+            problems = rules.same_currency("customer", tid, contact and contact.currency, params["currency"],
+                                           billed=True)
+            if problems or not params.get("subscription"):
+                return problems
+            sub = self.w.subscription(params["subscription"])
+            return rules.live_subscription_of(params["subscription"], tid,
+                                              live=sub is not None and sub["state"] not in ("expired", "failed"),
+                                              owner=sub and sub["account"]["code"])
         elif kind == "credit_note":
             inv = self.w.invoice(tid)
-            if inv is None or inv.get("type") != "charge":
-                return [f"invoice {tid} does not exist"]
-            if inv["state"] not in ("paid", "past_due", "pending", "processing"):
-                return [f"invoice {tid} is {inv['state']}: credits need an open or paid invoice"]
-            cur = inv["currency"].lower()
-            if cur != params["currency"]:
-                return [f"invoice {tid} is in {cur}, not {params['currency']}"]
-            room = _minor(inv["total"], cur) - sum(-_minor(c["total"], cur) for c in self._credits(inv))
-            if params["amount"] > room:
-                return [f"{format_minor(params['amount'], cur)} is more than the invoice's uncredited "
-                        f"{format_minor(room, cur)}"]
+            if inv is not None and inv.get("type") != "charge":
+                inv = None  # a credit invoice is not something to credit
+            cur = inv and inv["currency"].lower()
+            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
+                status=inv["state"], creditable=inv["state"] in ("paid", "past_due", "pending", "processing"),
+                currency=cur, total=_minor(inv["total"], cur),
+                credited=lambda: sum(-_minor(c["total"], cur) for c in self._credits(inv))),
+                params["amount"], params["currency"], needs="credits need an open or paid invoice")
         return []
 
     def _credits(self, inv: dict) -> list[dict]:

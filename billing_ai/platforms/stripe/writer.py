@@ -6,9 +6,9 @@ from typing import Any, Callable
 
 import stripe
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
-from billing_ai.money import format_minor
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
 from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries, retry_after_seconds
 
 
@@ -112,11 +112,11 @@ class StripeExecutor:
         if p.target_type == "customer":
             cust = self.s.customer(tid)
             if cust is None or cust.get("deleted"):
-                return [f"customer {tid} does not exist"]
+                return rules.exists("customer", tid, None)
         if kind == "metadata_update":
             obj = cust if p.target_type == "customer" else self.s.subscription(tid)
             if obj is None:
-                return [f"{p.target_type} {tid} does not exist"]
+                return rules.exists(p.target_type, tid, None)
             keys = set(obj.get("metadata") or {}) | {AUDIT_POINTER_KEY}
             keys |= {k for k, v in params["metadata"].items() if v != ""}
             keys -= {k for k, v in params["metadata"].items() if v == ""}
@@ -126,58 +126,48 @@ class StripeExecutor:
         elif kind == "invoice_line_description":
             inv = self.s.invoice(tid)
             if inv is None:
-                return [f"invoice {tid} does not exist"]
+                return rules.exists("invoice", tid, None)
             if inv["status"] != "draft":
                 return [f"invoice {tid} is {inv['status']}: Stripe edits lines on draft invoices only"]
         elif kind == "pending_invoice_item":
-            if cust.get("currency") and cust["currency"] != params["currency"]:
-                return [f"customer {tid} is billed in {cust['currency']}, not {params['currency']}"]
-            if params.get("subscription"):
-                sub = self.s.subscription(params["subscription"])
-                if sub is None or sub["customer"] != tid or sub["status"] == "canceled":
-                    return [f"subscription {params['subscription']} is not an active subscription of {tid}"]
+            problems = rules.same_currency("customer", tid, cust.get("currency"), params["currency"], billed=True)
+            if problems or not params.get("subscription"):
+                return problems
+            sub = self.s.subscription(params["subscription"])
+            return rules.live_subscription_of(params["subscription"], tid,
+                                              live=sub is not None and sub["status"] != "canceled",
+                                              owner=sub and sub["customer"])
         elif kind == "credit_note":
             inv = self.s.invoice(tid)
-            if inv is None:
-                return [f"invoice {tid} does not exist"]
-            if inv["status"] not in ("open", "paid"):
-                return [f"invoice {tid} is {inv['status']}: credit notes need an open or paid invoice"]
-            if inv["currency"] != params["currency"]:
-                return [f"invoice {tid} is in {inv['currency']}, not {params['currency']}"]
-            credited = sum(cn["amount"] for cn in self.s.listing(self.v1.credit_notes.list, {"invoice": tid})
-                           if cn.get("status") != "void")
-            room = inv["total"] - credited
-            if params["amount"] > room:
-                return [f"{format_minor(params['amount'], params['currency'])} is more than the invoice's "
-                        f"uncredited {format_minor(room, params['currency'])}"]
+            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
+                status=inv["status"], creditable=inv["status"] in ("open", "paid"), currency=inv["currency"],
+                total=inv["total"],
+                credited=lambda: sum(cn["amount"] for cn in self.s.listing(self.v1.credit_notes.list, {"invoice": tid})
+                                     if cn.get("status") != "void")),
+                params["amount"], params["currency"], needs="credit notes need an open or paid invoice")
         elif kind in ("tier_upgrade_quote", "subscription_change"):
             sub_id = params["subscription"] if kind == "tier_upgrade_quote" else tid
             sub = self.s.subscription(sub_id)
-            if sub is None or sub["status"] == "canceled":
-                return [f"subscription {sub_id} is not active"]
+            problems = rules.subscription_live(sub_id, sub is not None and sub["status"] != "canceled")
+            if problems:
+                return problems
             if kind == "tier_upgrade_quote" and sub["customer"] != tid:
                 return [f"subscription {sub_id} does not belong to {tid}"]
             item = next((i for i in sub["items"]["data"] if i["id"] == params["item"]), None)
-            if item is None:
-                return [f"subscription item {params['item']} is not on {sub_id}"]
-            price = self.s.price(params["to_price"])
-            if price is None or not price.get("active", True):
-                return [f"price {params['to_price']} does not exist or is inactive"]
-            if item["price"]["id"] == params["to_price"]:
-                return [f"price {params['to_price']} is already active on {params['item']}"]
-            if price["currency"] != item["price"]["currency"]:
-                return [f"price {params['to_price']} is in {price['currency']}, the item in "
-                        f"{item['price']['currency']}"]
+            price = self.s.price(params["to_price"]) if item is not None else None
+            return rules.price_change_allowed(
+                sub_id, params["item"], params["to_price"], on_subscription=item is not None,
+                already_current=item is not None and item["price"]["id"] == params["to_price"],
+                target=price and rules.TargetPrice(active=price.get("active", True), currency=price["currency"]),
+                item_currency=item["price"]["currency"] if item else "")
         elif kind == "payment_retry":
             inv = self.s.invoice(tid)
             if inv is None:
-                return [f"invoice {tid} does not exist"]
-            if inv["status"] != "open" or inv["amount_remaining"] <= 0:
-                return [f"invoice {tid} is {inv['status']} with {inv['amount_remaining']} remaining: nothing to retry"]
-            if inv["amount_remaining"] != params["amount_due"] or inv["currency"] != params["currency"]:
-                return [f"the amount due changed since approval: approved "
-                        f"{format_minor(params['amount_due'], params['currency'])}, now "
-                        f"{format_minor(inv['amount_remaining'], inv['currency'])}"]
+                return rules.exists("invoice", tid, None)
+            return rules.retry_matches_approval(tid, open_=inv["status"] == "open", status=inv["status"],
+                                                amount_due=inv["amount_remaining"], currency=inv["currency"],
+                                                approved_amount=params["amount_due"],
+                                                approved_currency=params["currency"])
         return []
 
     # -- read back: is the change already there? (after an unknown outcome)

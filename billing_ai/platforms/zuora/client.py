@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from billing_ai.ingestion.platform_assets import QUARANTINE_KEY, quarantine_row
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.money import MoneyTypeError, UnknownCurrencyError, major_to_minor, to_decimal
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP, PlatformHTTPError

@@ -27,9 +27,11 @@ import re
 from decimal import Decimal
 
 
-from billing_ai.actions.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.actions.push import Applied, Contact, Permanent, http_outcome, none_if_missing, pointer
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 from billing_ai.money import format_minor, minor_unit_exponent
+from billing_ai.platforms.http import http_outcome
 from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.zuora.client import ZuoraHTTP, to_minor
 
@@ -125,54 +127,48 @@ class ZuoraExecutor:
         if p.target_type == "customer":
             acct = self.account(tid)
             if acct is None:
-                return [f"customer {tid} does not exist on Zuora"]
+                return rules.exists("customer", tid, None)
         if kind == "metadata_update":
             obj = acct if p.target_type == "customer" else self.subscription(tid)
             if obj is None:
-                return [f"{p.target_type} {tid} does not exist on Zuora"]
+                return rules.exists(p.target_type, tid, None)
             bad = [k for k in params["metadata"] if not FIELD_NAME.match(k)]
             if bad:
                 return [f"metadata keys {bad} cannot be Zuora custom field names (<key>__c)"]
         elif kind == "pending_invoice_item":
-            if str(acct.get("currency", "")).lower() != params["currency"]:
-                return [f"customer {tid} is billed in {str(acct.get('currency')).lower()}, not {params['currency']}"]
-            if params.get("subscription"):
-                sub = self.subscription(params["subscription"])
-                if sub is None or sub.get("accountNumber") != tid or sub.get("status") != "Active":
-                    return [f"subscription {params['subscription']} is not an active subscription of {tid}"]
+            problems = rules.same_currency("customer", tid, str(acct.get("currency") or ""), params["currency"],
+                                           billed=True)
+            if problems or not params.get("subscription"):
+                return problems
+            sub = self.subscription(params["subscription"])
+            return rules.live_subscription_of(params["subscription"], tid,
+                                              live=sub is not None and sub.get("status") == "Active",
+                                              owner=sub and sub.get("accountNumber"))
         elif kind == "credit_note":
             inv = self.invoice(tid)
-            if inv is None:
-                return [f"invoice {tid} does not exist on Zuora"]
-            if inv.get("status") != "Posted":
-                return [f"invoice {tid} is {inv.get('status')}: credit memos need a posted invoice"]
-            cur = str(inv["currency"]).lower()
-            if cur != params["currency"]:
-                return [f"invoice {tid} is in {cur}, not {params['currency']}"]
-            total = to_minor(inv["amount"], cur, "invoice.amount")
-            credited = sum(to_minor(cm["amount"], cur, "creditMemo.amount")
-                           for cm in self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
-                           if cm.get("status") != "Canceled")
-            if params["amount"] > total - credited:
-                return [f"{format_minor(params['amount'], cur)} is more than the invoice's uncredited "
-                        f"{format_minor(total - credited, cur)}"]
+            cur = inv and str(inv["currency"]).lower()
+            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
+                status=str(inv.get("status")), creditable=inv.get("status") == "Posted", currency=cur,
+                total=to_minor(inv["amount"], cur, "invoice.amount"),
+                credited=lambda: sum(to_minor(cm["amount"], cur, "creditMemo.amount") for cm in self.listing(
+                    "/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
+                    if cm.get("status") != "Canceled")),
+                params["amount"], params["currency"], needs="credit memos need a posted invoice")
         elif kind == "subscription_change":
             if params["proration_behavior"] != "create_prorations":
                 return [f"proration_behavior {params['proration_behavior']!r}: a Zuora order prorates by itself"]
             sub = self.subscription(tid)
-            if sub is None or sub.get("status") != "Active":
-                return [f"subscription {tid} is not active"]
+            problems = rules.subscription_live(tid, sub is not None and sub.get("status") == "Active")
+            if problems:
+                return problems
             found = self.current_charge(sub, params["item"])
-            if found is None:
-                return [f"subscription item {params['item']} is not a current charge of {tid}"]
-            target = self.catalog_charge(params["to_price"])
-            if target is None or target[0].get("status") != "Active":
-                return [f"price {params['to_price']} does not exist or is inactive"]
-            if found[1].get("productRatePlanChargeId") == target[1]["id"]:
-                return [f"price {params['to_price']} is already active on {params['item']}"]
-            if target[1]["pricing"][0]["currency"] != sub.get("currency"):
-                return [f"price {params['to_price']} is in {str(target[1]['pricing'][0]['currency']).lower()}, "
-                        f"the subscription in {str(sub.get('currency')).lower()}"]
+            target = self.catalog_charge(params["to_price"]) if found is not None else None
+            return rules.price_change_allowed(
+                tid, params["item"], params["to_price"], on_subscription=found is not None,
+                already_current=bool(found and target and found[1].get("productRatePlanChargeId") == target[1]["id"]),
+                target=target and rules.TargetPrice(active=target[0].get("status") == "Active",
+                                                    currency=target[1]["pricing"][0]["currency"]),
+                item_currency=str(sub.get("currency") or ""))
         return []
 
     # ---- read back: is the change already there? -------------------------------------------------------
