@@ -40,16 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     import stripe
 
     from billing_ai.actions import audit
-    from billing_ai.writeback.kinds import Proposal, action_id
     from billing_ai.actions.ledger import Ledger
     from billing_ai.actions.policy import Policy
     from billing_ai.actions.push import Executor, Sinks, push_action
-    from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
     from billing_ai.clock import parse_instant
+    from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
     from billing_ai.sandbox.generator import generate_world, write_world
     from billing_ai.sandbox.server import SandboxServer
     from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
     from billing_ai.sandbox.world import WorldConfig, WorldPaths
+    from billing_ai.writeback.kinds import Proposal, action_id
 
     root = Path(tempfile.mkdtemp(prefix="billing_ai_actions_bench_"))
     cfg = WorldConfig(seed=5, customers=20, days=40)
@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             for k in range(args.actions):
                 cid, cur = customers[k % len(customers)]
-                sdk.v1.invoice_items.create({"customer": cid, "amount": 100 + k, "currency": cur,
-                                             "description": "bench"}, {"idempotency_key": f"bare-{rep}-{k}"})
+                sdk.v1.invoice_items.create(
+                    {"customer": cid, "amount": 100 + k, "currency": cur, "description": "bench"},
+                    {"idempotency_key": f"bare-{rep}-{k}"},
+                )
             bare_s.append(time.perf_counter() - t)
             # ours: propose + approve (not timed), then push every action through the ledger
             ledger = Ledger(root / f"ledger-{rep}.sqlite")
@@ -75,15 +77,29 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.actions):
                 cid, cur = customers[k % len(customers)]
                 params = {"amount": 100 + k, "currency": cur, "description": "bench"}
-                proposals.append(Proposal(action_id=action_id("bench", "pending_invoice_item", f"{rep}-{k}"),
-                                          kind="pending_invoice_item", target_type="customer", target_id=cid,
-                                          params=params, rationale="bench", confidence=1.0, proposer="bench",
-                                          created_at=now, expires_at=now + timedelta(days=1)))
+                proposals.append(
+                    Proposal(
+                        action_id=action_id("bench", "pending_invoice_item", f"{rep}-{k}"),
+                        kind="pending_invoice_item",
+                        target_type="customer",
+                        target_id=cid,
+                        params=params,
+                        rationale="bench",
+                        confidence=1.0,
+                        proposer="bench",
+                        created_at=now,
+                        expires_at=now + timedelta(days=1),
+                    )
+                )
             ledger.propose(proposals, policy, now)
             for p in proposals:
                 ledger.decide(p.action_id, "ana", "approve", "bench", "api", policy, now)
-            executor = Executor(StripeExecutor(StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0,
-                                                            requests_per_second=0)), Sinks("", "", root / "outbox"))
+            executor = Executor(
+                StripeExecutor(
+                    StripeWriter(DEFAULT_SECRET_KEY, server.url, max_network_retries=0, requests_per_second=0)
+                ),
+                Sinks("", "", root / "outbox"),
+            )
             t = time.perf_counter()
             for p in proposals:
                 row = push_action(ledger, executor, policy, p.action_id)
@@ -94,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     # the audit chain, pure CPU
     rows, prev = [], audit.GENESIS
     for seq in range(1, args.audit_rows + 1):
-        row = {"seq": seq, "recorded_at": "2026-11-24T00:00:00+00:00", "actor": "ana", "event": "approved",
-               "action_id": f"act_{seq:020d}", "details": {"reason": "ok", "approvals": 1, "required": 1}}
+        row = {
+            "seq": seq,
+            "recorded_at": "2026-11-24T00:00:00+00:00",
+            "actor": "ana",
+            "event": "approved",
+            "action_id": f"act_{seq:020d}",
+            "details": {"reason": "ok", "approvals": 1, "required": 1},
+        }
         row["prev_hash"] = prev
         row["row_hash"] = prev = audit.row_hash(prev, row)
         rows.append(row)
@@ -112,13 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     n = args.actions
     print(f"pushes: {n} approved actions x {args.repeats} repeats against the sandbox (page of items seen: {created})")
     print(f"  baseline bare SDK create      {med(bare_s) / n * 1000:7.2f} ms/action  {n / med(bare_s):8.1f} actions/s")
-    print(f"  ours push_action (exactly once, audited) "
-          f"{med(push_s) / n * 1000:7.2f} ms/action  {n / med(push_s):8.1f} actions/s  "
-          f"ratio {med(push_s) / med(bare_s):.2f}x")
+    print(
+        f"  ours push_action (exactly once, audited) "
+        f"{med(push_s) / n * 1000:7.2f} ms/action  {n / med(push_s):8.1f} actions/s  "
+        f"ratio {med(push_s) / med(bare_s):.2f}x"
+    )
     print(f"audit chain: {args.audit_rows:,} rows")
     print(f"  baseline sha256 per row       {args.audit_rows / med(hash_s):12,.0f} rows/s")
-    print(f"  ours verify (canonical JSON + links) {args.audit_rows / med(verify_s):12,.0f} rows/s  "
-          f"ratio {med(verify_s) / med(hash_s):.2f}x")
+    print(
+        f"  ours verify (canonical JSON + links) {args.audit_rows / med(verify_s):12,.0f} rows/s  "
+        f"ratio {med(verify_s) / med(hash_s):.2f}x"
+    )
     return 0
 
 

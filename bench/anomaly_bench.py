@@ -27,8 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import peak_mib, run_child  # noqa: E402
 
 
-
-
 def make_buckets(series: int, days: int, seed: int = 0):
     import numpy as np
     import polars as pl
@@ -43,13 +41,18 @@ def make_buckets(series: int, days: int, seed: int = 0):
     q[spikes] *= 6
     start = np.datetime64("2026-08-01T00:00:00", "us")
     ts = start + (np.arange(hours) * 3_600_000_000).astype("timedelta64[us]")
-    return pl.DataFrame({
-        "customer_id": np.repeat(np.array([f"cus_{i // 3:06d}" for i in range(series)]), hours),
-        "meter_name": np.repeat(np.array(["api_calls", "storage_gb_hours", "compute_seconds"])[np.arange(series) % 3],
-                                hours),
-        "ts": np.tile(ts, series), "quantity": q,
-        "endpoint": "/v1/query", "region": "us-east-1",
-    }).with_columns(__import__("polars").col("ts").dt.replace_time_zone("UTC"))
+    return pl.DataFrame(
+        {
+            "customer_id": np.repeat(np.array([f"cus_{i // 3:06d}" for i in range(series)]), hours),
+            "meter_name": np.repeat(
+                np.array(["api_calls", "storage_gb_hours", "compute_seconds"])[np.arange(series) % 3], hours
+            ),
+            "ts": np.tile(ts, series),
+            "quantity": q,
+            "endpoint": "/v1/query",
+            "region": "us-east-1",
+        }
+    ).with_columns(__import__("polars").col("ts").dt.replace_time_zone("UTC"))
 
 
 def child(spec: dict) -> dict:
@@ -60,10 +63,14 @@ def child(spec: dict) -> dict:
     t = time.perf_counter()
     if spec["what"] == "floor":
         s = ["customer_id", "meter_name"]
-        out = buckets.sort(*s, "ts").with_columns(
-            pl.col("quantity").shift(1).rolling_mean(168, min_samples=1).over(s).alias("m"),
-            pl.col("quantity").shift(1).rolling_std(168, min_samples=2).over(s).alias("sd"),
-        ).filter((pl.col("quantity") - pl.col("m")) / (pl.col("sd") + 1e-9) > 6)
+        out = (
+            buckets.sort(*s, "ts")
+            .with_columns(
+                pl.col("quantity").shift(1).rolling_mean(168, min_samples=1).over(s).alias("m"),
+                pl.col("quantity").shift(1).rolling_std(168, min_samples=2).over(s).alias("sd"),
+            )
+            .filter((pl.col("quantity") - pl.col("m")) / (pl.col("sd") + 1e-9) > 6)
+        )
         flagged = out.height
     else:
         from billing_ai.anomalies import detect_anomalies
@@ -71,8 +78,6 @@ def child(spec: dict) -> dict:
         out = detect_anomalies(buckets, "1h", rows="buckets", multivariate_features=False)
         flagged = int(out["is_anomaly"].sum() or 0)
     return {"seconds": time.perf_counter() - t, "peak_mib": peak_mib(), "rows": buckets.height, "flagged": flagged}
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
     rows = results["ours"][0]["rows"]
     print(f"{args.series:,} series x {args.days} days hourly = {rows:,} buckets; {args.repeats} repeats, medians")
-    print(f"  floor (trailing mean + z-score)   {med['floor']:7.1f} s  peak {peak['floor']:7,.0f} MiB  "
-          f"flagged {results['floor'][0]['flagged']:,}")
-    print(f"  ours detect_anomalies             {med['ours']:7.1f} s  peak {peak['ours']:7,.0f} MiB  "
-          f"flagged {results['ours'][0]['flagged']:,}  ratio {med['ours'] / med['floor']:.1f}x")
+    print(
+        f"  floor (trailing mean + z-score)   {med['floor']:7.1f} s  peak {peak['floor']:7,.0f} MiB  "
+        f"flagged {results['floor'][0]['flagged']:,}"
+    )
+    print(
+        f"  ours detect_anomalies             {med['ours']:7.1f} s  peak {peak['ours']:7,.0f} MiB  "
+        f"flagged {results['ours'][0]['flagged']:,}  ratio {med['ours'] / med['floor']:.1f}x"
+    )
     return 0
 
 

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from measure import peak_mib, run_child  # noqa: E402
+
 NIGHTLY_HORIZON = 31
 SELECTION_HORIZON = 14
 
@@ -68,8 +69,13 @@ def make_history(series: int, days: int, seed: int = 0):
     new = (kind >= 0.18) & (kind < 0.23)
     y[new, : days - 10] = np.nan  # new customers: only the last 10 days exist
     ds = np.datetime64("2026-03-01") + t.astype("timedelta64[D]")
-    df = pl.DataFrame({"series_id": np.repeat(np.array([f"si_{i:06d}" for i in range(series)]), days),
-                       "ds": np.tile(ds, series), "y": y.ravel()})
+    df = pl.DataFrame(
+        {
+            "series_id": np.repeat(np.array([f"si_{i:06d}" for i in range(series)]), days),
+            "ds": np.tile(ds, series),
+            "y": y.ravel(),
+        }
+    )
     return df.filter(pl.col("y").is_not_nan())
 
 
@@ -86,7 +92,8 @@ def child(spec: dict) -> dict:
         df = history.rename({"series_id": "unique_id"}).with_columns(pl.col("ds").cast(pl.Datetime("us")))
         t, c = time.perf_counter(), cpu_seconds()
         out = StatsForecast(models=[SeasonalNaive(season_length=7)], freq="1d", n_jobs=2).forecast(
-            df=df, h=NIGHTLY_HORIZON, level=[80])
+            df=df, h=NIGHTLY_HORIZON, level=[80]
+        )
     elif spec["what"] == "select":
         from billing_ai.forecasting import select_models
 
@@ -94,9 +101,11 @@ def child(spec: dict) -> dict:
         out = select_models(history, SELECTION_HORIZON, "1d", calibration_horizon=NIGHTLY_HORIZON)
         seconds, cpu = time.perf_counter() - t, cpu_seconds() - c
         out.write_parquet(spec["selection"])
-        extra = {"by_model": dict(out.group_by("model").len().rows()),
-                 "median_rmsse": out["backtest_error"].median(),
-                 "calibrated": int(out["calibration_errors"].is_not_null().sum())}
+        extra = {
+            "by_model": dict(out.group_by("model").len().rows()),
+            "median_rmsse": out["backtest_error"].median(),
+            "calibrated": int(out["calibration_errors"].is_not_null().sum()),
+        }
     else:
         from billing_ai.forecasting import forecast_usage
 
@@ -108,10 +117,14 @@ def child(spec: dict) -> dict:
         extra = {"by_interval": dict(out.group_by("interval_method").len().rows())}
     if spec["what"] != "select":
         seconds, cpu = time.perf_counter() - t, cpu_seconds() - c
-    return {"seconds": seconds, "cpu": cpu, "peak_mib": peak_mib(), "rows": history.height, "out_rows": out.height,
-            **extra}
-
-
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak_mib": peak_mib(),
+        "rows": history.height,
+        "out_rows": out.height,
+        **extra,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,14 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for what in results:  # interleaved: all see the same machine load; select first: the nightlies read it
-                results[what].append(run_child(__file__, {"what": what, "series": args.series, "days": args.days,
-                                                          "selection": str(Path(tmp) / "selection.parquet")}))
+                results[what].append(
+                    run_child(
+                        __file__,
+                        {
+                            "what": what,
+                            "series": args.series,
+                            "days": args.days,
+                            "selection": str(Path(tmp) / "selection.parquet"),
+                        },
+                    )
+                )
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in results.items()}
     peak = {k: max(r["peak_mib"] for r in v) for k, v in results.items()}
     rows = results["select"][0]["rows"]
-    print(f"{args.series:,} daily series x {args.days} days = {rows:,} rows; {args.repeats} repeats, medians "
-          f"(wall s, CPU s, ratios to the floor's wall s)")
+    print(
+        f"{args.series:,} daily series x {args.days} days = {rows:,} rows; {args.repeats} repeats, medians "
+        f"(wall s, CPU s, ratios to the floor's wall s)"
+    )
     labels = {
         "floor": f"floor SeasonalNaive alone (StatsForecast, n_jobs=2, h={NIGHTLY_HORIZON})",
         "select": f"weekly select_models (CV 3x{SELECTION_HORIZON} d, 4 models; calibration 3x{NIGHTLY_HORIZON} d)",
@@ -143,14 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         "nightly_uncached": "nightly forecast_usage, cached selection without calibration",
     }
     for k, label in labels.items():
-        print(f"  {label:<76} {med[k]:7.1f} s  cpu {cpu[k]:7.1f} s  peak {peak[k]:7,.0f} MiB  "
-              f"ratio {med[k] / med['floor']:6.1f}x")
+        print(
+            f"  {label:<76} {med[k]:7.1f} s  cpu {cpu[k]:7.1f} s  peak {peak[k]:7,.0f} MiB  "
+            f"ratio {med[k] / med['floor']:6.1f}x"
+        )
     sel = results["select"][0]
     print(f"  models {sel['by_model']}  median RMSSE {sel['median_rmsse']:.2f}  calibrated {sel['calibrated']:,}")
     print(f"  nightly intervals {results['nightly'][0]['by_interval']}")
     if args.series == 10_000:  # issue 7's targets are set at this size
-        print(f"  targets: nightly < 180 s: {med['nightly']:.0f} s {'met' if med['nightly'] < 180 else 'NOT met'}; "
-              f"weekly < 1,200 s: {med['select']:.0f} s {'met' if med['select'] < 1200 else 'NOT met'}")
+        print(
+            f"  targets: nightly < 180 s: {med['nightly']:.0f} s {'met' if med['nightly'] < 180 else 'NOT met'}; "
+            f"weekly < 1,200 s: {med['select']:.0f} s {'met' if med['select'] < 1200 else 'NOT met'}"
+        )
     return 0
 
 

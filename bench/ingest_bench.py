@@ -52,11 +52,18 @@ METER_P = (0.5, 0.3, 0.2)
 DEPARTMENTS = ("engineering", "data", "marketing", "support", "finance")
 ENDPOINTS = ("/v1/search", "/v1/ingest", "/v1/query", "/v1/export", "/v1/auth")
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1")
-INVALID_KINDS = ("negative_quantity", "unknown_customer", "unknown_meter", "unknown_subscription",
-                 "timestamp_too_old")
+INVALID_KINDS = ("negative_quantity", "unknown_customer", "unknown_meter", "unknown_subscription", "timestamp_too_old")
 START = date(2025, 3, 1)
-MEASUREMENTS = ("floor_parquet", "shape_parquet", "ours_parquet", "floor_ndjson", "shape_ndjson", "ours_ndjson",
-                "day_parquet", "dayall_parquet")
+MEASUREMENTS = (
+    "floor_parquet",
+    "shape_parquet",
+    "ours_parquet",
+    "floor_ndjson",
+    "shape_ndjson",
+    "ours_ndjson",
+    "day_parquet",
+    "dayall_parquet",
+)
 # day_parquet / dayall_parquet: the nightly case, not the target's: the last day rebuilt alone over the
 # whole landed history, its duplicates looked for among the day's ids (day) or among the repeated ids of
 # the whole history (dayall, how every build did it before); time and peak RSS of that build only
@@ -92,23 +99,31 @@ def reference_tables(n_customers: int, days: int):
 
     idx = pl.int_range(0, n_customers, eager=True)
     customers = pl.DataFrame({"customer_id": "cus_" + idx.cast(pl.String).str.zfill(8)})
-    subs = pl.DataFrame({"subscription_id": "sub_" + idx.cast(pl.String).str.zfill(8),
-                         "customer_id": customers["customer_id"]})
+    subs = pl.DataFrame(
+        {"subscription_id": "sub_" + idx.cast(pl.String).str.zfill(8), "customer_id": customers["customer_id"]}
+    )
     meters = pl.DataFrame({"meter_name": list(METERS)})
     # per subscription: a 'subscription_create' invoice (ignored by is_late) and one monthly
     # 'subscription_cycle' invoice whose period ends inside the bench range, finalized an hour later
     anchor = cycle_anchors(n_customers, days)
-    cycle = pl.DataFrame({
-        "subscription_id": subs["subscription_id"], "billing_reason": "subscription_cycle",
-        "period_start": [a - timedelta(days=30) for a in anchor], "period_end": anchor,
-        "finalized_at": [a + timedelta(hours=1) for a in anchor],
-    })
-    create = cycle.with_columns(pl.lit("subscription_create").alias("billing_reason"),
-                                (pl.col("period_start") - pl.duration(days=30)).alias("period_start"),
-                                pl.col("period_start").alias("period_end"),
-                                (pl.col("period_start") + pl.duration(hours=1)).alias("finalized_at"))
+    cycle = pl.DataFrame(
+        {
+            "subscription_id": subs["subscription_id"],
+            "billing_reason": "subscription_cycle",
+            "period_start": [a - timedelta(days=30) for a in anchor],
+            "period_end": anchor,
+            "finalized_at": [a + timedelta(hours=1) for a in anchor],
+        }
+    )
+    create = cycle.with_columns(
+        pl.lit("subscription_create").alias("billing_reason"),
+        (pl.col("period_start") - pl.duration(days=30)).alias("period_start"),
+        pl.col("period_start").alias("period_end"),
+        (pl.col("period_start") + pl.duration(hours=1)).alias("finalized_at"),
+    )
     invoices = pl.concat([create, cycle]).with_columns(
-        ("in_" + pl.int_range(0, 2 * n_customers).cast(pl.String).str.zfill(8)).alias("invoice_id"))
+        ("in_" + pl.int_range(0, 2 * n_customers).cast(pl.String).str.zfill(8)).alias("invoice_id")
+    )
     return {"customers": customers, "subscriptions": subs, "meters": meters, "invoices": invoices}
 
 
@@ -120,8 +135,7 @@ def _event_ids(lo: int, hi: int):
     return "evt_" + pl.Series(k).cast(pl.String).str.zfill(14)
 
 
-def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000, seed: int = 7,
-             say=print) -> dict:
+def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000, seed: int = 7, say=print) -> dict:
     """Write ``root/parquet/usage-<day>.parquet`` and ``root/ndjson/usage-<day>.ndjson`` (same records)."""
     import numpy as np
     import polars as pl
@@ -160,15 +174,22 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         # received_at: on-time events arrive within a minute (same file day); late ones some time on the file's day
         day0, day1 = t0 + d * 86400, t0 + (d + 1) * 86400 - 1
         recv = np.where(late, day0 + rng.integers(0, 86400, n), np.minimum(ts + rng.integers(0, 60, n), day1))
-        frame = pl.DataFrame({
-            "event_id": _event_ids(offset, offset + n),
-            "customer_id": cust[ci], "subscription_id": subs[ci],
-            "meter_name": np.array(METERS)[meter], "q_milli": q_milli, "ts": ts, "recv": recv, "ci": ci,
-            "project": projects[(ci * 7 + rng.integers(0, 3, n)) % len(projects)],
-            "department": np.array(DEPARTMENTS)[rng.integers(0, len(DEPARTMENTS), n)],
-            "endpoint": np.array(ENDPOINTS)[rng.integers(0, len(ENDPOINTS), n)],
-            "region": np.array(REGIONS)[ci % len(REGIONS)],
-        })
+        frame = pl.DataFrame(
+            {
+                "event_id": _event_ids(offset, offset + n),
+                "customer_id": cust[ci],
+                "subscription_id": subs[ci],
+                "meter_name": np.array(METERS)[meter],
+                "q_milli": q_milli,
+                "ts": ts,
+                "recv": recv,
+                "ci": ci,
+                "project": projects[(ci * 7 + rng.integers(0, 3, n)) % len(projects)],
+                "department": np.array(DEPARTMENTS)[rng.integers(0, len(DEPARTMENTS), n)],
+                "endpoint": np.array(ENDPOINTS)[rng.integers(0, len(ENDPOINTS), n)],
+                "region": np.array(REGIONS)[ci % len(REGIONS)],
+            }
+        )
         offset += n
         # ~0.1% invalid records, one of INVALID_KINDS each (not late, so counts stay exact)
         bad = np.flatnonzero((rng.random(n) < 0.001) & ~late)
@@ -176,14 +197,23 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         kind_col = np.full(n, "", dtype=f"<U{max(map(len, INVALID_KINDS))}")
         kind_col[bad] = kinds
         frame = frame.with_columns(pl.Series("kind", kind_col).replace("", None)).with_columns(
-            pl.when(pl.col("kind") == "negative_quantity").then(-pl.col("q_milli")).otherwise("q_milli").alias("q_milli"),
-            pl.when(pl.col("kind") == "unknown_customer").then(pl.lit("cus_unknown_") + pl.col("event_id").str.slice(4, 6))
-              .otherwise("customer_id").alias("customer_id"),
-            pl.when(pl.col("kind") == "unknown_meter").then(pl.lit("gpu_hours")).otherwise("meter_name").alias("meter_name"),
+            pl.when(pl.col("kind") == "negative_quantity")
+            .then(-pl.col("q_milli"))
+            .otherwise("q_milli")
+            .alias("q_milli"),
+            pl.when(pl.col("kind") == "unknown_customer")
+            .then(pl.lit("cus_unknown_") + pl.col("event_id").str.slice(4, 6))
+            .otherwise("customer_id")
+            .alias("customer_id"),
+            pl.when(pl.col("kind") == "unknown_meter")
+            .then(pl.lit("gpu_hours"))
+            .otherwise("meter_name")
+            .alias("meter_name"),
             # another customer's subscription
             pl.when(pl.col("kind") == "unknown_subscription")
-              .then(pl.when(pl.col("customer_id") == cust[0]).then(pl.lit(subs[1])).otherwise(pl.lit(subs[0])))
-              .otherwise("subscription_id").alias("subscription_id"),
+            .then(pl.when(pl.col("customer_id") == cust[0]).then(pl.lit(subs[1])).otherwise(pl.lit(subs[0])))
+            .otherwise("subscription_id")
+            .alias("subscription_id"),
             pl.when(pl.col("kind") == "timestamp_too_old").then(pl.col("ts") - 90 * 86400).otherwise("ts").alias("ts"),
         )
         for k in INVALID_KINDS:
@@ -193,7 +223,12 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         # that invoice was finalized (here: the one 'subscription_cycle' invoice of the event's subscription)
         anchor = anchors[frame["ci"].to_numpy()]
         fts, frecv = frame["ts"].to_numpy(), frame["recv"].to_numpy()
-        is_late = (fts >= anchor - 30 * 86400) & (fts < anchor) & (frecv >= anchor + 3600) & frame["kind"].is_null().to_numpy()
+        is_late = (
+            (fts >= anchor - 30 * 86400)
+            & (fts < anchor)
+            & (frecv >= anchor + 3600)
+            & frame["kind"].is_null().to_numpy()
+        )
         expected["is_late"] += int(is_late.sum())
         frame = frame.sort("ts")
         # ~0.1% duplicates: exact re-sends of valid, on-time events from this file or the previous one
@@ -209,15 +244,19 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
         prev_valid = valid
         day = (START + timedelta(days=d)).isoformat()
         out = frame.select(
-            "event_id", "customer_id", "subscription_id", "meter_name",
+            "event_id",
+            "customer_id",
+            "subscription_id",
+            "meter_name",
             (pl.col("q_milli").cast(pl.Decimal(38, 3)) / 1000).cast(pl.Decimal(38, 3)).alias("quantity"),
             pl.from_epoch("ts").dt.replace_time_zone("UTC").alias("timestamp"),
             pl.struct("project", "department", "endpoint", "region").alias("metadata"),
             pl.from_epoch("recv").dt.replace_time_zone("UTC").alias("received_at"),
         )
         out.write_parquet(pq_dir / f"usage-{day}.parquet")
-        out.with_columns(pl.col("quantity").cast(pl.String),
-                         pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(nd_dir / f"usage-{day}.ndjson")
+        out.with_columns(
+            pl.col("quantity").cast(pl.String), pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ).write_ndjson(nd_dir / f"usage-{day}.ndjson")
         if d % 10 == 0:
             say(f"  generated day {d + 1}/{days}")
     assert expected["records"] == n_events, expected
@@ -227,12 +266,19 @@ def generate(root: Path, n_events: int, days: int = 30, n_customers: int = 2000,
     end = START + timedelta(days=days - 1)
     last_ts = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
     return {
-        "n_events": n_events, "days": days, "n_customers": n_customers, "seed": seed,
-        "start": START.isoformat(), "end": end.isoformat(),
-        "window_start": START.isoformat(), "now": (last_ts + timedelta(hours=6)).isoformat(),
+        "n_events": n_events,
+        "days": days,
+        "n_customers": n_customers,
+        "seed": seed,
+        "start": START.isoformat(),
+        "end": end.isoformat(),
+        "window_start": START.isoformat(),
+        "now": (last_ts + timedelta(hours=6)).isoformat(),
         "expected": expected,
-        "bytes": {"parquet": sum(p.stat().st_size for p in pq_dir.iterdir()),
-                  "ndjson": sum(p.stat().st_size for p in nd_dir.iterdir())},
+        "bytes": {
+            "parquet": sum(p.stat().st_size for p in pq_dir.iterdir()),
+            "ndjson": sum(p.stat().st_size for p in nd_dir.iterdir()),
+        },
     }
 
 
@@ -250,8 +296,12 @@ def make_template(path: Path, n_customers: int, days: int) -> None:
 # --------------------------------------------------------------------------- code version
 
 REPO = Path(__file__).resolve().parent.parent
-CODE_FILES = ("billing_ai/ingestion/usage_files", "billing_ai/ingestion/migrations.py", "billing_ai/ingestion/usage_events.py",
-              "billing_ai/warehouse.py")
+CODE_FILES = (
+    "billing_ai/ingestion/usage_files",
+    "billing_ai/ingestion/migrations.py",
+    "billing_ai/ingestion/usage_events.py",
+    "billing_ai/warehouse.py",
+)
 
 
 def code_hash(base: Path = REPO) -> str:
@@ -273,10 +323,12 @@ def snapshot_code(dest: Path) -> Path:
 
 def git_version() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", *CODE_FILES],
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", *CODE_FILES], capture_output=True, text=True
+        ).stdout.strip()
         return f"{head}{' + uncommitted ingestion changes' if dirty else ''}"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -299,8 +351,11 @@ def _rss_mib() -> tuple[float, float]:
 
 def _label(sql: str) -> str:
     s = re.sub(r"'[^']*'", "'…'", " ".join(sql.split()))
-    m = re.match(r"(CREATE OR REPLACE TEMP TABLE \w+|INSERT INTO [\w.]+|DELETE FROM [\w.]+|DROP TABLE( IF EXISTS)? \w+"
-                 r"|DESCRIBE|SELECT|BEGIN TRANSACTION|COMMIT|CREATE TABLE IF NOT EXISTS [\w.]+|SET|CREATE SCHEMA)", s)
+    m = re.match(
+        r"(CREATE OR REPLACE TEMP TABLE \w+|INSERT INTO [\w.]+|DELETE FROM [\w.]+|DROP TABLE( IF EXISTS)? \w+"
+        r"|DESCRIBE|SELECT|BEGIN TRANSACTION|COMMIT|CREATE TABLE IF NOT EXISTS [\w.]+|SET|CREATE SCHEMA)",
+        s,
+    )
     label = m.group(0) if m else s[:50]
     if label == "SELECT":
         label = "SELECT " + s[7:45]
@@ -330,9 +385,12 @@ def child(spec: dict) -> dict:
             reader = f"read_parquet('{src}/*.parquet')" if fmt == "parquet" else f"read_json('{src}/*.ndjson')"
             sql, table = f"CREATE TABLE t AS SELECT * FROM {reader}", "t"
         else:  # read_json numbers no rows (a window over the scan would cost more than the rest): none
-            reader = (f"read_parquet('{src}/*.parquet', filename=true, file_row_number=true)" if fmt == "parquet"
-                      else f"(SELECT *, CAST(NULL AS BIGINT) AS file_row_number FROM read_json('{src}/*.ndjson', "
-                           "filename=true))")
+            reader = (
+                f"read_parquet('{src}/*.parquet', filename=true, file_row_number=true)"
+                if fmt == "parquet"
+                else f"(SELECT *, CAST(NULL AS BIGINT) AS file_row_number FROM read_json('{src}/*.ndjson', "
+                "filename=true))"
+            )
             sql, table = SHAPE_SQL.format(reader=reader), "core.usage_events"
             shutil.copyfile(spec["template"], db)
             con = wh.connect(db)
@@ -418,8 +476,13 @@ def child(spec: dict) -> dict:
     _, out["peak_rss_mib"] = _rss_mib()
     wh.run, landing.sha256_of = orig_run, orig_sha
 
-    out.update(seconds=t3 - t0, land_s=t1 - t0, build_s=t2 - t1, close_s=t3 - t2,
-               statements={k: [v, stmt_n[k]] for k, v in stmt_t.items()})
+    out.update(
+        seconds=t3 - t0,
+        land_s=t1 - t0,
+        build_s=t2 - t1,
+        close_s=t3 - t2,
+        statements={k: [v, stmt_n[k]] for k, v in stmt_t.items()},
+    )
     failed = [r.file_name for r in results if r.status != "landed"]
     con = wh.connect(db, read_only=True)
     out["rows"] = sum(r.records for r in results)
@@ -438,8 +501,7 @@ def child(spec: dict) -> dict:
 
 
 def _run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['measurement']} failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -467,8 +529,10 @@ def _check(res: dict, expected: dict, code: str) -> list[str]:
     if res["accepted"] != expected["accepted"]:
         errs.append(f"{m}: accepted {res['accepted']} != expected {expected['accepted']}")
     if res["late"] != expected["is_late"]:
-        errs.append(f"{m}: {res['late']} accepted rows is_late, expected {expected['is_late']} (received_at at or "
-                    "after the finalization of a non-create invoice whose period holds the event)")
+        errs.append(
+            f"{m}: {res['late']} accepted rows is_late, expected {expected['is_late']} (received_at at or "
+            "after the finalization of a non-create invoice whose period holds the event)"
+        )
     if res["code"] != code:
         errs.append(f"{m}: ran ingestion code {res['code']}, not the run's {code}")
     return errs
@@ -483,9 +547,12 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
     n = manifest["expected"]["records"]
     summary = {}
     for m, runs in results.items():
-        s = {"seconds": med([r["seconds"] for r in runs]), "peak_rss_mib": med([r["peak_rss_mib"] for r in runs]),
-             "rss_start_mib": med([r["rss_start_mib"] for r in runs]),
-             "runs_s": [round(r["seconds"], 2) for r in runs]}
+        s = {
+            "seconds": med([r["seconds"] for r in runs]),
+            "peak_rss_mib": med([r["peak_rss_mib"] for r in runs]),
+            "rss_start_mib": med([r["rss_start_mib"] for r in runs]),
+            "runs_s": [round(r["seconds"], 2) for r in runs],
+        }
         s["events_per_s"] = (runs[0]["rows"] if m.startswith("day") else n) / s["seconds"]
         if m.startswith("ours"):
             for k in ("land_s", "build_s", "close_s"):
@@ -493,28 +560,44 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
         summary[m] = s
     e = manifest["expected"]
     print()
-    print(f"== {NAME}: {n:,} events over {manifest['days']} daily files "
-          f"(parquet {manifest['bytes']['parquet'] / 2**20:,.0f} MiB, ndjson {manifest['bytes']['ndjson'] / 2**20:,.0f} MiB); "
-          f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s); "
-          f"load avg {cfg['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
+    print(
+        f"== {NAME}: {n:,} events over {manifest['days']} daily files "
+        f"(parquet {manifest['bytes']['parquet'] / 2**20:,.0f} MiB, "
+        f"ndjson {manifest['bytes']['ndjson'] / 2**20:,.0f} MiB); "
+        f"DuckDB threads={cfg['threads']} memory_limit={cfg['memory_limit']}; median of {cfg['repeats']} run(s); "
+        f"load avg {cfg['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores"
+    )
     now_code = code_hash()
-    print(f"   code: {cfg['version']}, ingestion sources {cfg['code']}"
-          f"{' (snapshot taken at start)' if cfg['code_dir'] else ''}"
-          f"{f'; NOTE: the working tree has changed since ({now_code})' if now_code != cfg['code'] else ''}; "
-          f"duckdb {cfg.get('duckdb', '?')}")
-    print(f"   data: {e['duplicates']:,} duplicates, {e['invalid']:,} invalid "
-          f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late arrivals; "
-          f"expect accepted {e['accepted']:,} (is_late {e['is_late']:,}) + quarantined {e['quarantined']:,}")
-    hdr = f"   {'measurement':<14} {'seconds':>9} {'events/s':>12} {'peak RSS MiB':>13} {'(at start)':>10} {'land s':>8} {'build s':>8} {'close s':>8}  runs (s)"
+    print(
+        f"   code: {cfg['version']}, ingestion sources {cfg['code']}"
+        f"{' (snapshot taken at start)' if cfg['code_dir'] else ''}"
+        f"{f'; NOTE: the working tree has changed since ({now_code})' if now_code != cfg['code'] else ''}; "
+        f"duckdb {cfg.get('duckdb', '?')}"
+    )
+    print(
+        f"   data: {e['duplicates']:,} duplicates, {e['invalid']:,} invalid "
+        f"({', '.join(f'{k} {e[k]}' for k in INVALID_KINDS)}), {e['late']:,} late arrivals; "
+        f"expect accepted {e['accepted']:,} (is_late {e['is_late']:,}) + quarantined {e['quarantined']:,}"
+    )
+    hdr = (
+        f"   {'measurement':<14} {'seconds':>9} {'events/s':>12} {'peak RSS MiB':>13} {'(at start)':>10} "
+        f"{'land s':>8} {'build s':>8} {'close s':>8}  runs (s)"
+    )
     print(hdr)
     print("   " + "-" * (len(hdr) - 3))
     for m in MEASUREMENTS:
         if m not in summary:
             continue
         s = summary[m]
-        extra = (f"{s['land_s']:>8.1f} {s['build_s']:>8.1f} {s['close_s']:>8.1f}" if m.startswith("ours")
-                 else f"{'':>8} {'':>8} {'':>8}")
-        print(f"   {m:<14} {s['seconds']:>9.1f} {_fmt_n(s['events_per_s']):>12} {s['peak_rss_mib']:>13,.0f} {s['rss_start_mib']:>10,.0f} {extra}  {s['runs_s']}")
+        extra = (
+            f"{s['land_s']:>8.1f} {s['build_s']:>8.1f} {s['close_s']:>8.1f}"
+            if m.startswith("ours")
+            else f"{'':>8} {'':>8} {'':>8}"
+        )
+        print(
+            f"   {m:<14} {s['seconds']:>9.1f} {_fmt_n(s['events_per_s']):>12} {s['peak_rss_mib']:>13,.0f} "
+            f"{s['rss_start_mib']:>10,.0f} {extra}  {s['runs_s']}"
+        )
     print()
     verdicts = {}
     for fmt in ("parquet", "ndjson"):
@@ -523,15 +606,23 @@ def report(results: dict[str, list[dict]], manifest: dict, cfg: dict) -> dict:
             continue
         ratio = o["seconds"] / f["seconds"]
         ok_t, ok_m = ratio <= TARGET_RATIO, o["peak_rss_mib"] < TARGET_RSS_MIB
-        verdicts[fmt] = {"ratio": ratio, "meets_time": ok_t, "meets_memory": ok_m,
-                         "rss_ratio": o["peak_rss_mib"] / f["peak_rss_mib"]}
-        print(f"   {fmt:<8} ours/floor time {ratio:5.2f}x  -> <= {TARGET_RATIO:.1f}x: {'PASS' if ok_t else 'FAIL'};   "
-              f"ours peak RSS {o['peak_rss_mib']:,.0f} MiB (floor {f['peak_rss_mib']:,.0f}) -> < 4 GiB: "
-              f"{'PASS' if ok_m else 'FAIL'}")
+        verdicts[fmt] = {
+            "ratio": ratio,
+            "meets_time": ok_t,
+            "meets_memory": ok_m,
+            "rss_ratio": o["peak_rss_mib"] / f["peak_rss_mib"],
+        }
+        print(
+            f"   {fmt:<8} ours/floor time {ratio:5.2f}x  -> <= {TARGET_RATIO:.1f}x: {'PASS' if ok_t else 'FAIL'};   "
+            f"ours peak RSS {o['peak_rss_mib']:,.0f} MiB (floor {f['peak_rss_mib']:,.0f}) -> < 4 GiB: "
+            f"{'PASS' if ok_m else 'FAIL'}"
+        )
         if sh := summary.get(f"shape_{fmt}"):
             verdicts[fmt]["shape_ratio"] = sh["seconds"] / f["seconds"]
-            print(f"   {'':<8} shape/floor time {sh['seconds'] / f['seconds']:5.2f}x (writing core's columns, "
-                  f"no validation);  ours/shape {o['seconds'] / sh['seconds']:5.2f}x")
+            print(
+                f"   {'':<8} shape/floor time {sh['seconds'] / f['seconds']:5.2f}x (writing core's columns, "
+                f"no validation);  ours/shape {o['seconds'] / sh['seconds']:5.2f}x"
+            )
     return {"summary": summary, "verdicts": verdicts}
 
 
@@ -541,8 +632,17 @@ def print_statements(results: dict[str, list[dict]], top: int) -> None:
         if not runs:
             continue
         keys = set().union(*(r["statements"] for r in runs))
-        rows = sorted(((k, statistics.median([r["statements"].get(k, [0, 0])[0] for r in runs]),
-                        runs[0]["statements"].get(k, [0, 0])[1]) for k in keys), key=lambda x: -x[1])
+        rows = sorted(
+            (
+                (
+                    k,
+                    statistics.median([r["statements"].get(k, [0, 0])[0] for r in runs]),
+                    runs[0]["statements"].get(k, [0, 0])[1],
+                )
+                for k in keys
+            ),
+            key=lambda x: -x[1],
+        )
         total = statistics.median([r["seconds"] for r in runs])
         print(f"\n   where {m} spends its time (median s per statement kind, summed over files):")
         for k, t, cnt in rows[:top]:
@@ -562,8 +662,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(MEASUREMENTS))
     ap.add_argument("--tmpdir", default=None, help="where to put the generated data (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
-    ap.add_argument("--no-snapshot", action="store_true",
-                    help="import billing_ai from the working tree in every measurement, not from a copy taken at start")
+    ap.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="import billing_ai from the working tree in every measurement, not from a copy taken at start",
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--top", type=int, default=12, help="statements to list in the breakdown")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -579,32 +682,50 @@ def main(argv: list[str] | None = None) -> int:
         version = git_version()
         print(f"[{NAME}] generating {n:,} events in {root} ...", flush=True)
         t = time.perf_counter()
-        manifest = generate(root, n, days=args.days, n_customers=args.customers, seed=args.seed,
-                            say=lambda s: print(s, flush=True))
+        manifest = generate(
+            root, n, days=args.days, n_customers=args.customers, seed=args.seed, say=lambda s: print(s, flush=True)
+        )
         make_template(root / "template.duckdb", args.customers, args.days)
         print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
-        cfg = {"threads": args.threads, "memory_limit": args.memory_limit, "repeats": args.repeats,
-               "load_before": os.getloadavg()[0], "version": version, "code": code_hash(code_dir or REPO), "code_dir": code_dir and str(code_dir),
-               "duckdb": importlib.metadata.version("duckdb")}
+        cfg = {
+            "threads": args.threads,
+            "memory_limit": args.memory_limit,
+            "repeats": args.repeats,
+            "load_before": os.getloadavg()[0],
+            "version": version,
+            "code": code_hash(code_dir or REPO),
+            "code_dir": code_dir and str(code_dir),
+            "duckdb": importlib.metadata.version("duckdb"),
+        }
         results: dict[str, list[dict]] = {m: [] for m in which}
         errors: list[str] = []
         for rep in range(args.repeats):
             for m in which:  # interleaved, so machine noise spreads over all measurements
                 db = root / f"{m}.duckdb"
-                spec = {"measurement": m, "root": str(root), "db": str(db), "template": str(root / "template.duckdb"),
-                        "code_dir": cfg["code_dir"],
-                        "threads": args.threads, "memory_limit": args.memory_limit,
-                        **{k: manifest[k] for k in ("start", "end", "window_start", "now")}}
+                spec = {
+                    "measurement": m,
+                    "root": str(root),
+                    "db": str(db),
+                    "template": str(root / "template.duckdb"),
+                    "code_dir": cfg["code_dir"],
+                    "threads": args.threads,
+                    "memory_limit": args.memory_limit,
+                    **{k: manifest[k] for k in ("start", "end", "window_start", "now")},
+                }
                 res = _run_child(spec)
                 for p in root.glob(f"{m}.duckdb*"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
                 errors += _check(res, manifest["expected"], cfg["code"])
                 results[m].append(res)
-                print(f"  run {rep + 1}/{args.repeats} {m:<14} {res['seconds']:8.1f} s  peak RSS "
-                      f"{res['peak_rss_mib']:,.0f} MiB", flush=True)
+                print(
+                    f"  run {rep + 1}/{args.repeats} {m:<14} {res['seconds']:8.1f} s  peak RSS "
+                    f"{res['peak_rss_mib']:,.0f} MiB",
+                    flush=True,
+                )
         days = [results.get(m, []) for m in ("day_parquet", "dayall_parquet")]
         if all(days) and {(r["accepted"], r["quarantined"]) for r in days[0] + days[1]} != {
-                (days[0][0]["accepted"], days[0][0]["quarantined"])}:
+            (days[0][0]["accepted"], days[0][0]["quarantined"])
+        }:
             errors.append("day_parquet and dayall_parquet disagree on the day's accepted/quarantined records")
         out = report(results, manifest, cfg)
         print_statements(results, args.top)
@@ -616,11 +737,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             e = manifest["expected"]
             late = {m: results[m][0]["late"] for m in results if m.startswith("ours")}
-            print(f"   correctness: OK (accepted {e['accepted']:,} + quarantined {e['quarantined']:,} == "
-                  f"{e['records']:,} generated, quarantine reasons as injected; accepted is_late: {late})")
+            print(
+                f"   correctness: OK (accepted {e['accepted']:,} + quarantined {e['quarantined']:,} == "
+                f"{e['records']:,} generated, quarantine reasons as injected; accepted is_late: {late})"
+            )
         if args.json:
-            Path(args.json).write_text(json.dumps({"manifest": manifest, "config": cfg, **out,
-                                                   "runs": results}, indent=2, default=str))
+            Path(args.json).write_text(
+                json.dumps({"manifest": manifest, "config": cfg, **out, "runs": results}, indent=2, default=str)
+            )
         return 1 if errors else 0
     finally:
         if args.keep:

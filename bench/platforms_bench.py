@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args, _ = ap.parse_known_args(argv)
     sys.path.insert(0, str(REPO))
-    from billing_ai_tests.conftest import GeneratedWorld, pipeline_resources
     from billing_ai.sandbox.server import SandboxServer
+    from billing_ai_tests.conftest import GeneratedWorld, pipeline_resources
 
     root = Path(tempfile.mkdtemp(prefix="platforms_bench_"))
     try:
@@ -70,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(times)
             rows[platform] = (med, objects, requests)
         base = rows["stripe"][0]
-        print(f"snapshot of a {args.customers}-customer, 60-day world, every customer on one platform "
-              f"(median of {args.repeats}):")
+        print(
+            f"snapshot of a {args.customers}-customer, 60-day world, every customer on one platform "
+            f"(median of {args.repeats}):"
+        )
         print(f"{'platform':<10} {'seconds':>8} {'objects':>9} {'requests':>9} {'objects/s':>10} {'vs stripe':>10}")
         for p, (sec, n, req) in rows.items():
             print(f"{p:<10} {sec:>8.2f} {n:>9,} {req:>9,} {n / sec:>10,.0f} {sec / base:>9.2f}x")
@@ -90,8 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             materialize_all(gw.config, resources=res, say=lambda m: None)
             now = gw.config.as_of_dt()
             con = wh.connect(whp)
-            invoices = [r[0] for r in wh.run(con, "SELECT platform_invoice_id FROM core.invoices "
-                                                  "ORDER BY created_at DESC LIMIT ?", [args.repeats])]
+            invoices = [
+                r[0]
+                for r in wh.run(
+                    con,
+                    "SELECT platform_invoice_id FROM core.invoices ORDER BY created_at DESC LIMIT ?",
+                    [args.repeats],
+                )
+            ]
             conn = res["stripe"].connector("bench-pii-key")
             targeted, fetch, full = [], [], []
             for inv in invoices:
@@ -105,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                 full.append(time.perf_counter() - t)
             con.close()
         tm, fm, ft = statistics.median(targeted), statistics.median(full), statistics.median(fetch)
-        print(f"targeted refresh of one invoice: {tm:.2f} s ({ft * 1000:.0f} ms fetching it, the rest raw/core rows and the "
-              f"rating marts of its subscription), median of {len(invoices)}")
-        print(f"  what it replaces, same world: the Stripe snapshot {base:.2f} s + the full rating marts rebuild "
-              f"{fm:.2f} s = {base + fm:.2f} s ({(base + fm) / tm:.1f}x); the snapshot grows with the account, "
-              "the targeted refresh with one subscription")
+        print(
+            f"targeted refresh of one invoice: {tm:.2f} s ({ft * 1000:.0f} ms fetching it, the rest raw/core rows "
+            f"and the rating marts of its subscription), median of {len(invoices)}"
+        )
+        print(
+            f"  what it replaces, same world: the Stripe snapshot {base:.2f} s + the full rating marts rebuild "
+            f"{fm:.2f} s = {base + fm:.2f} s ({(base + fm) / tm:.1f}x); the snapshot grows with the account, "
+            "the targeted refresh with one subscription"
+        )
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         print(f"### {name} {' '.join(passthrough)}", flush=True)
         rc = importlib.import_module(name).main(passthrough)
-        print(f"### {name}: {'ok' if rc == 0 else f'FAILED (rc={rc})'} in {time.perf_counter() - t:,.0f} s\n", flush=True)
+        print(
+            f"### {name}: {'ok' if rc == 0 else f'FAILED (rc={rc})'} in {time.perf_counter() - t:,.0f} s\n", flush=True
+        )
         if rc:
             failed.append(name)
     return 1 if failed else 0

@@ -33,9 +33,13 @@ def parse_platforms(value: str) -> dict[str, float]:
 
 
 PLATFORMS_OPTION = click.option(
-    "--platforms", default="stripe", show_default=True, callback=lambda _c, _p, v: parse_platforms(v),
+    "--platforms",
+    default="stripe",
+    show_default=True,
+    callback=lambda _c, _p, v: parse_platforms(v),
     help="Which billing platforms the world's customers are on: stripe, mixed (all alike), or weights such "
-         "as stripe=2,chargebee=1.")
+    "as stripe=2,chargebee=1.",
+)
 
 
 @click.group()
@@ -51,7 +55,8 @@ def main() -> None:
 @PLATFORMS_OPTION
 def run(data_dir: Path, seed: int, customers: int, days: int, platforms: dict[str, float]) -> None:
     """Generate the world, start the sandbox, materialize every asset, print a summary."""
-    from billing_ai.runner import Layout, run as run_all
+    from billing_ai.runner import Layout
+    from billing_ai.runner import run as run_all
 
     run_all(Layout(data_dir), WorldConfig(seed=seed, customers=customers, days=days, platforms=platforms))
 
@@ -75,8 +80,7 @@ def generate(seed: int, customers: int, days: int, as_of: str, data_dir: Path, p
 
 @main.command()
 @click.argument("sql")
-@click.option("--warehouse", type=click.Path(path_type=Path), default=Path("data/warehouse.duckdb"),
-              show_default=True)
+@click.option("--warehouse", type=click.Path(path_type=Path), default=Path("data/warehouse.duckdb"), show_default=True)
 @click.option("--max-rows", type=int, default=50, show_default=True)
 def query(sql: str, warehouse: Path, max_rows: int) -> None:
     """Run SQL on the published read-only snapshot (safe while a run writes the warehouse)."""
@@ -113,8 +117,10 @@ def sandbox_serve(port: int, data_dir: Path, rate_limit: float | None) -> None:
     if not layout.world.manifest.exists():
         ensure_world(layout, WorldConfig(), click.echo)
     cfg = load_config(layout.world.world_dir)
-    click.echo(f"Stripe sandbox on http://127.0.0.1:{port}  (as_of {cfg.as_of}; keys {DEFAULT_SECRET_KEY}, "
-               f"read-only {DEFAULT_READONLY_KEY})")
+    click.echo(
+        f"Stripe sandbox on http://127.0.0.1:{port}  (as_of {cfg.as_of}; keys {DEFAULT_SECRET_KEY}, "
+        f"read-only {DEFAULT_READONLY_KEY})"
+    )
     serve(layout.world.world_dir, layout.sandbox_state, port, rate_limit)
 
 
@@ -134,14 +140,22 @@ def dev(port: int, sandbox_port: int, data_dir: Path) -> None:
     home = layout.dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home),
-           **sandbox_settings_env(layout, cfg.as_of, f"http://127.0.0.1:{sandbox_port}")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        **sandbox_settings_env(layout, cfg.as_of, f"http://127.0.0.1:{sandbox_port}"),
+    }
     bin_dir = Path(sys.executable).parent
-    sandbox_proc = subprocess.Popen([str(bin_dir / "billing-ai"), "sandbox", "serve", "--port", str(sandbox_port),
-                                     "--data-dir", str(data_dir)], env=env)
+    sandbox_proc = subprocess.Popen(
+        [str(bin_dir / "billing-ai"), "sandbox", "serve", "--port", str(sandbox_port), "--data-dir", str(data_dir)],
+        env=env,
+    )
     try:
-        subprocess.run([str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port),
-                        "-h", "127.0.0.1"], env=env, check=False)
+        subprocess.run(
+            [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],
+            env=env,
+            check=False,
+        )
     finally:
         sandbox_proc.terminate()
         sandbox_proc.wait(timeout=10)
@@ -156,14 +170,21 @@ def evaluate() -> None:
 @click.option("--seed", type=int, required=True, help="The world's seed (use seeds nobody tuned on).")
 @click.option("--customers", type=int, default=WorldConfig.customers, show_default=True)
 @click.option("--days", type=int, default=WorldConfig.days, show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Default: data/eval/seed-<seed> (kept, so a second call reuses the world).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: data/eval/seed-<seed> (kept, so a second call reuses the world).",
+)
 def evaluate_anomalies(seed: int, customers: int, days: int, data_dir: Path | None) -> None:
     """Generate the world of SEED, run the pipeline, print anomaly precision/recall/F1 beside the naive rule."""
     from billing_ai.runner import evaluate_seed
 
-    figures = evaluate_seed(WorldConfig(seed=seed, customers=customers, days=days),
-                            data_dir or Path("data/eval") / f"seed-{seed}", say=lambda m: None)
+    figures = evaluate_seed(
+        WorldConfig(seed=seed, customers=customers, days=days),
+        data_dir or Path("data/eval") / f"seed-{seed}",
+        say=lambda m: None,
+    )
     click.echo(figures["evaluation/anomaly_quality"]["report"].strip("`\n"))
 
 
@@ -171,14 +192,21 @@ def evaluate_anomalies(seed: int, customers: int, days: int, data_dir: Path | No
 @click.option("--seed", type=int, required=True, help="The world's seed (use seeds nobody tuned on).")
 @click.option("--customers", type=int, default=WorldConfig.customers, show_default=True)
 @click.option("--days", type=int, default=WorldConfig.days, show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Default: data/eval/seed-<seed> (kept, so a second call reuses the world).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: data/eval/seed-<seed> (kept, so a second call reuses the world).",
+)
 def evaluate_forecasts(seed: int, customers: int, days: int, data_dir: Path | None) -> None:
     """Generate the world of SEED, run the pipeline, print forecast MASE, coverage and tier-crossing calls."""
     from billing_ai.runner import evaluate_seed
 
-    figures = evaluate_seed(WorldConfig(seed=seed, customers=customers, days=days),
-                            data_dir or Path("data/eval") / f"seed-{seed}", say=lambda m: None)
+    figures = evaluate_seed(
+        WorldConfig(seed=seed, customers=customers, days=days),
+        data_dir or Path("data/eval") / f"seed-{seed}",
+        say=lambda m: None,
+    )
     click.echo(figures["evaluation/forecast_quality"]["report"].strip("`\n"))
 
 
@@ -196,8 +224,14 @@ def webhooks_serve(port: int, inbox: Path) -> None:
 
     from billing_ai.webhooks.receiver import WebhookInbox, WebhookSecrets, create_app
 
-    uvicorn.run(create_app(WebhookInbox(inbox), WebhookSecrets.from_env()), host="127.0.0.1", port=port,
-                log_level="info", access_log=False, lifespan="off")
+    uvicorn.run(
+        create_app(WebhookInbox(inbox), WebhookSecrets.from_env()),
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+        access_log=False,
+        lifespan="off",
+    )
 
 
 # ---- proposed actions ---------------------------------------------------------------------------
@@ -220,8 +254,12 @@ def _identity(value: str | None) -> str:
     return value or os.environ.get("BILLING_AI_USER") or getpass.getuser()
 
 
-LEDGER_OPTION = click.option("--ledger", "ledger_path", default=None,
-                             help="Action ledger (default: $BILLING_AI_LEDGER or data/ops/actions.sqlite).")
+LEDGER_OPTION = click.option(
+    "--ledger",
+    "ledger_path",
+    default=None,
+    help="Action ledger (default: $BILLING_AI_LEDGER or data/ops/actions.sqlite).",
+)
 
 
 @main.group()
@@ -242,8 +280,10 @@ def actions_list(status: str | None, kind: str | None, limit: int, ledger_path: 
     click.echo(f"{len(rows)} action(s)" + (f", showing the last {limit}" if len(rows) > limit else ""))
     for r in rows[-limit:]:
         amount = format_minor(r["amount"], r["currency"]) if r["amount"] is not None else ""
-        click.echo(f"{r['action_id']}  {r['status']:<18} {r['kind']:<24} {r['target_id']:<22} {amount:>14}  "
-                   f"{_safe(r['rationale'])[:70]}")
+        click.echo(
+            f"{r['action_id']}  {r['status']:<18} {r['kind']:<24} {r['target_id']:<22} {amount:>14}  "
+            f"{_safe(r['rationale'])[:70]}"
+        )
 
 
 @actions.command("show")
@@ -256,25 +296,35 @@ def actions_show(action_id: str, ledger_path: str | None) -> None:
     ledger = _ledger(ledger_path)
     r = ledger.get(action_id)
     click.echo(f"{r['action_id']}  [{r['status']}]  {r['kind']} -> {r['platform']} {r['target_type']} {r['target_id']}")
-    click.echo(f"proposed by {_safe(r['proposer'])} at {r['created_at']}, expires {r['expires_at']}, "
-               f"confidence {r['confidence']:.2f}, approvals required {r['required_approvals']}")
+    click.echo(
+        f"proposed by {_safe(r['proposer'])} at {r['created_at']}, expires {r['expires_at']}, "
+        f"confidence {r['confidence']:.2f}, approvals required {r['required_approvals']}"
+    )
     if r["status_reason"]:
         click.echo(f"reason: {_safe(r['status_reason'])}")
-    click.echo("\nparams (what would be executed):\n  " + _safe(json.dumps(json.loads(r["params"]), indent=2,
-                                                                            ensure_ascii=False)).replace("\n", "\n  "))
+    click.echo(
+        "\nparams (what would be executed):\n  "
+        + _safe(json.dumps(json.loads(r["params"]), indent=2, ensure_ascii=False)).replace("\n", "\n  ")
+    )
     click.echo("\nrationale (text for the reviewer; never executed):\n  " + _safe(r["rationale"]))
-    click.echo("\nevidence:\n  " + _safe(json.dumps(json.loads(r["evidence"]), indent=2,
-                                                     ensure_ascii=False)).replace("\n", "\n  "))
+    click.echo(
+        "\nevidence:\n  "
+        + _safe(json.dumps(json.loads(r["evidence"]), indent=2, ensure_ascii=False)).replace("\n", "\n  ")
+    )
     hist = ledger.history(action_id)
     click.echo("\napprovals:")
     if not hist["approvals"]:
         click.echo("  none yet")
     for a in hist["approvals"]:
-        click.echo(f"  {a['recorded_at']}  {_safe(a['approver'])} {a['decision']} ({a['method']}): {_safe(a['reason'])}")
+        click.echo(
+            f"  {a['recorded_at']}  {_safe(a['approver'])} {a['decision']} ({a['method']}): {_safe(a['reason'])}"
+        )
     click.echo("attempts:")
     for a in hist["attempts"]:
-        click.echo(f"  #{a['attempt']} {a['idempotency_key']} -> {a['outcome']} {a['platform_object'] or ''} "
-                   f"{_safe(a['error'] or '')}")
+        click.echo(
+            f"  #{a['attempt']} {a['idempotency_key']} -> {a['outcome']} {a['platform_object'] or ''} "
+            f"{_safe(a['error'] or '')}"
+        )
     click.echo("audit:")
     for a in hist["audit_log"]:
         click.echo(f"  #{a['seq']} {a['recorded_at']} {_safe(a['actor'])} {a['event']}")
@@ -341,10 +391,18 @@ def audit() -> None:
 
 @audit.command("verify")
 @LEDGER_OPTION
-@click.option("--heads", type=click.Path(path_type=Path), default=None,
-              help="Chain heads recorded after each run (default: beside the ledger, audit_heads.jsonl).")
-@click.option("--warehouse", type=click.Path(path_type=Path), default=None,
-              help="Also verify this warehouse's ops.audit_log (reads its published snapshot).")
+@click.option(
+    "--heads",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Chain heads recorded after each run (default: beside the ledger, audit_heads.jsonl).",
+)
+@click.option(
+    "--warehouse",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also verify this warehouse's ops.audit_log (reads its published snapshot).",
+)
 def audit_verify(ledger_path: str | None, heads: Path | None, warehouse: Path | None) -> None:
     """Check the hash chain; name the first broken row. Exit 1 if broken."""
     from billing_ai.actions import audit as chain

@@ -14,6 +14,11 @@ from datetime import UTC, datetime
 
 AS_OF_ENV = "BILLING_AI_AS_OF"
 
+# The first event day the pipeline covers (the first usage partition, the start of the landing window).
+# Events before it are quarantined as too old rather than silently dropped. The default covers the
+# sandbox's default world; production sets BILLING_AI_PARTITION_START.
+PARTITION_START = os.environ.get("BILLING_AI_PARTITION_START", "2026-06-01")
+
 
 def parse_instant(text: str) -> datetime:
     """ISO-8601 instant; a naive value is taken as UTC."""

@@ -4,35 +4,44 @@ Settings come from the environment (see README, Configuration); secrets only
 through ``EnvVar``.
 """
 
-
 import os
 from datetime import UTC, timedelta
 
 import dagster as dg
 
+from billing_ai.actions.assets import (
+    ACTION_ASSETS,
+    ActionsResource,
+    PushResource,
+    approve_actions_job,
+    ops_sync_on_ledger_change,
+    ops_tables,
+    push_action_job,
+    push_approved_actions,
+)
+from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS, usage_hourly_partitions
+from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
+from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
 from billing_ai.ingestion.partitions import usage_daily_partitions
-from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.platform_assets import core_platform_assets, platform_raw_assets
+from billing_ai.ingestion.publish import publish_asset
 from billing_ai.ingestion.usage_assets import core_usage_events, raw_usage_events
 from billing_ai.marts.usage import usage_bucket_assets
-from billing_ai.actions.assets import (ACTION_ASSETS, ActionsResource, PushResource, approve_actions_job,
-                                      ops_sync_on_ledger_change, ops_tables, push_action_job, push_approved_actions)
-from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS, usage_hourly_partitions
+from billing_ai.platforms.chargebee.resource import ChargebeeResource
+from billing_ai.platforms.recurly.resource import RecurlyResource
+from billing_ai.platforms.stripe.resource import StripeResource
+from billing_ai.platforms.zuora.resource import ZuoraResource
+from billing_ai.rating.assets import rating_marts
+from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, WarehouseResource
 from billing_ai.webhooks.refresh import targeted_refresh_job
 from billing_ai.webhooks.sensors import webhook_sensor
-from billing_ai.forecasting.assets import FORECAST_ASSETS, SELECTION_ASSETS
-from billing_ai.evaluation.assets import EVALUATION_ASSETS, GroundTruth
-from billing_ai.rating.assets import rating_marts
-from billing_ai.platforms.zuora.resource import ZuoraResource
-from billing_ai.platforms.recurly.resource import RecurlyResource
-from billing_ai.platforms.chargebee.resource import ChargebeeResource
-from billing_ai.resources import DEFAULT_INBOX, DEFAULT_WAREHOUSE, PipelineSettings, StripeResource, WarehouseResource
 
 PLATFORM_ASSETS = [*platform_raw_assets, raw_usage_events, *core_platform_assets]
 USAGE_ASSETS = [core_usage_events, *usage_bucket_assets]
 ANALYTICS_ASSETS = [rating_marts, *ANOMALY_ASSETS, *FORECAST_ASSETS, *ACTION_ASSETS]
 published_warehouse = publish_asset(
-    deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys])
+    deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys]
+)
 PUBLISH_ASSETS = [published_warehouse]
 
 # a failed run is retried (run_retries in dagster.yaml); writes are idempotent, so retries never double-count
@@ -82,9 +91,12 @@ forecast_selection_job = dg.define_asset_job(
     tags=RUN_RETRIES,
 )
 weekly_forecast_selection = dg.ScheduleDefinition(
-    name="weekly_forecast_selection", job=forecast_selection_job, cron_schedule="0 1 * * 0",
+    name="weekly_forecast_selection",
+    job=forecast_selection_job,
+    cron_schedule="0 1 * * 0",
     execution_timezone="UTC",
-    description="Sundays 01:00 UTC: refresh the model choice; the nightly forecasts reuse it for a week.")
+    description="Sundays 01:00 UTC: refresh the model choice; the nightly forecasts reuse it for a week.",
+)
 
 ops_sync_job = dg.define_asset_job(
     "ops_sync_job",
@@ -106,9 +118,14 @@ nightly_schedule = dg.ScheduleDefinition(
     description="02:00 UTC: platform snapshot; on success the usage job rebuilds the late window.",
 )
 
-@dg.schedule(job=usage_intraday_job, cron_schedule="5 * * * *", execution_timezone="UTC",
-             name="hourly_usage_intraday",
-             description="Every hour at :05: land the new usage files and rebuild today's usage partition.")
+
+@dg.schedule(
+    job=usage_intraday_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="UTC",
+    name="hourly_usage_intraday",
+    description="Every hour at :05: land the new usage files and rebuild today's usage partition.",
+)
 def hourly_usage_intraday(context: dg.ScheduleEvaluationContext):
     day = context.scheduled_execution_time.astimezone(UTC).date().isoformat()
     return dg.RunRequest(run_key=f"intraday-{context.scheduled_execution_time.isoformat()}", partition_key=day)
@@ -222,12 +239,36 @@ def default_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*PLATFORM_ASSETS, *USAGE_ASSETS, *ANALYTICS_ASSETS, *HOURLY_ANOMALY_ASSETS, *SELECTION_ASSETS,
-            *PUBLISH_ASSETS, *EVALUATION_ASSETS],
-    jobs=[targeted_refresh_job, platform_sync_job, usage_daily_job, analytics_job, usage_intraday_job, usage_anomalies_hourly_job,
-          forecast_selection_job, ops_sync_job, approve_actions_job, push_action_job, evaluation_job],
+    assets=[
+        *PLATFORM_ASSETS,
+        *USAGE_ASSETS,
+        *ANALYTICS_ASSETS,
+        *HOURLY_ANOMALY_ASSETS,
+        *SELECTION_ASSETS,
+        *PUBLISH_ASSETS,
+        *EVALUATION_ASSETS,
+    ],
+    jobs=[
+        targeted_refresh_job,
+        platform_sync_job,
+        usage_daily_job,
+        analytics_job,
+        usage_intraday_job,
+        usage_anomalies_hourly_job,
+        forecast_selection_job,
+        ops_sync_job,
+        approve_actions_job,
+        push_action_job,
+        evaluation_job,
+    ],
     schedules=[nightly_schedule, hourly_usage_intraday, weekly_forecast_selection],
-    sensors=[usage_after_platform_sync, analytics_after_usage, anomalies_after_intraday, push_approved_actions,
-             ops_sync_on_ledger_change, webhook_sensor(platform_sync_job)],
+    sensors=[
+        usage_after_platform_sync,
+        analytics_after_usage,
+        anomalies_after_intraday,
+        push_approved_actions,
+        ops_sync_on_ledger_change,
+        webhook_sensor(platform_sync_job),
+    ],
     resources=default_resources(),
 )

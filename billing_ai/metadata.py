@@ -18,7 +18,6 @@ def markdown_preview(df: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
     def cell(v: object) -> str:
         return html.escape(str(v)).replace("|", "\\|").replace("\n", " ")[:80]
 
-    lines = ["| " + " | ".join(cell(c) for c in head.columns) + " |",
-             "|" + "---|" * len(head.columns)]
+    lines = ["| " + " | ".join(cell(c) for c in head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in head.iter_rows()]
     return dg.MetadataValue.md("\n".join(lines))

@@ -19,11 +19,33 @@ from typing import Literal
 # ISO 4217 minor-unit exponents for the currencies we accept. An unknown
 # currency fails closed: guessing "2" would silently mis-scale JPY or KWD.
 MINOR_UNITS: dict[str, int] = {
-    "usd": 2, "eur": 2, "gbp": 2, "cad": 2, "aud": 2, "chf": 2, "sek": 2,
-    "nok": 2, "dkk": 2, "nzd": 2, "sgd": 2, "hkd": 2, "inr": 2, "brl": 2,
-    "mxn": 2, "pln": 2, "zar": 2,
-    "jpy": 0, "krw": 0, "clp": 0, "vnd": 0, "isk": 0,
-    "kwd": 3, "bhd": 3, "jod": 3, "omr": 3, "tnd": 3,
+    "usd": 2,
+    "eur": 2,
+    "gbp": 2,
+    "cad": 2,
+    "aud": 2,
+    "chf": 2,
+    "sek": 2,
+    "nok": 2,
+    "dkk": 2,
+    "nzd": 2,
+    "sgd": 2,
+    "hkd": 2,
+    "inr": 2,
+    "brl": 2,
+    "mxn": 2,
+    "pln": 2,
+    "zar": 2,
+    "jpy": 0,
+    "krw": 0,
+    "clp": 0,
+    "vnd": 0,
+    "isk": 0,
+    "kwd": 3,
+    "bhd": 3,
+    "jod": 3,
+    "omr": 3,
+    "tnd": 3,
 }
 
 RoundingRule = Literal["half_up", "half_even"]

@@ -1,4 +1,4 @@
-"""Dagster resources: the warehouse, the clock and settings, platform clients.
+"""Dagster resources: the warehouse, the clock and settings (each platform's own lives in its package).
 
 Secrets (API keys, the PII tokenization key) come from the environment through
 ``EnvVar`` and are never put in config, logs or metadata.
@@ -6,9 +6,9 @@ Secrets (API keys, the PII tokenization key) come from the environment through
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import dagster as dg
 import duckdb
@@ -33,8 +33,9 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = warehouse.connect(self.path, read_only=read_only, threads=self.threads or None,
-                                memory_limit=self.memory_limit or None)
+        con = warehouse.connect(
+            self.path, read_only=read_only, threads=self.threads or None, memory_limit=self.memory_limit or None
+        )
         try:
             yield con
         finally:
@@ -58,28 +59,3 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def inbox(self) -> Path:
         return Path(self.inbox_dir)
-
-
-class StripeResource(dg.ConfigurableResource):
-    """Read access to a Stripe account (or the sandbox at ``api_base``).
-
-    Use a restricted read-only key for ingestion: only the push job writes.
-    """
-
-    api_key: str = dg.EnvVar("STRIPE_API_KEY")
-    api_base: str = "https://api.stripe.com"
-    max_network_retries: int = 3
-    requests_per_second: float = 20.0  # client-side limit, under Stripe's 25/s in test mode
-    page_size: int = 100
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.api_base)
-
-    def connector(self, pii_key: str):
-        from billing_ai.platforms.stripe.client import StripeConnector
-
-        return StripeConnector(api_key=self.api_key, api_base=self.api_base,
-                               max_network_retries=self.max_network_retries,
-                               requests_per_second=self.requests_per_second, page_size=self.page_size,
-                               pii_key=pii_key)

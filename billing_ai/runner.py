@@ -11,20 +11,24 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import dagster as dg
 
 from billing_ai import warehouse as wh
-from billing_ai.sandbox.recurly_api import DEFAULT_API_KEY as RECURLY_API_KEY
 from billing_ai.sandbox.chargebee_api import DEFAULT_API_KEY as CHARGEBEE_SANDBOX_KEY
+from billing_ai.sandbox.recurly_api import DEFAULT_API_KEY as RECURLY_API_KEY
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
-from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
-                                          ZUORA_READONLY_CLIENT_SECRET)
 from billing_ai.sandbox.world import WorldConfig, WorldPaths, stored_fingerprint
+from billing_ai.sandbox.zuora_api import (
+    ZUORA_CLIENT_ID,
+    ZUORA_CLIENT_SECRET,
+    ZUORA_READONLY_CLIENT_ID,
+    ZUORA_READONLY_CLIENT_SECRET,
+)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SANDBOX_PII_KEY = "sandbox-only-pii-key"  # the embedded default only; production sets BILLING_AI_PII_KEY
@@ -128,9 +132,13 @@ def sandbox_environment(layout: Layout, config: WorldConfig) -> Iterator[str]:
                     os.environ[k] = v
 
 
-def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = None,
-                    resources: dict | None = None, say: Callable[[str], None] = print,
-                    reconciliation_tolerance: dict | None = None) -> None:
+def materialize_all(
+    config: WorldConfig,
+    instance: dg.DagsterInstance | None = None,
+    resources: dict | None = None,
+    say: Callable[[str], None] = print,
+    reconciliation_tolerance: dict | None = None,
+) -> None:
     """Materialize every asset: platform snapshot, then all usage days as one run."""
     from billing_ai import definitions as d
 
@@ -139,8 +147,9 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
         from billing_ai.actions.resources import ActionsResource
 
         ops = Path(resources["warehouse"].path).parent / "ops"
-        resources["actions"] = ActionsResource(ledger_path=str(ops / "actions.sqlite"),
-                                               heads_file=str(ops / "audit_heads.jsonl"))
+        resources["actions"] = ActionsResource(
+            ledger_path=str(ops / "actions.sqlite"), heads_file=str(ops / "audit_heads.jsonl")
+        )
     instance = instance or dg.DagsterInstance.ephemeral()
     t = time.monotonic()
     res = dg.materialize(d.PLATFORM_ASSETS, resources=resources, instance=instance, run_config=QUIET)
@@ -150,21 +159,33 @@ def materialize_all(config: WorldConfig, instance: dg.DagsterInstance | None = N
     last = config.as_of_dt().date()
     t = time.monotonic()
     res = dg.materialize(
-        [*d.USAGE_ASSETS, *d.PLATFORM_ASSETS], selection=d.USAGE_ASSETS, resources=resources, instance=instance,
+        [*d.USAGE_ASSETS, *d.PLATFORM_ASSETS],
+        selection=d.USAGE_ASSETS,
+        resources=resources,
+        instance=instance,
         run_config=QUIET,
-        tags={"dagster/asset_partition_range_start": first.isoformat(),
-              "dagster/asset_partition_range_end": last.isoformat()},
+        tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": last.isoformat(),
+        },
     )
     assert res.success
     say(f"usage_daily {first}..{last} (one run): {time.monotonic() - t:.1f}s")
     t = time.monotonic()
     run_config = {**QUIET, "ops": {"rating_marts": {"config": reconciliation_tolerance or {}}}}
-    res = dg.materialize([*d.ANALYTICS_ASSETS, *d.PUBLISH_ASSETS], resources=resources, instance=instance,
-                         run_config=run_config, raise_on_error=False)
+    res = dg.materialize(
+        [*d.ANALYTICS_ASSETS, *d.PUBLISH_ASSETS],
+        resources=resources,
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+    )
     for ev in res.get_asset_check_evaluations():
         if not ev.passed:
-            say(f"CHECK FAILED: {ev.asset_key.to_user_string()} {ev.check_name}: "
-                f"{ {k: v.value for k, v in ev.metadata.items()} }")
+            say(
+                f"CHECK FAILED: {ev.asset_key.to_user_string()} {ev.check_name}: "
+                f"{ {k: v.value for k, v in ev.metadata.items()} }"
+            )
     assert res.success, "the analytics run failed (see the check above)"
     say(f"analytics (rating, reconciliation) and snapshot: {time.monotonic() - t:.1f}s")
 
@@ -173,8 +194,13 @@ def evaluate_all(resources: dict, instance: dg.DagsterInstance | None = None) ->
     """Materialize the evaluation assets (ground truth needed) and return their metadata."""
     from billing_ai import definitions as d
 
-    res = dg.materialize([*d.EVALUATION_ASSETS, *d.ANALYTICS_ASSETS], selection=d.EVALUATION_ASSETS,
-                         resources=resources, instance=instance or dg.DagsterInstance.ephemeral(), run_config=QUIET)
+    res = dg.materialize(
+        [*d.EVALUATION_ASSETS, *d.ANALYTICS_ASSETS],
+        selection=d.EVALUATION_ASSETS,
+        resources=resources,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        run_config=QUIET,
+    )
     out = {}
     for m in res.get_asset_materialization_events():
         mat = m.event_specific_data.materialization
@@ -182,53 +208,84 @@ def evaluate_all(resources: dict, instance: dg.DagsterInstance | None = None) ->
     return out
 
 
-SUMMARY_TABLES = ("marts.usage_daily", "marts.usage_hourly", "marts.rated_usage", "marts.tier_positions",
-                  "marts.invoice_reconciliation", "core.customers", "core.products", "core.prices", "core.price_tiers", "core.meters",
-                  "core.subscriptions", "core.subscription_items", "core.invoices", "core.invoice_lines",
-                  "core.payments", "core.credit_notes", "core.meter_usage_summaries", "core.usage_events",
-                  "core.quarantine")
+SUMMARY_TABLES = (
+    "marts.usage_daily",
+    "marts.usage_hourly",
+    "marts.rated_usage",
+    "marts.tier_positions",
+    "marts.invoice_reconciliation",
+    "core.customers",
+    "core.products",
+    "core.prices",
+    "core.price_tiers",
+    "core.meters",
+    "core.subscriptions",
+    "core.subscription_items",
+    "core.invoices",
+    "core.invoice_lines",
+    "core.payments",
+    "core.credit_notes",
+    "core.meter_usage_summaries",
+    "core.usage_events",
+    "core.quarantine",
+)
 
 
 def summary(warehouse_path: Path) -> str:
     con = wh.connect_published(warehouse_path)
     try:
-        lines = [f"warehouse: {warehouse_path.resolve()}",
-                 f"read-only snapshot for queries: {wh.published_path_for(warehouse_path).resolve()}", ""]
+        lines = [
+            f"warehouse: {warehouse_path.resolve()}",
+            f"read-only snapshot for queries: {wh.published_path_for(warehouse_path).resolve()}",
+            "",
+        ]
         for t in SUMMARY_TABLES:
             n = wh.count(con, t) if wh.table_exists(con, t) else 0
             lines.append(f"  {t:<32} {n:>12,}")
         files = wh.run(con, "SELECT count(*), sum(records), sum(landed), sum(quarantined) FROM raw.usage_files")[0]
-        lines += ["", f"usage files landed: {files[0]}, records in {files[1]:,} = landed {files[2]:,} "
-                      f"+ quarantined at landing {files[3]:,}"]
-        by_platform = wh.run(con, "SELECT c.platform, count(DISTINCT c.customer_id), count(DISTINCT i.invoice_id) "
-                                  "FROM core.customers c LEFT JOIN core.invoices i USING (customer_id) "
-                                  "GROUP BY 1 ORDER BY 1")
+        lines += [
+            "",
+            f"usage files landed: {files[0]}, records in {files[1]:,} = landed {files[2]:,} "
+            f"+ quarantined at landing {files[3]:,}",
+        ]
+        by_platform = wh.run(
+            con,
+            "SELECT c.platform, count(DISTINCT c.customer_id), count(DISTINCT i.invoice_id) "
+            "FROM core.customers c LEFT JOIN core.invoices i USING (customer_id) "
+            "GROUP BY 1 ORDER BY 1",
+        )
         lines.append("platforms: " + ", ".join(f"{p} ({c:,} customers, {n:,} invoices)" for p, c, n in by_platform))
         findings = wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation GROUP BY 1 ORDER BY 2 DESC")
         lines.append("invoice reconciliation: " + ", ".join(f"{f}={n:,}" for f, n in findings))
         if wh.table_exists(con, "ops.proposed_actions"):
-            kinds = wh.run(con, "SELECT kind || ':' || status, count(*) FROM ops.proposed_actions GROUP BY 1 "
-                                "ORDER BY 2 DESC")
+            kinds = wh.run(
+                con, "SELECT kind || ':' || status, count(*) FROM ops.proposed_actions GROUP BY 1 ORDER BY 2 DESC"
+            )
             lines.append("proposed actions (await approval): " + ", ".join(f"{k}={n:,}" for k, n in kinds))
         reasons = wh.run(con, "SELECT reason, count(*) FROM core.quarantine GROUP BY 1 ORDER BY 2 DESC")
         if reasons:
             lines.append("quarantine by reason: " + ", ".join(f"{r}={n:,}" for r, n in reasons))
     finally:
         con.close()
-    lines += ["", "example query:",
-              "  .venv/bin/billing-ai query \"SELECT c.segment, u.meter_name, sum(u.quantity) AS units "
-              "FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL\""
-              + (f" --warehouse {warehouse_path}" if warehouse_path != Path("data/warehouse.duckdb") else ""),
-              "review and approve proposals:",
-              "  .venv/bin/billing-ai actions list --status proposed   |   actions show ID   |   "
-              "actions approve ID --as ana --reason '...'"]
+    lines += [
+        "",
+        "example query:",
+        '  .venv/bin/billing-ai query "SELECT c.segment, u.meter_name, sum(u.quantity) AS units '
+        'FROM core.usage_events u JOIN core.customers c USING (customer_id) GROUP BY ALL ORDER BY ALL"'
+        + (f" --warehouse {warehouse_path}" if warehouse_path != Path("data/warehouse.duckdb") else ""),
+        "review and approve proposals:",
+        "  .venv/bin/billing-ai actions list --status proposed   |   actions show ID   |   "
+        "actions approve ID --as ana --reason '...'",
+    ]
     return "\n".join(lines)
 
 
 def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Callable[[str], None] = print) -> None:
     t0 = time.monotonic()
-    say(f"billing_ai: default world = seed {config.seed}, {config.customers} customers, {config.days} days "
-        f"to as_of {config.as_of}")
+    say(
+        f"billing_ai: default world = seed {config.seed}, {config.customers} customers, {config.days} days "
+        f"to as_of {config.as_of}"
+    )
     ensure_world(layout, config, say)
     layout.warehouse.unlink(missing_ok=True)
     from billing_ai.ingestion.usage_files import kept_dir
@@ -239,6 +296,7 @@ def run(layout: Layout = Layout(), config: WorldConfig = WorldConfig(), say: Cal
         materialize_all(config, say=say)
         os.environ["BILLING_AI_TRUTH_DIR"] = str(layout.world.truth)
         from billing_ai import definitions as d
+
         evaluation = evaluate_all(d.default_resources())
     say("sandbox: stopped")
     say("")

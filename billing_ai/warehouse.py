@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from importlib import resources
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import duckdb
 
 SCHEMAS = ("raw", "core", "marts", "ops")
 
 
-def connect(path: str | Path, read_only: bool = False, threads: int | None = None,
-            memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path, read_only: bool = False, threads: int | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +72,9 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     schema, name = qualified.split(".")
-    return bool(run(con, "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?",
-                    [schema, name]))
+    return bool(
+        run(con, "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?", [schema, name])
+    )
 
 
 def count(con: duckdb.DuckDBPyConnection, qualified: str, where: str = "", params: Sequence | None = None) -> int:

@@ -92,32 +92,45 @@ def sandbox(tiny_world: GeneratedWorld, tmp_path: Path) -> Iterator[SandboxServe
 TEST_PII_KEY = "test-pii-key"
 
 
-def pipeline_resources(url: str, warehouse_path: Path, world: GeneratedWorld, page_size: int = 100,
-                       api_key: str = "rk_test_sandbox_readonly") -> dict:
+def pipeline_resources(
+    url: str,
+    warehouse_path: Path,
+    world: GeneratedWorld,
+    page_size: int = 100,
+    api_key: str = "rk_test_sandbox_readonly",
+) -> dict:
     """Resources for running the graph against a sandbox at ``url`` (a read-only key: ingestion never writes)."""
     from billing_ai.actions.resources import ActionsResource
-    from billing_ai.platforms.zuora.resource import ZuoraResource
     from billing_ai.platforms.chargebee.resource import ChargebeeResource
-    from billing_ai.sandbox.chargebee_api import DEFAULT_READONLY_KEY as CHARGEBEE_READONLY_KEY
-    from billing_ai.resources import PipelineSettings, StripeResource, WarehouseResource
-    from billing_ai.sandbox.zuora_api import ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET
     from billing_ai.platforms.recurly.resource import RecurlyResource
+    from billing_ai.platforms.stripe.resource import StripeResource
+    from billing_ai.platforms.zuora.resource import ZuoraResource
+    from billing_ai.resources import PipelineSettings, WarehouseResource
+    from billing_ai.sandbox.chargebee_api import DEFAULT_READONLY_KEY as CHARGEBEE_READONLY_KEY
     from billing_ai.sandbox.recurly_api import READONLY_API_KEY as RECURLY_READONLY_KEY
+    from billing_ai.sandbox.zuora_api import ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET
 
     ops = Path(warehouse_path).parent / "ops"
     return {
         "actions": ActionsResource(ledger_path=str(ops / "actions.sqlite"), heads_file=str(ops / "audit_heads.jsonl")),
         "warehouse": WarehouseResource(path=str(warehouse_path)),
         "stripe": StripeResource(api_key=api_key, api_base=url, requests_per_second=500, page_size=page_size),
-        "zuora": ZuoraResource(api_base=f"{url}/zuora", client_id=ZUORA_READONLY_CLIENT_ID,
-                               client_secret=ZUORA_READONLY_CLIENT_SECRET, requests_per_second=500,
-                               page_size=page_size),
-        "recurly": RecurlyResource(api_key=RECURLY_READONLY_KEY, api_base=f"{url}/recurly", requests_per_second=500,
-                                   page_size=page_size),
-        "chargebee": ChargebeeResource(api_base=f"{url}/chargebee", api_key=CHARGEBEE_READONLY_KEY,
-                                       requests_per_second=500, page_size=page_size),
-        "settings": PipelineSettings(as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir),
-                                     pii_key=TEST_PII_KEY),
+        "zuora": ZuoraResource(
+            api_base=f"{url}/zuora",
+            client_id=ZUORA_READONLY_CLIENT_ID,
+            client_secret=ZUORA_READONLY_CLIENT_SECRET,
+            requests_per_second=500,
+            page_size=page_size,
+        ),
+        "recurly": RecurlyResource(
+            api_key=RECURLY_READONLY_KEY, api_base=f"{url}/recurly", requests_per_second=500, page_size=page_size
+        ),
+        "chargebee": ChargebeeResource(
+            api_base=f"{url}/chargebee", api_key=CHARGEBEE_READONLY_KEY, requests_per_second=500, page_size=page_size
+        ),
+        "settings": PipelineSettings(
+            as_of=world.config.as_of, inbox_dir=str(world.paths.inbox_dir), pii_key=TEST_PII_KEY
+        ),
     }
 
 

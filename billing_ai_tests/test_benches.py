@@ -21,8 +21,14 @@ TINY = {
     "rating_bench": ["--events", "5000", "--customers", "8", "--world-days", "20"],
 }
 # what each prints once it has measured: its ratio against the baseline measured in the same run
-PRINTS = {"actions_bench": "ratio", "anomaly_bench": "ratio", "forecast_bench": "ratio", "ingest_bench": "ours/floor",
-          "platforms_bench": "targeted refresh", "rating_bench": "ratio rating/floor"}
+PRINTS = {
+    "actions_bench": "ratio",
+    "anomaly_bench": "ratio",
+    "forecast_bench": "ratio",
+    "ingest_bench": "ours/floor",
+    "platforms_bench": "targeted refresh",
+    "rating_bench": "ratio rating/floor",
+}
 
 
 def test_every_bench_has_a_tiny_size():
@@ -31,8 +37,13 @@ def test_every_bench_has_a_tiny_size():
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_bench_runs_at_a_tiny_size(name, tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--bench", name, "--repeats", "1", *TINY[name]],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--bench", name, "--repeats", "1", *TINY[name]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"### {name}: ok" in proc.stdout
     assert PRINTS[name] in proc.stdout

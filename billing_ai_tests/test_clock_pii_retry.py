@@ -52,5 +52,9 @@ def test_429_is_retried_after_retry_after_and_transient_only_when_asked():
 
 def test_429_gives_up_after_max_attempts():
     with pytest.raises(RateLimited):
-        call_with_retries(lambda: (_ for _ in ()).throw(RateLimited(None)), RetryPolicy(max_attempts=3),
-                          retry_transient=False, sleep=lambda s: None)
+        call_with_retries(
+            lambda: (_ for _ in ()).throw(RateLimited(None)),
+            RetryPolicy(max_attempts=3),
+            retry_transient=False,
+            sleep=lambda s: None,
+        )

@@ -7,7 +7,6 @@ published snapshot in a loop.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -46,15 +45,31 @@ READER = textwrap.dedent("""
 
 
 # two independent roots (they would run side by side without the pool), two core tables, the publisher
-SELECTION = [dg.AssetKey(["raw", f"stripe_{o}"]) for o in (
-    "customers", "products", "prices", "meters", "subscriptions", "invoices", "invoice_lines", "payment_intents",
-    "credit_notes", "meter_event_summaries")] + [
-    dg.AssetKey(["raw", "usage_events"]), dg.AssetKey(["core", "customers"]), dg.AssetKey(["core", "invoices"]),
-    dg.AssetKey(["published", "warehouse"])]
+SELECTION = [
+    dg.AssetKey(["raw", f"stripe_{o}"])
+    for o in (
+        "customers",
+        "products",
+        "prices",
+        "meters",
+        "subscriptions",
+        "invoices",
+        "invoice_lines",
+        "payment_intents",
+        "credit_notes",
+        "meter_event_summaries",
+    )
+] + [
+    dg.AssetKey(["raw", "usage_events"]),
+    dg.AssetKey(["core", "customers"]),
+    dg.AssetKey(["core", "invoices"]),
+    dg.AssetKey(["published", "warehouse"]),
+]
 
 
 def platform_job():
     from billing_ai.definitions import defs
+
     return defs.resolve_job_def("platform_sync_job")
 
 
@@ -75,16 +90,25 @@ def test_multiprocess_run_while_a_reader_queries(tiny_world, tiny_warehouse, tmp
     reader = subprocess.Popen([sys.executable, "-c", READER, str(warehouse), str(out), str(stop)])
     try:
         with SandboxServer(tiny_world.paths.world_dir, tmp_path / "state") as server:
-            env = {"DAGSTER_HOME": str(home), "STRIPE_API_BASE": server.url,
-                   "STRIPE_API_KEY": "rk_test_sandbox_readonly", "STRIPE_REQUESTS_PER_SECOND": "500",
-                   "BILLING_AI_AS_OF": tiny_world.config.as_of, "BILLING_AI_INBOX": str(tiny_world.paths.inbox_dir),
-                   "BILLING_AI_WAREHOUSE": str(warehouse), "BILLING_AI_PII_KEY": TEST_PII_KEY}
+            env = {
+                "DAGSTER_HOME": str(home),
+                "STRIPE_API_BASE": server.url,
+                "STRIPE_API_KEY": "rk_test_sandbox_readonly",
+                "STRIPE_REQUESTS_PER_SECOND": "500",
+                "BILLING_AI_AS_OF": tiny_world.config.as_of,
+                "BILLING_AI_INBOX": str(tiny_world.paths.inbox_dir),
+                "BILLING_AI_WAREHOUSE": str(warehouse),
+                "BILLING_AI_PII_KEY": TEST_PII_KEY,
+            }
             for k, v in env.items():
                 monkeypatch.setenv(k, v)
             with dg.DagsterInstance.get() as instance:
                 result = dg.execute_job(
-                    dg.reconstructable(platform_job), instance=instance, asset_selection=SELECTION,
-                    run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}})
+                    dg.reconstructable(platform_job),
+                    instance=instance,
+                    asset_selection=SELECTION,
+                    run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
+                )
                 assert result.success
                 records = instance.all_logs(result.run_id)
                 limits = instance.event_log_storage.get_concurrency_info("warehouse")
@@ -104,5 +128,5 @@ def test_multiprocess_run_while_a_reader_queries(tiny_world, tiny_warehouse, tmp
     pids = {r.dagster_event.pid for r in events if r.dagster_event.event_type_value == "STEP_START"}
     assert len(starts) == len(SELECTION) - 10 + 1 and len(pids) == len(starts)
     windows = sorted((starts[k], ends[k]) for k in starts)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(windows, windows[1:]))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(windows, windows[1:], strict=False))
     assert limits.slot_count == 1

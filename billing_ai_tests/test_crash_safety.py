@@ -40,10 +40,16 @@ CHILD = textwrap.dedent("""
 def snapshot(path, day):
     con = wh.connect(path, read_only=True)
     try:
-        return (wh.run(con, "SELECT count(*), sum(quantity), min(event_id), max(event_id) FROM core.usage_events "
-                            "WHERE event_date = ?", [day])[0],
-                wh.run(con, "SELECT count(*) FROM core.usage_events")[0][0],
-                wh.run(con, "SELECT count(*) FROM core.quarantine")[0][0])
+        return (
+            wh.run(
+                con,
+                "SELECT count(*), sum(quantity), min(event_id), max(event_id) FROM core.usage_events "
+                "WHERE event_date = ?",
+                [day],
+            )[0],
+            wh.run(con, "SELECT count(*) FROM core.usage_events")[0][0],
+            wh.run(con, "SELECT count(*) FROM core.quarantine")[0][0],
+        )
     finally:
         con.close()
 
@@ -55,8 +61,11 @@ def test_sigkill_mid_partition_keeps_previous_contents(tiny_world, tiny_warehous
     before = snapshot(path, day)
     assert before[0][0] > 0
     marker = tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), day.isoformat(), str(marker)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), day.isoformat(), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read().decode()

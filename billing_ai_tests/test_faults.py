@@ -55,8 +55,14 @@ def sdk(url: str, retries: int) -> stripe.StripeClient:
 
 
 def connector(url: str, max_attempts: int = 6, **kw) -> StripeConnector:
-    return StripeConnector(DEFAULT_READONLY_KEY, url, PII_KEY, requests_per_second=1000,
-                           policy=RetryPolicy(max_attempts=max_attempts, base_delay=0.01), **kw)
+    return StripeConnector(
+        DEFAULT_READONLY_KEY,
+        url,
+        PII_KEY,
+        requests_per_second=1000,
+        policy=RetryPolicy(max_attempts=max_attempts, base_delay=0.01),
+        **kw,
+    )
 
 
 def requests_served(server: SandboxServer) -> int:
@@ -117,8 +123,9 @@ def test_no_plan_no_faults(server):
 
 def test_faults_on_the_wire_and_switched_at_run_time(server):
     """Raw HTTP, so the status, headers and body of each injected answer are visible."""
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"},
-                      timeout=10) as http:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}, timeout=10
+    ) as http:
         plan = server.settings.faults = FaultPlan(rate_limit=burst(1, methods=GET), retry_after=1)
         r = http.get("/v1/customers")
         assert r.status_code == 429 and r.headers["Retry-After"] == "1"
@@ -154,9 +161,11 @@ def test_ingestion_recovers_from_429s_5xx_and_slow_responses(server, tiny_world)
 
     plan = server.settings.faults = FaultPlan(
         seed=7,
-        rate_limit=burst(4, start=3, methods=GET), retry_after=0,  # 4 x 429 on one page: 5 of 6 attempts
+        rate_limit=burst(4, start=3, methods=GET),
+        retry_after=0,  # 4 x 429 on one page: 5 of 6 attempts
         server_error=randomly(0.2, methods=GET),  # retried by the SDK (max_network_retries=3)
-        slow=randomly(0.1, methods=GET), delay=0.02,
+        slow=randomly(0.1, methods=GET),
+        delay=0.02,
     )
     before = requests_served(server)
     conn = connector(server.url, page_size=10)

@@ -6,7 +6,6 @@ import shutil
 from decimal import Decimal
 
 import dagster as dg
-import polars as pl
 
 from billing_ai import warehouse as wh
 from billing_ai_tests.conftest import pipeline_resources
@@ -28,8 +27,13 @@ def test_forecasts_tier_projections_and_proposals(tiny_warehouse, tiny_world, tm
     wmeta = weekly.asset_materializations_for_node("marts__forecast_model_selection")[0].metadata
     assert wmeta["calibration_horizon"].value >= 32
     con = wh.connect(path)
-    cols = dict(wh.run(con, "SELECT column_name, data_type FROM information_schema.columns "
-                            "WHERE table_name = 'forecast_model_selection'"))
+    cols = dict(
+        wh.run(
+            con,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'forecast_model_selection'",
+        )
+    )
     con.close()
     assert list(cols)[:4] == ["series_id", "model", "backtest_error", "chosen_at"]
     assert cols["calibration_horizon"] == "INTEGER" and cols["calibration_errors"] == "DOUBLE[]"
@@ -48,8 +52,11 @@ def test_forecasts_tier_projections_and_proposals(tiny_warehouse, tiny_world, tm
     assert t["crossing_probability"].is_between(0, 1).all()
     # the projected amount is the rating engine's on the projected quantity, to the minor unit
     plans = load_plans(con)
-    for r in t.join(f.select("subscription_item_id", "projected_quantity"), on="subscription_item_id").head(20) \
-              .iter_rows(named=True):
+    for r in (
+        t.join(f.select("subscription_item_id", "projected_quantity"), on="subscription_item_id")
+        .head(20)
+        .iter_rows(named=True)
+    ):
         q = Decimal(repr(max(r["projected_quantity"], 0.0))).quantize(Decimal("0.000000001"))
         assert rate(plans[r["price_id"]], q).amount == r["projected_amount"]
     con.close()
@@ -58,5 +65,8 @@ def test_forecasts_tier_projections_and_proposals(tiny_warehouse, tiny_world, tm
         import json
 
         ev = json.loads(q["evidence"])
-        assert sum(ev["lines_current"].values()) - sum(ev["lines_target"].values()) == json.loads(q["params"])[
-            "projected_saving"] > 0
+        assert (
+            sum(ev["lines_current"].values()) - sum(ev["lines_target"].values())
+            == json.loads(q["params"])["projected_saving"]
+            > 0
+        )

@@ -20,8 +20,9 @@ WEEK = np.array([1.0, 1.1, 1.2, 1.1, 1.0, 0.4, 0.3])  # a working-week usage pro
 Z80 = NormalDist().inv_cdf(0.9)
 
 
-def frame(series: dict[str, list[float] | np.ndarray], start_offsets: dict[str, int] | None = None,
-          days: int = DAYS) -> pl.DataFrame:
+def frame(
+    series: dict[str, list[float] | np.ndarray], start_offsets: dict[str, int] | None = None, days: int = DAYS
+) -> pl.DataFrame:
     """Daily history; a series starts at ``start_offsets[sid]`` days so that all end on the same last day."""
     rows = []
     for sid, ys in series.items():
@@ -157,12 +158,20 @@ def test_selection_reuse_gives_the_same_models_without_cv(mixed, monkeypatch):
 
     monkeypatch.setattr(fmod, "_select", no_cv)
     again = forecast_usage(history, H, "1d", selection=sel.drop("chosen_at"))
-    assert again.select("series_id", "model").unique().sort("series_id").equals(
-        fc.select("series_id", "model").unique().sort("series_id"))
+    assert (
+        again.select("series_id", "model")
+        .unique()
+        .sort("series_id")
+        .equals(fc.select("series_id", "model").unique().sort("series_id"))
+    )
     assert again["yhat"].to_list() == pytest.approx(fc["yhat"].to_list())
     # a selection forcing a model is obeyed (the nightly run refits the cached choice only)
-    forced = sel.with_columns(pl.when(pl.col("series_id") == "seasonal").then(pl.lit("SeasonalNaive"))
-                              .otherwise(pl.col("model")).alias("model"))
+    forced = sel.with_columns(
+        pl.when(pl.col("series_id") == "seasonal")
+        .then(pl.lit("SeasonalNaive"))
+        .otherwise(pl.col("model"))
+        .alias("model")
+    )
     f2 = forecast_usage(history, H, "1d", selection=forced)
     assert by_series(f2, "seasonal")["model"][0] == "SeasonalNaive"
 
@@ -170,8 +179,12 @@ def test_selection_reuse_gives_the_same_models_without_cv(mixed, monkeypatch):
 def test_without_selection_matches_with(mixed):
     history, sel, fc = mixed
     plain = forecast_usage(history, H, "1d")
-    assert plain.select("series_id", "model").unique().sort("series_id").equals(
-        fc.select("series_id", "model").unique().sort("series_id"))
+    assert (
+        plain.select("series_id", "model")
+        .unique()
+        .sort("series_id")
+        .equals(fc.select("series_id", "model").unique().sort("series_id"))
+    )
 
 
 def test_gaps_are_zero_usage():
@@ -183,8 +196,7 @@ def test_gaps_are_zero_usage():
     assert fc.height == H and fc["ds"][0] == D0 + timedelta(days=DAYS)
     assert fc["yhat"].is_finite().all()
     # a series that stops reporting: the missing tail is zeros, the forecast starts after the frame's last day
-    stopped = pl.concat([frame({"a": poisson_weekly(50, DAYS, 6)}),
-                         frame({"b": [5.0] * 60}, start_offsets={"b": 0})])
+    stopped = pl.concat([frame({"a": poisson_weekly(50, DAYS, 6)}), frame({"b": [5.0] * 60}, start_offsets={"b": 0})])
     fc2 = forecast_usage(stopped, 7, "1d")
     b = by_series(fc2, "b")
     assert b["ds"][0] == D0 + timedelta(days=DAYS)
@@ -223,11 +235,13 @@ def test_hourly_frequency_and_tz_aware_timestamps():
     rng = np.random.default_rng(4)
     hod = 0.3 + np.sin(np.pi * (np.arange(hours) % 24) / 24) ** 2
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
-    history = pl.DataFrame({
-        "series_id": ["h1"] * hours + ["h2"] * hours,
-        "ds": [t0 + timedelta(hours=i) for i in range(hours)] * 2,
-        "y": np.concatenate([rng.poisson(40 * hod), rng.poisson(4 * hod)]).astype(float),
-    }).with_columns(pl.col("ds").dt.convert_time_zone("Europe/Berlin"))
+    history = pl.DataFrame(
+        {
+            "series_id": ["h1"] * hours + ["h2"] * hours,
+            "ds": [t0 + timedelta(hours=i) for i in range(hours)] * 2,
+            "y": np.concatenate([rng.poisson(40 * hod), rng.poisson(4 * hod)]).astype(float),
+        }
+    ).with_columns(pl.col("ds").dt.convert_time_zone("Europe/Berlin"))
     sel = select_models(history, 24, "1h")
     assert set(sel["model"]) <= set(MODELS)
     fc = forecast_usage(history, 48, "1h", selection=sel)
@@ -250,11 +264,16 @@ def test_inputs_validated_and_empty_history():
 
 # ------------------------------------------------------------------ cached conformal calibration (weekly -> nightly)
 
+
 def cal_frame(rows: dict[str, tuple[int, list]]) -> pl.DataFrame:
-    return pl.DataFrame({"series_id": list(rows), "calibration_horizon": [h for h, _ in rows.values()],
-                         "calibration_errors": [e for _, e in rows.values()]},
-                        schema={"series_id": pl.String, "calibration_horizon": pl.Int32,
-                                "calibration_errors": pl.List(pl.Float64)})
+    return pl.DataFrame(
+        {
+            "series_id": list(rows),
+            "calibration_horizon": [h for h, _ in rows.values()],
+            "calibration_errors": [e for _, e in rows.values()],
+        },
+        schema={"series_id": pl.String, "calibration_horizon": pl.Int32, "calibration_errors": pl.List(pl.Float64)},
+    )
 
 
 def test_half_widths_hand_checked():
@@ -314,14 +333,17 @@ def test_calibration_errors_hand_checked():
 @pytest.fixture(scope="module")
 def calibrated():
     # "young": 70 days, 28 of them before the oldest of the 3 calibration windows of 14 (< 8 weeks)
-    history = frame({k: MIXED[k] for k in ("seasonal", "trend", "sparse", "weekly", "short", "zeros")}
-                    | {"step": step_series(), "young": poisson_weekly(120, 70, 12)})
+    history = frame(
+        {k: MIXED[k] for k in ("seasonal", "trend", "sparse", "weekly", "short", "zeros")}
+        | {"step": step_series(), "young": poisson_weekly(120, 70, 12)}
+    )
     return history, select_models(history, H, "1d", calibration_horizon=H)
 
 
 def test_calibration_carries_one_fit_forward_only_over_a_long_history(calibrated, monkeypatch):
-    import billing_ai.forecasting.forecast as fmod
     from statsforecast import StatsForecast
+
+    import billing_ai.forecasting.forecast as fmod
 
     history, sel = calibrated
     calls = []
@@ -334,8 +356,12 @@ def test_calibration_carries_one_fit_forward_only_over_a_long_history(calibrated
     monkeypatch.setattr(StatsForecast, "cross_validation", spy)
     filled, _ = fmod._prepare(history, "1d")
     prof = fmod._profile(filled, 7)
-    chosen = pl.DataFrame({"series_id": ["seasonal", "trend", "young", "sparse"],
-                           "model": ["AutoTheta", "AutoTheta", "AutoTheta", "CrostonOptimized"]})
+    chosen = pl.DataFrame(
+        {
+            "series_id": ["seasonal", "trend", "young", "sparse"],
+            "model": ["AutoTheta", "AutoTheta", "AutoTheta", "CrostonOptimized"],
+        }
+    )
     fmod._calibrate(filled, prof, chosen, H, "1d")
     # 120 days (78 before the oldest window): one fit carried forward; 70 days (28): refitted per window;
     # Croston cannot be carried
@@ -358,7 +384,8 @@ def test_cached_calibration_gives_the_fresh_half_widths(calibrated, monkeypatch)
     monkeypatch.setattr(fmod, "_select", no_cv)
     cached = forecast_usage(history, H, "1d", selection=sel)
     assert cached.select("series_id", "ds", "model", "interval_method").equals(
-        fresh.select("series_id", "ds", "model", "interval_method"))
+        fresh.select("series_id", "ds", "model", "interval_method")
+    )
     for col in ("yhat", "yhat_lo", "yhat_hi"):
         assert cached[col].to_list() == pytest.approx(fresh[col].to_list(), rel=1e-12, abs=1e-9)
     # the half-width is the conformal quantile of the cached errors: 42 of them, the 35th smallest

@@ -73,7 +73,9 @@ def test_spike_magnitudes_within_spec():
 
 def test_invoice_totals_add_up(small_world):
     inv, lines = small_world.tables["invoices"], small_world.tables["invoice_lines"]
-    sums = lines.group_by("invoice_id").agg(pl.col("amount").sum().alias("s"), pl.col("discount_amount").sum().alias("d"))
+    sums = lines.group_by("invoice_id").agg(
+        pl.col("amount").sum().alias("s"), pl.col("discount_amount").sum().alias("d")
+    )
     j = inv.join(sums, on="invoice_id", how="left").fill_null(0)
     assert (j["subtotal"] == j["s"]).all()
     assert (j["total"] == j["s"] - j["d"]).all()
@@ -81,15 +83,21 @@ def test_invoice_totals_add_up(small_world):
 
 def test_platform_price_amounts_hand_checked():
     # growth API calls, USD: 100k free, then 0.05c to 1M, then 0.03c
-    growth = {"billing_scheme": "tiered", "tiers_mode": "graduated",
-              "tiers_json": '[{"up_to": 100000, "unit_amount_decimal": "0", "flat_amount": 0},'
-                            ' {"up_to": 1000000, "unit_amount_decimal": "0.05", "flat_amount": 0},'
-                            ' {"up_to": null, "unit_amount_decimal": "0.03", "flat_amount": 0}]'}
+    growth = {
+        "billing_scheme": "tiered",
+        "tiers_mode": "graduated",
+        "tiers_json": '[{"up_to": 100000, "unit_amount_decimal": "0", "flat_amount": 0},'
+        ' {"up_to": 1000000, "unit_amount_decimal": "0.05", "flat_amount": 0},'
+        ' {"up_to": null, "unit_amount_decimal": "0.03", "flat_amount": 0}]',
+    }
     assert price_amount(growth, Decimal(230375)) == Decimal("6518.75")  # 130,375 x 0.05
     assert price_amount(growth, Decimal(1_500_000)) == Decimal(45000 + 15000)
-    volume = {"billing_scheme": "tiered", "tiers_mode": "volume",
-              "tiers_json": '[{"up_to": 1000000, "unit_amount_decimal": "0.04", "flat_amount": 2500},'
-                            ' {"up_to": null, "unit_amount_decimal": "0.025", "flat_amount": 0}]'}
+    volume = {
+        "billing_scheme": "tiered",
+        "tiers_mode": "volume",
+        "tiers_json": '[{"up_to": 1000000, "unit_amount_decimal": "0.04", "flat_amount": 2500},'
+        ' {"up_to": null, "unit_amount_decimal": "0.025", "flat_amount": 0}]',
+    }
     assert price_amount(volume, Decimal(1_000_000)) == Decimal(40000 + 2500)
     assert price_amount(volume, Decimal(1_000_001)) == Decimal("25000.025")
     package = {"billing_scheme": "per_unit", "unit_amount_decimal": "50", "divide_by": 1000, "round": "up"}
@@ -99,6 +107,7 @@ def test_platform_price_amounts_hand_checked():
 
 def test_add_months_keeps_anchor_day():
     from datetime import UTC, datetime
+
     jan31 = datetime(2026, 1, 31, tzinfo=UTC)
     assert add_months(jan31, 1).day == 28
     assert add_months(add_months(jan31, 1), 1, anchor_day=31).day == 31
@@ -113,7 +122,6 @@ def test_a_negative_invoice_total_becomes_credit_not_a_negative_amount_due():
     assert negative.height > 0  # the case is exercised
     assert (negative["ending_balance"] == negative["starting_balance"] + negative["total"]).all()
     assert (negative["amount_due"] == 0).all()
-
 
 
 def test_current_period_is_the_month_holding_as_of_with_month_ends_clamped():

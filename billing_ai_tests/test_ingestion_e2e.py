@@ -13,9 +13,13 @@ from billing_ai.platforms.stripe.client import StripeConnector
 from billing_ai.resources import WarehouseResource
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai.sandbox.world import ts
-
 from billing_ai_tests.conftest import TEST_PII_KEY as PII_KEY
 from billing_ai_tests.conftest import pipeline_resources as resources_for
+
+
+def _line_count(path) -> int:
+    with open(path) as f:
+        return sum(1 for _ in f)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +43,20 @@ def test_core_tables_match_the_world(pipeline, tiny_world):
     # money is integer minor units and totals survive the trip exactly
     (total,) = wh.run(con, "SELECT sum(total) FROM core.invoices")[0]
     assert total == t["invoices"]["total"].sum()
-    types = dict(wh.run(con, "SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_schema='core' AND table_name='invoice_lines'"))
+    types = dict(
+        wh.run(
+            con,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema='core' AND table_name='invoice_lines'",
+        )
+    )
     assert types["amount"] == "BIGINT" and types["quantity"].startswith("DECIMAL")
 
 
 def test_unit_prices_keep_twelve_decimals(pipeline):
-    rows = wh.run(pipeline, "SELECT unit_amount_decimal FROM core.prices WHERE lookup_key = 'scale_storage_gb_hours_usd'")
+    rows = wh.run(
+        pipeline, "SELECT unit_amount_decimal FROM core.prices WHERE lookup_key = 'scale_storage_gb_hours_usd'"
+    )
     assert str(rows[0][0]) == "0.018333333333"
 
 
@@ -63,10 +74,13 @@ def test_pii_is_tokenized_before_landing(pipeline, tiny_world):
 
 
 def test_every_invoiced_item_is_known(pipeline):
-    missing = wh.run(pipeline, """
+    missing = wh.run(
+        pipeline,
+        """
         SELECT count(*) FROM core.invoice_lines l
         WHERE l.subscription_item_id IS NOT NULL
-          AND l.subscription_item_id NOT IN (SELECT subscription_item_id FROM core.subscription_items)""")
+          AND l.subscription_item_id NOT IN (SELECT subscription_item_id FROM core.subscription_items)""",
+    )
     assert missing[0][0] == 0
 
 
@@ -74,9 +88,12 @@ def test_usage_events_records_in_equals_accepted_plus_quarantined(pipeline, tiny
     con = pipeline
     landed = wh.run(con, "SELECT sum(records), sum(landed), sum(quarantined) FROM raw.usage_files")[0]
     assert landed[0] == landed[1] + landed[2]
-    inbox_rows = sum(pl.scan_parquet(p).select(pl.len()).collect().item() if p.suffix == ".parquet"
-                     else sum(1 for _ in open(p)) - (1 if p.suffix == ".csv" else 0)
-                     for p in tiny_world.paths.inbox_dir.iterdir())
+    inbox_rows = sum(
+        pl.scan_parquet(p).select(pl.len()).collect().item()
+        if p.suffix == ".parquet"
+        else _line_count(p) - (1 if p.suffix == ".csv" else 0)
+        for p in tiny_world.paths.inbox_dir.iterdir()
+    )
     assert landed[0] == inbox_rows
     accepted = wh.count(con, "core.usage_events")
     quarantined = wh.count(con, "core.quarantine", "source = 'usage_events'")
@@ -87,12 +104,16 @@ def test_usage_reconciles_with_platform_meter_summaries(pipeline, tiny_world):
     """Every event that reached the sandbox platform is in the files too: per customer x meter x
     complete day, our sums equal the platform's summaries exactly."""
     as_of_day = tiny_world.config.as_of_dt().date()
-    rows = wh.run(pipeline, """
+    rows = wh.run(
+        pipeline,
+        """
         WITH u AS (SELECT customer_id, meter_name, event_date AS d, sum(quantity) AS q
                    FROM core.usage_events WHERE event_date < ? GROUP BY ALL),
              s AS (SELECT customer_id, meter_name, usage_date AS d, quantity AS q FROM core.meter_usage_summaries)
         SELECT count(*), count(*) FILTER (WHERE u.q IS DISTINCT FROM s.q)
-        FROM u FULL JOIN s USING (customer_id, meter_name, d)""", [as_of_day])
+        FROM u FULL JOIN s USING (customer_id, meter_name, d)""",
+        [as_of_day],
+    )
     n, diff = rows[0]
     assert n > 100 and diff == 0
 
@@ -109,13 +130,16 @@ def test_replaying_a_partition_changes_nothing(tiny_world, tmp_path):
         day = tiny_world.config.start_dt().date() + timedelta(days=20)
         counts = []
         for _ in range(3):
-            assert dg.materialize([*USAGE_ASSETS, *PLATFORM_ASSETS], selection=USAGE_ASSETS, resources=res,
-                                  partition_key=day.isoformat()).success
+            assert dg.materialize(
+                [*USAGE_ASSETS, *PLATFORM_ASSETS], selection=USAGE_ASSETS, resources=res, partition_key=day.isoformat()
+            ).success
             assert dg.materialize(PLATFORM_ASSETS, resources=res).success  # re-landing lands no file twice
             with WarehouseResource(path=str(tmp_path / "w.duckdb")).connect(read_only=True) as con:
-                counts.append(wh.run(con, "SELECT count(*), sum(quantity) FROM core.usage_events WHERE event_date=?",
-                                     [day])[0] + wh.run(con, "SELECT count(*) FROM raw.usage_events")[0]
-                              + wh.run(con, "SELECT sum(events) FROM raw.usage_file_days")[0])
+                counts.append(
+                    wh.run(con, "SELECT count(*), sum(quantity) FROM core.usage_events WHERE event_date=?", [day])[0]
+                    + wh.run(con, "SELECT count(*) FROM raw.usage_events")[0]
+                    + wh.run(con, "SELECT sum(events) FROM raw.usage_file_days")[0]
+                )
         assert counts[0][0] > 0 and counts[0] == counts[1] == counts[2]
 
 
@@ -137,6 +161,7 @@ def test_connector_pages_through_the_sdk(tiny_world, tmp_path):
 
 def test_asset_partitions_cover_the_world(tiny_world):
     from billing_ai.ingestion.partitions import usage_daily_partitions
+
     keys = usage_daily_partitions.get_partition_keys()
     assert tiny_world.config.start_dt().date().isoformat() in keys
     assert date.fromisoformat(keys[0]) <= tiny_world.config.start_dt().date()

@@ -34,8 +34,11 @@ def mixed_warehouse(tmp_path_factory):
     gw = write_test_world(root, replace(TINY_WORLD_CONFIG, platforms=ALL))
     cfg, world = gw.config, gw.world
     with SandboxServer(gw.paths.world_dir, root / "state") as server:
-        materialize_all(cfg, resources=pipeline_resources(server.url, root / "warehouse.duckdb", gw, page_size=5),
-                        say=lambda m: None)
+        materialize_all(
+            cfg,
+            resources=pipeline_resources(server.url, root / "warehouse.duckdb", gw, page_size=5),
+            say=lambda m: None,
+        )
     return root / "warehouse.duckdb", world, gw
 
 
@@ -59,8 +62,11 @@ def test_a_four_platform_world_lands_in_the_same_core_model(mixed_warehouse, tin
             differing = [c for c in a.columns if not a[c].equals(b[c])] if a.height == b.height else ["(rows)"]
             assert a.height > 0 and differing == [], (table, differing)
         # one catalog: each price once, every platform's copy recorded (and agreeing: the check is green)
-        copies = dict(mixed.sql("SELECT platform, count(*) FROM core.catalog_platform_ids WHERE object = 'prices' "
-                                "GROUP BY 1").fetchall())
+        copies = dict(
+            mixed.sql(
+                "SELECT platform, count(*) FROM core.catalog_platform_ids WHERE object = 'prices' GROUP BY 1"
+            ).fetchall()
+        )
         n_prices = mixed.sql("SELECT count(*) FROM core.prices").fetchall()[0][0]
         assert set(copies) == set(ALL) and all(n == n_prices for n in copies.values())
         # the reconciliation finds the same things on the mixed model as on the Stripe-only one
@@ -90,9 +96,13 @@ def test_a_webhook_named_invoice_is_refreshed_alone_on_each_platform_that_can(mi
     shutil.copy(path, copy)
     con = wh.connect(copy)
     try:
-        invoice_id, platform_id = wh.run(con, """SELECT i.invoice_id, i.platform_invoice_id FROM core.invoices i
+        invoice_id, platform_id = wh.run(
+            con,
+            """SELECT i.invoice_id, i.platform_invoice_id FROM core.invoices i
                                                  JOIN marts.invoice_reconciliation r USING (invoice_id)
-                                                 WHERE i.platform = ? ORDER BY i.invoice_id LIMIT 1""", [platform])[0]
+                                                 WHERE i.platform = ? ORDER BY i.invoice_id LIMIT 1""",
+            [platform],
+        )[0]
         q = "SELECT * FROM marts.invoice_reconciliation WHERE invoice_id = ? ORDER BY ALL"
         expected, total = wh.run(con, q, [invoice_id]), wh.count(con, "marts.invoice_reconciliation")
         raw_invoices = spec.raw_table("invoices")

@@ -4,8 +4,15 @@ from decimal import Decimal
 
 import pytest
 
-from billing_ai.money import (MoneyTypeError, UnknownCurrencyError, format_minor, major_to_minor,
-                              minor_unit_exponent, round_minor, to_decimal)
+from billing_ai.money import (
+    MoneyTypeError,
+    UnknownCurrencyError,
+    format_minor,
+    major_to_minor,
+    minor_unit_exponent,
+    round_minor,
+    to_decimal,
+)
 
 
 def test_minor_unit_exponents():
@@ -19,10 +26,17 @@ def test_unknown_currency_fails_closed():
         minor_unit_exponent("xyz")
 
 
-@pytest.mark.parametrize("exact,half_up,half_even", [
-    ("2.5", 3, 2), ("3.5", 4, 4), ("-2.5", -3, -2), ("6518.75", 6519, 6519), ("0.499999999999", 0, 0),
-    ("1234.5000000001", 1235, 1235),
-])
+@pytest.mark.parametrize(
+    "exact,half_up,half_even",
+    [
+        ("2.5", 3, 2),
+        ("3.5", 4, 4),
+        ("-2.5", -3, -2),
+        ("6518.75", 6519, 6519),
+        ("0.499999999999", 0, 0),
+        ("1234.5000000001", 1235, 1235),
+    ],
+)
 def test_round_minor_rules(exact, half_up, half_even):
     assert round_minor(Decimal(exact)) == half_up
     assert round_minor(exact, "half_even") == half_even

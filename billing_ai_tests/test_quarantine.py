@@ -8,9 +8,8 @@ import polars as pl
 import pytest
 
 from billing_ai import warehouse as wh
-from billing_ai.clock import parse_instant
+from billing_ai.clock import PARTITION_START, parse_instant
 from billing_ai.ingestion.usage_events import build_usage_events
-from billing_ai.ingestion.partitions import PARTITION_START
 from billing_ai.ingestion.usage_files import land_inbox
 from billing_ai.metadata import markdown_preview
 
@@ -30,8 +29,15 @@ def corpus(tiny_world, tiny_warehouse, tmp_path_factory):
     ts = day.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def ev(eid, **over):
-        rec = {"event_id": eid, "customer_id": sub[1], "subscription_id": sub[0], "meter_name": "api_calls",
-               "quantity": "7", "timestamp": ts, "metadata": {"project": "p1", "endpoint": "/v1/search"}}
+        rec = {
+            "event_id": eid,
+            "customer_id": sub[1],
+            "subscription_id": sub[0],
+            "meter_name": "api_calls",
+            "quantity": "7",
+            "timestamp": ts,
+            "metadata": {"project": "p1", "endpoint": "/v1/search"},
+        }
         rec.update(over)
         return {k: v for k, v in rec.items() if v is not _DROP}
 
@@ -63,7 +69,8 @@ def corpus(tiny_world, tiny_warehouse, tmp_path_factory):
     (inbox / "corpus-2.csv").write_text(
         "event_id,customer_id,subscription_id,meter_name,quantity,timestamp,metadata\n"
         f"csv-ok,{sub[1]},{sub[0]},api_calls,3,{ts},\n"
-        f"csv-extra,{sub[1]},{sub[0]},api_calls,3,{ts},,surplus\n")
+        f"csv-extra,{sub[1]},{sub[0]},api_calls,3,{ts},,surplus\n"
+    )
     (inbox / "corpus-3.parquet").write_bytes(b"PAR1 this is not really parquet")
     now = parse_instant(tiny_world.config.as_of)
     results = {r.file_name: r for r in land_inbox(con, inbox, now, date.fromisoformat(PARTITION_START))}
@@ -80,14 +87,17 @@ _DROP = _Drop()
 
 
 def reason_of(con, key: str) -> str | None:
-    rows = wh.run(con, "SELECT reason FROM core.quarantine WHERE record_key = ? OR record LIKE ? ORDER BY reason",
-                  [key, f'%"event_id": "{key}"%'])
+    rows = wh.run(
+        con,
+        "SELECT reason FROM core.quarantine WHERE record_key = ? OR record LIKE ? ORDER BY reason",
+        [key, f'%"event_id": "{key}"%'],
+    )
     return rows[0][0] if rows else None
 
 
 def test_each_bad_record_has_its_reason(corpus):
     con = corpus["con"]
-    for key, (rec, expected) in corpus["cases"].items():
+    for key, (_rec, expected) in corpus["cases"].items():
         if expected is None:
             assert wh.run(con, "SELECT count(*) FROM core.usage_events WHERE event_id = ?", [key])[0][0] == 1, key
         elif key == "dup":
@@ -104,8 +114,13 @@ def test_each_bad_record_has_its_reason(corpus):
 
 def test_unreadable_lines_are_quarantined_not_fatal(corpus):
     con = corpus["con"]
-    reasons = dict(wh.run(con, "SELECT reason, count(*) FROM core.quarantine WHERE record_key LIKE 'corpus-1%' "
-                               "OR record_key LIKE 'corpus-2%' GROUP BY 1"))
+    reasons = dict(
+        wh.run(
+            con,
+            "SELECT reason, count(*) FROM core.quarantine WHERE record_key LIKE 'corpus-1%' "
+            "OR record_key LIKE 'corpus-2%' GROUP BY 1",
+        )
+    )
     assert reasons["invalid_json"] == 1 and reasons["not_an_object"] == 1
     assert reasons["invalid_encoding"] == 1
     assert reasons["malformed_line"] == 1  # the CSV line with a surplus column
@@ -117,8 +132,9 @@ def test_a_malformed_file_does_not_stop_the_others(corpus):
     assert res["corpus-3.parquet"].status == "failed"
     assert res["corpus-1.ndjson"].status == "landed" and res["corpus-2.csv"].status == "landed"
     con = corpus["con"]
-    assert wh.run(con, "SELECT reason FROM core.quarantine WHERE record_key = 'corpus-3.parquet'") == \
-        [("unreadable_file",)]
+    assert wh.run(con, "SELECT reason FROM core.quarantine WHERE record_key = 'corpus-3.parquet'") == [
+        ("unreadable_file",)
+    ]
 
 
 def test_records_in_equal_accepted_plus_quarantined(corpus):
@@ -133,11 +149,15 @@ def test_records_in_equal_accepted_plus_quarantined(corpus):
     # the landing's index counts every landed record of the day; a text file's are raw rows too
     in_day = wh.run(con, "SELECT sum(events) FROM raw.usage_file_days WHERE event_date = ?", [day])[0][0]
     assert wh.run(con, "SELECT count(*) FROM raw.usage_events WHERE CAST(event_ts AS DATE) = ?", [day]) == wh.run(
-        con, "SELECT sum(events) FROM raw.usage_file_days JOIN raw.usage_files USING (file_id) "
-             "WHERE event_date = ? AND format <> 'parquet'", [day])
+        con,
+        "SELECT sum(events) FROM raw.usage_file_days JOIN raw.usage_files USING (file_id) "
+        "WHERE event_date = ? AND format <> 'parquet'",
+        [day],
+    )
     accepted = wh.run(con, "SELECT count(*) FROM core.usage_events WHERE event_date = ?", [day])[0][0]
-    quarantined = wh.run(con, "SELECT count(*) FROM core.quarantine WHERE source = 'usage_events' "
-                              "AND partition_date = ?", [day])[0][0]
+    quarantined = wh.run(
+        con, "SELECT count(*) FROM core.quarantine WHERE source = 'usage_events' AND partition_date = ?", [day]
+    )[0][0]
     assert in_day == accepted + quarantined
 
 
@@ -154,8 +174,9 @@ def test_relanding_the_same_files_lands_nothing(corpus, tiny_world):
     con = corpus["con"]
     index = "SELECT sum(events) FROM raw.usage_file_days"
     before = wh.count(con, "raw.usage_events"), wh.run(con, index), wh.count(con, "core.quarantine")
-    again = land_inbox(con, corpus["inbox"], parse_instant(tiny_world.config.as_of),
-                       date.fromisoformat(PARTITION_START))
+    again = land_inbox(
+        con, corpus["inbox"], parse_instant(tiny_world.config.as_of), date.fromisoformat(PARTITION_START)
+    )
     assert again == []
     assert (wh.count(con, "raw.usage_events"), wh.run(con, index), wh.count(con, "core.quarantine")) == before
 
@@ -165,15 +186,23 @@ def test_objects_a_connector_refuses_land_in_quarantine_and_are_counted():
     import duckdb
 
     from billing_ai.ingestion.platform_assets import land_raw
-    from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
-    from billing_ai.platforms.spec import PlatformSpec
+    from billing_ai.platforms.spec import QUARANTINE_KEY, PlatformSpec, quarantine_row
 
     spec = PlatformSpec(name="acme", raw_objects=("customers", "invoices"), core_sources={}, resource_key="acme")
-    snapshot = {"customers": [{"id": "c1", "name": "tok"}, {"id": "c2"}],
-                "invoices": [],
-                QUARANTINE_KEY: [quarantine_row("invoices", "inv_9", "malformed_money", {"id": "inv_9", "total": "1,5"},
-                                                "total is not an integer amount"),
-                                 quarantine_row("customers", None, "missing_id", "<customer/>")]}
+    snapshot = {
+        "customers": [{"id": "c1", "name": "tok"}, {"id": "c2"}],
+        "invoices": [],
+        QUARANTINE_KEY: [
+            quarantine_row(
+                "invoices",
+                "inv_9",
+                "malformed_money",
+                {"id": "inv_9", "total": "1,5"},
+                "total is not an integer amount",
+            ),
+            quarantine_row("customers", None, "missing_id", "<customer/>"),
+        ],
+    }
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw; CREATE SCHEMA core")
     now = datetime(2026, 11, 1, tzinfo=UTC)
@@ -181,7 +210,16 @@ def test_objects_a_connector_refuses_land_in_quarantine_and_are_counted():
         counts = land_raw(con, spec, snapshot, now)
     assert counts == {QUARANTINE_KEY: 2, "customers": 2, "invoices": 0}
     assert con.execute("SELECT count(*) FROM raw.acme_customers").fetchall() == [(2,)]
-    rows = con.execute("SELECT source, record_key, reason, detail, record FROM core.quarantine ORDER BY source").fetchall()
-    assert rows == [("acme_customers", None, "missing_id", "", "<customer/>"),
-                    ("acme_invoices", "inv_9", "malformed_money", "total is not an integer amount",
-                     '{"id": "inv_9", "total": "1,5"}')]
+    rows = con.execute(
+        "SELECT source, record_key, reason, detail, record FROM core.quarantine ORDER BY source"
+    ).fetchall()
+    assert rows == [
+        ("acme_customers", None, "missing_id", "", "<customer/>"),
+        (
+            "acme_invoices",
+            "inv_9",
+            "malformed_money",
+            "total is not an integer amount",
+            '{"id": "inv_9", "total": "1,5"}',
+        ),
+    ]

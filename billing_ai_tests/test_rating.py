@@ -31,10 +31,10 @@ from billing_ai.rating.engine import TierCharge, prorated
 # -- plans of the synthetic world (USD), written out by hand -------------------------
 
 STARTER_API = PricePlan.package("starter_api", "usd", "50", package_size=1000, package_rounding="up")
-GROWTH_API = PricePlan.graduated("growth_api", "usd", [
-    Tier(100_000, "0"), Tier(1_000_000, "0.05"), Tier(None, "0.03")])
-SCALE_API = PricePlan.volume("scale_api", "usd", [
-    Tier(1_000_000, "0.04", 2500), Tier(10_000_000, "0.025"), Tier(None, "0.015")])
+GROWTH_API = PricePlan.graduated("growth_api", "usd", [Tier(100_000, "0"), Tier(1_000_000, "0.05"), Tier(None, "0.03")])
+SCALE_API = PricePlan.volume(
+    "scale_api", "usd", [Tier(1_000_000, "0.04", 2500), Tier(10_000_000, "0.025"), Tier(None, "0.015")]
+)
 SCALE_STORAGE = PricePlan.per_unit("scale_storage", "usd", "0.018333333333")
 GROWTH_PLATFORM = PricePlan.per_unit("growth_platform", "usd", "49900", usage_type="licensed")
 STARTER_PLATFORM = PricePlan.per_unit("starter_platform", "usd", "4900", usage_type="licensed")
@@ -45,6 +45,7 @@ PERIOD_30D = 30 * DAY  # 2,592,000 seconds
 
 
 # -- per unit -------------------------------------------------------------------------
+
 
 def test_per_unit_with_a_12_decimal_unit_price():
     # 600 GB-hours x 0.018333333333 = 10.9999999998 cents -> 11
@@ -81,6 +82,7 @@ def test_large_products_stay_exact():
 
 # -- package ----------------------------------------------------------------------------
 
+
 def test_package_exactly_at_the_boundary_and_one_over():
     # 50 cents per started block of 1,000 calls
     assert rate(STARTER_API, 1000).amount == 50  # exactly one package
@@ -101,6 +103,7 @@ def test_package_rounding_down():
 
 
 # -- graduated ---------------------------------------------------------------------------
+
 
 def test_graduated_with_an_included_allowance():
     # 100,000 free; 130,375 x 0.05 = 6,518.75 -> 6,519 cents
@@ -143,6 +146,7 @@ def test_graduated_flat_fees_are_charged_when_a_tier_is_reached():
 
 # -- volume -----------------------------------------------------------------------------
 
+
 def test_volume_with_a_flat_fee_on_the_first_tier():
     # 1,000,000 x 0.04 + 2,500 flat = 42,500
     line = rate(SCALE_API, 1_000_000)
@@ -167,6 +171,7 @@ def test_volume_edges():
 
 # -- licensed: flat fees and seats --------------------------------------------------------
 
+
 def test_flat_fee_and_seats():
     assert rate(GROWTH_PLATFORM, 1).amount == 49_900  # a flat fee is quantity 1
     assert rate(GROWTH_SEATS, 7).amount == 5_600  # 7 seats x 800
@@ -175,12 +180,12 @@ def test_flat_fee_and_seats():
 
 def test_licensed_tiered_seats():
     # graduated seats: first 5 at 1,000, then 600 each
-    plan = PricePlan.graduated("seats_tiered", "usd", [Tier(5, "1000"), Tier(None, "600")],
-                               usage_type="licensed")
+    plan = PricePlan.graduated("seats_tiered", "usd", [Tier(5, "1000"), Tier(None, "600")], usage_type="licensed")
     assert rate(plan, 8).amount == 5 * 1000 + 3 * 600  # 6,800
 
 
 # -- prorations --------------------------------------------------------------------------
+
 
 def test_proration_by_seconds_remaining():
     # 30-day period, change after 10 days: 20 of 30 days remain = 2/3
@@ -215,8 +220,7 @@ def test_plan_change_credit_and_charge_are_separate_lines():
     assert p.net == 30_000
     assert p.fraction == Fraction(2, 3)
     # seats: 3 seats at 800 -> 5 seats, half way through: -1,200 and +2,000
-    p = plan_change_proration(GROWTH_SEATS, GROWTH_SEATS, PERIOD_30D // 2, 0, PERIOD_30D,
-                              quantity=3, new_quantity=5)
+    p = plan_change_proration(GROWTH_SEATS, GROWTH_SEATS, PERIOD_30D // 2, 0, PERIOD_30D, quantity=3, new_quantity=5)
     assert (p.credit, p.charge) == (-1_200, 2_000)
 
 
@@ -260,6 +264,7 @@ def test_metered_prices_are_not_prorated():
 
 # -- minimum commitments -------------------------------------------------------------------
 
+
 def test_minimum_commitment_true_up():
     # usage lines 120,000 + 250,000 + 30,001 = 400,001 against 500,000: true up 99,999
     assert minimum_commitment_true_up([120_000, 250_000, 30_001], 500_000) == 99_999
@@ -276,10 +281,12 @@ def test_minimum_commitment_true_up():
 
 # -- currencies with other minor units --------------------------------------------------------
 
+
 def test_jpy_amounts_are_yen():
     # the growth API price in JPY (1 cent = 1.5 yen): 100,000 free, 0.075 yen, then 0.045 yen
-    plan = PricePlan.graduated("growth_api_jpy", "JPY", [
-        Tier(100_000, "0"), Tier(1_000_000, "0.075"), Tier(None, "0.045")])
+    plan = PricePlan.graduated(
+        "growth_api_jpy", "JPY", [Tier(100_000, "0"), Tier(1_000_000, "0.075"), Tier(None, "0.045")]
+    )
     assert plan.currency == "jpy"
     # 130,375 x 0.075 = 9,778.125 yen -> 9,778 yen (no decimals in JPY)
     line = rate(plan, 230_375)
@@ -303,6 +310,7 @@ def test_kwd_amounts_are_fils():
 
 # -- half-way rounding -------------------------------------------------------------------
 
+
 def test_half_way_lines_round_half_up_by_default():
     plan = PricePlan.per_unit("half", "usd", "0.5")
     assert rate(plan, 1).amount == 1  # 0.5 -> 1 (up)
@@ -315,6 +323,7 @@ def test_half_way_lines_round_half_up_by_default():
 
 
 # -- validation: fail closed -------------------------------------------------------------
+
 
 def test_unknown_currency_fails_closed():
     with pytest.raises(UnknownCurrencyError):
@@ -373,8 +382,9 @@ def test_invalid_plans_are_refused():
     with pytest.raises(ValueError, match="usage_type"):
         PricePlan.per_unit("x", "usd", "1", usage_type="one_time")
     with pytest.raises(ValueError, match="no unit_amount_decimal"):
-        PricePlan("x", "usd", "metered", "tiered", tiers_mode="volume", unit_amount_decimal=D(1),
-                  tiers=(Tier(None, "1"),))
+        PricePlan(
+            "x", "usd", "metered", "tiered", tiers_mode="volume", unit_amount_decimal=D(1), tiers=(Tier(None, "1"),)
+        )
     with pytest.raises(ValueError, match="negative"):
         rate(SCALE_STORAGE, -1)
     with pytest.raises(ValueError):
@@ -396,22 +406,33 @@ def _core(rows: list[tuple], tiers: list[tuple]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute(PRICES_DDL)
     for r in rows:
-        con.execute("INSERT INTO core.prices (price_id, platform, currency, usage_type, billing_scheme, "
-                    "tiers_mode, unit_amount_decimal, package_size, package_rounding) "
-                    "VALUES (?, 'stripe', ?, ?, ?, ?, CAST(? AS DECIMAL(38, 12)), ?, ?)", list(r))
+        con.execute(
+            "INSERT INTO core.prices (price_id, platform, currency, usage_type, billing_scheme, "
+            "tiers_mode, unit_amount_decimal, package_size, package_rounding) "
+            "VALUES (?, 'stripe', ?, ?, ?, ?, CAST(? AS DECIMAL(38, 12)), ?, ?)",
+            list(r),
+        )
     for t in tiers:
-        con.execute("INSERT INTO core.price_tiers VALUES (?, 'stripe', ?, CAST(? AS DECIMAL(38, 9)), "
-                    "CAST(? AS DECIMAL(38, 12)), ?)", list(t))
+        con.execute(
+            "INSERT INTO core.price_tiers VALUES (?, 'stripe', ?, CAST(? AS DECIMAL(38, 9)), "
+            "CAST(? AS DECIMAL(38, 12)), ?)",
+            list(t),
+        )
     return con
 
 
 def test_load_plans_reads_core_prices_and_tiers():
     con = _core(
-        [("price_storage", "usd", "metered", "per_unit", None, "0.018333333333", None, None),
-         ("price_api", "usd", "metered", "per_unit", None, "50", 1000, "up"),
-         ("price_growth_api", "usd", "metered", "tiered", "graduated", None, None, None)],
-        [("price_growth_api", 1, "1000000", "0.05", 0), ("price_growth_api", 0, "100000", "0", 0),
-         ("price_growth_api", 2, None, "0.03", 0)],
+        [
+            ("price_storage", "usd", "metered", "per_unit", None, "0.018333333333", None, None),
+            ("price_api", "usd", "metered", "per_unit", None, "50", 1000, "up"),
+            ("price_growth_api", "usd", "metered", "tiered", "graduated", None, None, None),
+        ],
+        [
+            ("price_growth_api", 1, "1000000", "0.05", 0),
+            ("price_growth_api", 0, "100000", "0", 0),
+            ("price_growth_api", 2, None, "0.03", 0),
+        ],
     )
     plans = load_plans(con)
     assert set(plans) == {"price_storage", "price_api", "price_growth_api"}
@@ -429,6 +450,7 @@ def test_load_plans_fails_closed_on_an_unknown_currency():
 
 # -- independence from the sandbox ---------------------------------------------------------
 
+
 def test_rating_never_imports_the_sandbox():
     root = Path(__file__).resolve().parent.parent / "billing_ai" / "rating"
     for path in root.glob("*.py"):
@@ -444,36 +466,56 @@ def test_rating_never_imports_the_sandbox():
 # -- agreement with the sandbox platform's own billing ---------------------------------------
 # (tests may import the sandbox; billing_ai.rating may not)
 
+
 def _sandbox_price(spec) -> dict:
     """A sandbox PriceSpec in the shape sandbox.invoicing.price_amount reads."""
     import json
 
     return {
-        "billing_scheme": spec.billing_scheme, "unit_amount_decimal": spec.unit_amount_decimal,
-        "divide_by": spec.divide_by, "round": spec.round, "tiers_mode": spec.tiers_mode,
-        "tiers_json": json.dumps([{"up_to": t.up_to, "unit_amount_decimal": t.unit_amount_decimal,
-                                   "flat_amount": t.flat_amount} for t in spec.tiers]),
+        "billing_scheme": spec.billing_scheme,
+        "unit_amount_decimal": spec.unit_amount_decimal,
+        "divide_by": spec.divide_by,
+        "round": spec.round,
+        "tiers_mode": spec.tiers_mode,
+        "tiers_json": json.dumps(
+            [
+                {"up_to": t.up_to, "unit_amount_decimal": t.unit_amount_decimal, "flat_amount": t.flat_amount}
+                for t in spec.tiers
+            ]
+        ),
     }
 
 
 def _our_plan(spec, price_id: str, currency: str) -> PricePlan:
-    return PricePlan(price_id, currency, spec.usage_type, spec.billing_scheme, spec.tiers_mode,
-                     spec.unit_amount_decimal, spec.divide_by, spec.round,
-                     tuple(Tier(t.up_to, t.unit_amount_decimal, t.flat_amount) for t in spec.tiers))
+    return PricePlan(
+        price_id,
+        currency,
+        spec.usage_type,
+        spec.billing_scheme,
+        spec.tiers_mode,
+        spec.unit_amount_decimal,
+        spec.divide_by,
+        spec.round,
+        tuple(Tier(t.up_to, t.unit_amount_decimal, t.flat_amount) for t in spec.tiers),
+    )
 
 
 def _spec_places(spec) -> int:
     from billing_ai.rating.plans import decimal_places
 
-    return max(decimal_places(D(v)) for v in [spec.unit_amount_decimal or "0"] +
-               [t.unit_amount_decimal for t in spec.tiers])
+    return max(
+        decimal_places(D(v)) for v in [spec.unit_amount_decimal or "0"] + [t.unit_amount_decimal for t in spec.tiers]
+    )
 
 
 def _world_specs():
     from billing_ai.sandbox.catalog import catalog
 
-    return [(f"{plan}_{cur}_{spec.component}", cur, spec)
-            for (plan, cur), specs in sorted(catalog().items()) for spec in specs]
+    return [
+        (f"{plan}_{cur}_{spec.component}", cur, spec)
+        for (plan, cur), specs in sorted(catalog().items())
+        for spec in specs
+    ]
 
 
 def test_world_catalog_prices_have_at_most_12_places():
@@ -488,8 +530,25 @@ from hypothesis import strategies as st  # noqa: E402
 
 _QUANTITIES = st.one_of(
     st.integers(0, 10**13).map(lambda m: D(m) / 1000),  # milli-units, as usage lands
-    st.sampled_from([0, 1, 999, 1000, 1001, 3600, 3601, 100_000, 100_001, 360_000, 1_000_000, 1_000_001,
-                     3_600_000, 10_000_000, 10_000_001]).map(D),
+    st.sampled_from(
+        [
+            0,
+            1,
+            999,
+            1000,
+            1001,
+            3600,
+            3601,
+            100_000,
+            100_001,
+            360_000,
+            1_000_000,
+            1_000_001,
+            3_600_000,
+            10_000_000,
+            10_000_001,
+        ]
+    ).map(D),
 )
 
 
@@ -533,7 +592,7 @@ def test_rerating_the_tiny_world_finds_exactly_the_platform_billing_errors(tiny_
             ORDER BY l.line_id""").fetchall()
         assert lines and any(ln[4] for ln in lines)  # the world has prorations
         ours: dict[str, int] = {}
-        for line_id, price_id, q, amount, is_proration, desc, at, p_start, p_end in lines:
+        for line_id, price_id, q, _amount, is_proration, desc, at, p_start, p_end in lines:
             plan = plans[price_id]
             if not is_proration:
                 ours[line_id] = rate(plan, q).amount
@@ -544,15 +603,22 @@ def test_rerating_the_tiny_world_finds_exactly_the_platform_billing_errors(tiny_
         differences = {ln[0]: (ours[ln[0]], ln[3]) for ln in lines if ours[ln[0]] != ln[3]}
 
         truth = tiny_world.world.truth["billing_errors"]
-        injected = {r["line_id"]: (r["expected_amount"], r["billed_amount"])
-                    for r in truth.iter_rows(named=True) if r["kind"] in ("wrong_tier", "proration_error")}
+        injected = {
+            r["line_id"]: (r["expected_amount"], r["billed_amount"])
+            for r in truth.iter_rows(named=True)
+            if r["kind"] in ("wrong_tier", "proration_error")
+        }
         assert differences == injected
 
         # and all the usage lines at once in SQL: the same amounts as the engine
-        sql = rate_relation(con, """
+        sql = rate_relation(
+            con,
+            """
             SELECT line_id AS row_id, price_id, quantity
-            FROM core.invoice_lines WHERE line_type = 'subscription' AND NOT is_proration""")
-        assert {r[0]: r[4] for r in sql.fetchall()} == {k: v for k, v in ours.items()
-                                                        if not next(ln for ln in lines if ln[0] == k)[4]}
+            FROM core.invoice_lines WHERE line_type = 'subscription' AND NOT is_proration""",
+        )
+        assert {r[0]: r[4] for r in sql.fetchall()} == {
+            k: v for k, v in ours.items() if not next(ln for ln in lines if ln[0] == k)[4]
+        }
     finally:
         con.close()

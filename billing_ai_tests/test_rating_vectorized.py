@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from billing_ai.money import round_minor
 from billing_ai.rating import PricePlan, Tier, load_plans, rate
 from billing_ai.rating.vectorized import rate_relation, register_plans, tier_breakdown_relation
-
 from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL  # noqa: E402
 
 
@@ -39,28 +38,49 @@ def warehouse(plans: list[PricePlan], raw_prices: list[tuple] = (), raw_tiers: l
         con.execute(PRICES_DDL)
     else:
         con.execute("DELETE FROM core.prices; DELETE FROM core.price_tiers")
-    prices = [(p.price_id, p.currency, p.usage_type, p.billing_scheme, p.tiers_mode,
-               _f(p.unit_amount_decimal), p.package_size, p.package_rounding) for p in plans] + list(raw_prices)
-    tiers = [(p.price_id, i, _f(t.up_to), _f(t.unit_amount_decimal), t.flat_amount)
-             for p in plans for i, t in enumerate(p.tiers)] + list(raw_tiers)
+    prices = [
+        (
+            p.price_id,
+            p.currency,
+            p.usage_type,
+            p.billing_scheme,
+            p.tiers_mode,
+            _f(p.unit_amount_decimal),
+            p.package_size,
+            p.package_rounding,
+        )
+        for p in plans
+    ] + list(raw_prices)
+    tiers = [
+        (p.price_id, i, _f(t.up_to), _f(t.unit_amount_decimal), t.flat_amount)
+        for p in plans
+        for i, t in enumerate(p.tiers)
+    ] + list(raw_tiers)
     if prices:
         con.executemany(
             "INSERT INTO core.prices (price_id, platform, currency, usage_type, billing_scheme, tiers_mode, "
             "unit_amount_decimal, package_size, package_rounding, active) "
-            "VALUES (?, 'stripe', ?, ?, ?, ?, CAST(? AS DECIMAL(38, 12)), ?, ?, true)", prices)
+            "VALUES (?, 'stripe', ?, ?, ?, ?, CAST(? AS DECIMAL(38, 12)), ?, ?, true)",
+            prices,
+        )
     if tiers:
-        con.executemany("INSERT INTO core.price_tiers VALUES (?, 'stripe', ?, CAST(? AS DECIMAL(38, 9)), "
-                        "CAST(? AS DECIMAL(38, 12)), ?)", tiers)
+        con.executemany(
+            "INSERT INTO core.price_tiers VALUES (?, 'stripe', ?, CAST(? AS DECIMAL(38, 9)), "
+            "CAST(? AS DECIMAL(38, 12)), ?)",
+            tiers,
+        )
     return con
 
 
 def usage_table(con, rows: list[tuple[int, str, D]], name: str = "usage") -> str:
     """Register (row_id, price_id, quantity DECIMAL(38,9)) rows as ``name`` (exact: Arrow decimals)."""
-    table = pa.table({
-        "row_id": pa.array([r[0] for r in rows], pa.int64()),
-        "price_id": pa.array([r[1] for r in rows], pa.string()),
-        "quantity": pa.array([r[2] for r in rows], pa.decimal128(38, 9)),
-    })
+    table = pa.table(
+        {
+            "row_id": pa.array([r[0] for r in rows], pa.int64()),
+            "price_id": pa.array([r[1] for r in rows], pa.string()),
+            "quantity": pa.array([r[2] for r in rows], pa.decimal128(38, 9)),
+        }
+    )
     con.register(name, table)
     return name
 
@@ -91,7 +111,7 @@ CURRENCIES = st.sampled_from(["usd", "eur", "jpy", "kwd"])
 def unit_prices(draw, max_integer_digits: int = 4) -> D:
     """Non-negative unit prices with 0..12 decimal places (often 12), up to 10^max_integer_digits."""
     places = draw(st.one_of(st.just(12), st.integers(0, 12)))
-    n = draw(st.one_of(st.integers(0, 10 ** (places + max_integer_digits)), st.integers(0, 10 ** places)))
+    n = draw(st.one_of(st.integers(0, 10 ** (places + max_integer_digits)), st.integers(0, 10**places)))
     return D(n).scaleb(-places)
 
 
@@ -99,8 +119,14 @@ def unit_prices(draw, max_integer_digits: int = 4) -> D:
 def bounds(draw) -> list[D]:
     """Strictly ascending tier bounds: integers (as Stripe has) or up to 3 places, up to 1e10."""
     n = draw(st.integers(0, 4))
-    milli = draw(st.lists(st.one_of(st.integers(1, 10**13), st.integers(1, 10**6).map(lambda i: i * 1000)),
-                          min_size=n, max_size=n, unique=True))
+    milli = draw(
+        st.lists(
+            st.one_of(st.integers(1, 10**13), st.integers(1, 10**6).map(lambda i: i * 1000)),
+            min_size=n,
+            max_size=n,
+            unique=True,
+        )
+    )
     return [D(m).scaleb(-3).normalize() for m in sorted(milli)]
 
 
@@ -114,8 +140,9 @@ def plans(draw, price_id: str) -> PricePlan:
     if kind == "per_unit":
         return PricePlan.per_unit(price_id, currency, draw(unit_prices()))
     if kind == "package":
-        return PricePlan.package(price_id, currency, draw(unit_prices(6)), draw(st.integers(1, 10**6)),
-                                 draw(st.sampled_from(["up", "down"])))
+        return PricePlan.package(
+            price_id, currency, draw(unit_prices(6)), draw(st.integers(1, 10**6)), draw(st.sampled_from(["up", "down"]))
+        )
     ups = draw(bounds()) + [None]
     tiers = [Tier(u, draw(unit_prices()), draw(FLAT)) for u in ups]
     if draw(st.booleans()):  # an included allowance
@@ -135,11 +162,16 @@ def quantities(draw, plan: PricePlan) -> list[D]:
         edges += [D(plan.package_size) * k for k in (1, 2, 1000)]
     for e in edges:
         qs.update({e, e + MILLI, e + 1, max(e - MILLI, D(0)), max(e - 1, D(0))})
-    randoms = draw(st.lists(st.one_of(
-        st.integers(0, 10**13).map(lambda m: D(m) * MILLI),  # up to 1e10, 3 places
-        st.integers(0, 10**10).map(D),
-        st.integers(0, 10**6).map(lambda m: D(m) * MILLI),
-    ), max_size=12))
+    randoms = draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, 10**13).map(lambda m: D(m) * MILLI),  # up to 1e10, 3 places
+                st.integers(0, 10**10).map(D),
+                st.integers(0, 10**6).map(lambda m: D(m) * MILLI),
+            ),
+            max_size=12,
+        )
+    )
     qs.update(randoms)
     return sorted(qs)
 
@@ -155,6 +187,7 @@ def catalogs(draw):
 
 
 # -- properties ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def shared_con():
@@ -175,8 +208,20 @@ def test_sql_rating_equals_the_engine(shared_con, catalog, rule):
 @settings(max_examples=50, deadline=None)
 @given(ps=st.lists(plans("p"), min_size=1, max_size=3))
 def test_load_plans_round_trips_through_core(shared_con, ps):
-    ps = [PricePlan(f"p{i}", p.currency, p.usage_type, p.billing_scheme, p.tiers_mode, p.unit_amount_decimal,
-                    p.package_size, p.package_rounding, p.tiers) for i, p in enumerate(ps)]
+    ps = [
+        PricePlan(
+            f"p{i}",
+            p.currency,
+            p.usage_type,
+            p.billing_scheme,
+            p.tiers_mode,
+            p.unit_amount_decimal,
+            p.package_size,
+            p.package_rounding,
+            p.tiers,
+        )
+        for i, p in enumerate(ps)
+    ]
     con = warehouse(ps, con=shared_con)
     assert load_plans(con) == {p.price_id: p for p in ps}
 
@@ -186,12 +231,12 @@ def test_load_plans_round_trips_through_core(shared_con, ps):
 WORLD_PLANS = [
     PricePlan.package("starter_api", "usd", "50", 1000, "up"),
     PricePlan.graduated("growth_api", "usd", [Tier(100_000, "0"), Tier(1_000_000, "0.05"), Tier(None, "0.03")]),
-    PricePlan.volume("scale_api", "usd", [Tier(1_000_000, "0.04", 2500), Tier(10_000_000, "0.025"),
-                                          Tier(None, "0.015")]),
+    PricePlan.volume(
+        "scale_api", "usd", [Tier(1_000_000, "0.04", 2500), Tier(10_000_000, "0.025"), Tier(None, "0.015")]
+    ),
     PricePlan.per_unit("scale_storage", "usd", "0.018333333333"),
     PricePlan.per_unit("growth_platform", "usd", "49900", usage_type="licensed"),
-    PricePlan.graduated("growth_api_jpy", "jpy", [Tier(100_000, "0"), Tier(1_000_000, "0.075"),
-                                                  Tier(None, "0.045")]),
+    PricePlan.graduated("growth_api_jpy", "jpy", [Tier(100_000, "0"), Tier(1_000_000, "0.075"), Tier(None, "0.045")]),
     PricePlan.per_unit("half", "usd", "0.5"),
     PricePlan.per_unit("pico", "kwd", "0.000000000001"),
 ]
@@ -199,9 +244,17 @@ WORLD_PLANS = [
 
 def test_hand_computed_cases_in_sql():
     con = warehouse(WORLD_PLANS)
-    rows = [(1, "growth_api", D(230_375)), (2, "scale_api", D(1_000_000)), (3, "scale_api", D(1_000_001)),
-            (4, "starter_api", D(1000)), (5, "starter_api", D(1001)), (6, "scale_storage", D(600)),
-            (7, "growth_platform", D(1)), (8, "growth_api_jpy", D(230_375)), (9, "scale_api", D(0))]
+    rows = [
+        (1, "growth_api", D(230_375)),
+        (2, "scale_api", D(1_000_000)),
+        (3, "scale_api", D(1_000_001)),
+        (4, "starter_api", D(1000)),
+        (5, "starter_api", D(1001)),
+        (6, "scale_storage", D(600)),
+        (7, "growth_platform", D(1)),
+        (8, "growth_api_jpy", D(230_375)),
+        (9, "scale_api", D(0)),
+    ]
     name = usage_table(con, rows)
     amounts = {r[0]: r[4] for r in rate_relation(con, name).fetchall()}
     assert amounts == {1: 6519, 2: 42_500, 3: 25_000, 4: 50, 5: 100, 6: 11, 7: 49_900, 8: 9_778, 9: 0}
@@ -212,9 +265,11 @@ def test_hand_computed_cases_in_sql():
 def test_sql_ties_round_like_money_round_minor(rule):
     con = warehouse(WORLD_PLANS)
     # 0.5 per unit: exact k/2 for k = 0..11 (ties at every odd k); 1e-12 fils x 5e11 = 0.5 exactly
-    rows = [(k, "half", D(k)) for k in range(12)] + [(100, "pico", D(500_000_000_000)),
-                                                     (101, "pico", D(499_999_999_999)),
-                                                     (102, "pico", D(1_500_000_000_000))]
+    rows = [(k, "half", D(k)) for k in range(12)] + [
+        (100, "pico", D(500_000_000_000)),
+        (101, "pico", D(499_999_999_999)),
+        (102, "pico", D(1_500_000_000_000)),
+    ]
     name = usage_table(con, rows)
     for row_id, _, _, _, amount, exact in rate_relation(con, name, rule=rule).fetchall():
         assert amount == round_minor(exact, rule), (row_id, exact)
@@ -235,6 +290,7 @@ def test_documented_precision_bound_is_exact():
 
 # -- fail closed -----------------------------------------------------------------------
 
+
 def _fails(con, sql: str, match: str):
     with pytest.raises((duckdb.Error, TypeError), match=match):
         rate_relation(con, sql).fetchall()
@@ -243,21 +299,26 @@ def _fails(con, sql: str, match: str):
 def test_sql_fails_closed():
     con = warehouse(
         WORLD_PLANS,
-        raw_prices=[("bad_currency", "xts", "metered", "per_unit", None, "1", None, None),
-                    ("bounded", "usd", "metered", "tiered", "volume", None, None, None),
-                    ("no_tiers", "usd", "metered", "tiered", "graduated", None, None, None)],
+        raw_prices=[
+            ("bad_currency", "xts", "metered", "per_unit", None, "1", None, None),
+            ("bounded", "usd", "metered", "tiered", "volume", None, None, None),
+            ("no_tiers", "usd", "metered", "tiered", "graduated", None, None, None),
+        ],
         raw_tiers=[("bounded", 0, "10", "1", 0)],
     )
     _fails(con, "SELECT 1 AS row_id, 'bad_currency' AS price_id, 1 AS quantity", "unknown currency xts")
     _fails(con, "SELECT 1 AS row_id, 'nope' AS price_id, 1 AS quantity", "unknown price_id nope")
     _fails(con, "SELECT 1 AS row_id, 'half' AS price_id, -1 AS quantity", "negative quantity")
-    _fails(con, "SELECT 1 AS row_id, 'half' AS price_id, CAST(NULL AS DECIMAL(38, 9)) AS quantity",
-           "NULL quantity")
-    _fails(con, "SELECT 1 AS row_id, 'half' AS price_id, CAST('0.0000000001' AS DECIMAL(38, 12)) AS quantity",
-           "more than 9 decimal places")
+    _fails(con, "SELECT 1 AS row_id, 'half' AS price_id, CAST(NULL AS DECIMAL(38, 9)) AS quantity", "NULL quantity")
+    _fails(
+        con,
+        "SELECT 1 AS row_id, 'half' AS price_id, CAST('0.0000000001' AS DECIMAL(38, 12)) AS quantity",
+        "more than 9 decimal places",
+    )
     _fails(con, "SELECT 1 AS row_id, 'half' AS price_id, 1.5::DOUBLE AS quantity", "DOUBLE")
-    _fails(con, "SELECT * FROM (VALUES (1, 'half', 1), (1, 'half', 2)) t(row_id, price_id, quantity)",
-           "duplicate row_id")
+    _fails(
+        con, "SELECT * FROM (VALUES (1, 'half', 1), (1, 'half', 2)) t(row_id, price_id, quantity)", "duplicate row_id"
+    )
     _fails(con, "SELECT 1 AS row_id, 'bounded' AS price_id, 11 AS quantity", "beyond the last tier")
     _fails(con, "SELECT 1 AS row_id, 'no_tiers' AS price_id, 5 AS quantity", "without tiers")
     # the per-tier breakdown runs the same checks, even for rows with no tiers charged
@@ -268,19 +329,25 @@ def test_sql_fails_closed():
 
 
 def test_sql_refuses_tiers_that_do_not_ascend():
-    con = warehouse([], raw_prices=[("t", "usd", "metered", "tiered", "graduated", None, None, None)],
-                    raw_tiers=[("t", 0, "10", "1", 0), ("t", 1, "5", "1", 0), ("t", 2, None, "1", 0)])
+    con = warehouse(
+        [],
+        raw_prices=[("t", "usd", "metered", "tiered", "graduated", None, None, None)],
+        raw_tiers=[("t", 0, "10", "1", 0), ("t", 1, "5", "1", 0), ("t", 2, None, "1", 0)],
+    )
     _fails(con, "SELECT 1 AS row_id, 't' AS price_id, 1 AS quantity", "do not ascend")
 
 
 # -- plans that do not exist yet ---------------------------------------------------------
 
+
 def test_hypothetical_plans_are_rated_in_sql():
     con = duckdb.connect()
     new_api = PricePlan.graduated("sim_api", "usd", [Tier(250_000, "0"), Tier(None, "0.04", 1000)])
     prices, tiers = register_plans(con, [new_api, *WORLD_PLANS])
-    con.execute("CREATE TABLE u AS SELECT * FROM (VALUES (1, 'sim_api', 230375), (2, 'sim_api', 260000)) "
-                "t(row_id, price_id, quantity)")
+    con.execute(
+        "CREATE TABLE u AS SELECT * FROM (VALUES (1, 'sim_api', 230375), (2, 'sim_api', 260000)) "
+        "t(row_id, price_id, quantity)"
+    )
     got = rate_relation(con, "u", prices_table=prices, tiers_table=tiers).fetchall()
     # 230,375 within the allowance: 0; 260,000: 10,000 x 0.04 + 1,000 = 1,400
     assert [r[4] for r in got] == [0, 1_400]

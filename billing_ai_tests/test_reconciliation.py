@@ -19,8 +19,7 @@ from billing_ai.sandbox.world import WorldConfig, WorldPaths
 from billing_ai_tests.conftest import GeneratedWorld, pipeline_resources
 
 # a world where the platform gets many invoices wrong, in every way the generator knows
-ERROR_WORLD = WorldConfig(seed=21, customers=25, days=75, billing_error_rate=0.4, upgrade_rate=0.4,
-                          downgrade_rate=0.2)
+ERROR_WORLD = WorldConfig(seed=21, customers=25, days=75, billing_error_rate=0.4, upgrade_rate=0.4, downgrade_rate=0.2)
 
 
 LENIENT = {"max_mismatched_line_share": 1.0, "max_difference_share": 1.0}
@@ -63,7 +62,8 @@ def test_differences_are_the_injected_amounts(error_world, con):
     import polars as pl
 
     truth = pl.read_parquet(error_world[0].paths.truth / "billing_errors.parquet").filter(
-        pl.col("kind").is_in(["wrong_tier", "proration_error"]))
+        pl.col("kind").is_in(["wrong_tier", "proration_error"])
+    )
     rec = con.sql("SELECT line_id, expected_amount, billed_amount FROM marts.invoice_reconciliation").pl()
     joined = truth.join(rec, on="line_id", suffix="_ours")
     assert joined.height == truth.height
@@ -73,8 +73,11 @@ def test_differences_are_the_injected_amounts(error_world, con):
 
 def test_tier_positions_agree_with_the_engine(con):
     plans = load_plans(con)
-    rows = wh.run(con, """SELECT price_id, units_used, amount_so_far, current_tier, current_tier_up_to,
-                                 units_to_next_tier, tiers_mode FROM marts.tier_positions""")
+    rows = wh.run(
+        con,
+        """SELECT price_id, units_used, amount_so_far, current_tier, current_tier_up_to,
+                                 units_to_next_tier, tiers_mode FROM marts.tier_positions""",
+    )
     assert len(rows) > 20
     tiered = 0
     for price_id, units, amount, tier, up_to, to_next, mode in rows:
@@ -91,17 +94,26 @@ def test_tier_positions_agree_with_the_engine(con):
 
 
 def test_usage_behind_a_line_is_traceable_to_event_ids(con):
-    line_id, qty = wh.run(con, """SELECT line_id, quantity_expected FROM marts.invoice_reconciliation
+    line_id, qty = wh.run(
+        con,
+        """SELECT line_id, quantity_expected FROM marts.invoice_reconciliation
                                   WHERE finding = 'match' AND quantity_expected > 0 AND line_type = 'subscription'
-                                    AND NOT is_proration AND late_quantity = 0 ORDER BY line_id LIMIT 1""")[0]
-    ids, total = wh.run(con, "SELECT count(DISTINCT event_id), sum(quantity) FROM marts.reconciliation_events "
-                             "WHERE line_id = ?", [line_id])[0]
+                                    AND NOT is_proration AND late_quantity = 0 ORDER BY line_id LIMIT 1""",
+    )[0]
+    ids, total = wh.run(
+        con,
+        "SELECT count(DISTINCT event_id), sum(quantity) FROM marts.reconciliation_events WHERE line_id = ?",
+        [line_id],
+    )[0]
     assert ids > 0 and Decimal(total) == Decimal(qty)
 
 
 def test_amounts_never_mix_currencies(con):
-    mixed = wh.run(con, """SELECT invoice_id FROM marts.invoice_reconciliation WHERE invoice_id IS NOT NULL
-                           GROUP BY 1 HAVING count(DISTINCT currency) > 1""")
+    mixed = wh.run(
+        con,
+        """SELECT invoice_id FROM marts.invoice_reconciliation WHERE invoice_id IS NOT NULL
+                           GROUP BY 1 HAVING count(DISTINCT currency) > 1""",
+    )
     assert mixed == []
 
 
@@ -120,8 +132,10 @@ def test_a_systemic_mismatch_fails_the_blocking_check(error_world, tmp_path):
     check = evals["reconciliation_within_tolerance"]
     assert check.passed is False
     assert check.metadata["mismatched_line_share"].value > 0.05
-    materialized = {m.event_specific_data.materialization.asset_key.to_user_string()
-                    for m in result.get_asset_materialization_events()}
+    materialized = {
+        m.event_specific_data.materialization.asset_key.to_user_string()
+        for m in result.get_asset_materialization_events()
+    }
     assert "marts/invoice_reconciliation" in materialized and "published/warehouse" not in materialized
 
 
@@ -151,32 +165,43 @@ def test_rating_by_pieces_equals_the_rules_applied_event_by_event(error_world, t
         wh.run(con, reconcile.PERIODS, {"now": now})
         wh.run(con, reconcile.WINDOWS, {"now": now})
         # an extra item, valid two to five hours after one renewal, and a second invoice for another period
-        wh.run(con, """INSERT INTO core.subscription_items
+        wh.run(
+            con,
+            """INSERT INTO core.subscription_items
                        SELECT i.* REPLACE ('si_edge' AS subscription_item_id,
                                            w.period_start + INTERVAL 2 HOUR AS valid_from,
                                            w.period_start + INTERVAL 5 HOUR AS valid_to)
                        FROM core.subscription_items i JOIN _windows w USING (subscription_item_id)
-                       WHERE w.k = 1 ORDER BY w.w LIMIT 1""")
-        wh.run(con, """INSERT INTO core.invoices
+                       WHERE w.k = 1 ORDER BY w.w LIMIT 1""",
+        )
+        wh.run(
+            con,
+            """INSERT INTO core.invoices
                        SELECT * REPLACE ('in_edge' AS invoice_id, finalized_at + INTERVAL 1 DAY AS finalized_at)
                        FROM core.invoices WHERE invoice_id = (SELECT min(invoice_id) FROM _windows
-                                                              WHERE finalized_at IS NOT NULL AND k = 1)""")
+                                                              WHERE finalized_at IS NOT NULL AND k = 1)""",
+        )
         edges = ["usage_from", "usage_from + INTERVAL 1 MICROSECOND", "usage_to - INTERVAL 1 MICROSECOND", "usage_to"]
         landed = ["finalized_at - INTERVAL 1 MICROSECOND", "finalized_at", "NULL"]
         for i, ts in enumerate(edges):
             for j, at in enumerate(landed):
-                wh.run(con, f"""INSERT INTO core.usage_events
+                wh.run(
+                    con,
+                    f"""INSERT INTO core.usage_events
                                 SELECT u.* REPLACE ('edge_{i}_{j}_' || w.w AS event_id, w.{ts} AS event_ts,
                                                     CAST(w.{ts} AS DATE) AS event_date, {at} AS landed_at)
                                 FROM _windows w JOIN core.usage_events u USING (subscription_id, meter_name)
-                                QUALIFY row_number() OVER (PARTITION BY w.w ORDER BY u.event_id) = 1""")
+                                QUALIFY row_number() OVER (PARTITION BY w.w ORDER BY u.event_id) = 1""",
+                )
     with wh.transaction(con):
         reconcile.rate_periods(con, now)
         wh.run(con, reconcile.UNCOVERED)
         # the edge cases reached the general path
         assert wh.run(con, "SELECT count(*) FROM _slots WHERE piece IS NULL")[0][0] >= 2
         assert wh.run(con, "SELECT count(*) FROM _windows WHERE invoice_id = 'in_edge'")[0][0] > 0
-        per_event = wh.run(con, """
+        per_event = wh.run(
+            con,
+            """
             SELECT w.subscription_item_id, w.period_start, w.invoice_id,
                    coalesce(sum(u.quantity), 0),
                    coalesce(sum(u.quantity) FILTER (WHERE w.finalized_at IS NULL OR u.landed_at < w.finalized_at), 0),
@@ -184,11 +209,17 @@ def test_rating_by_pieces_equals_the_rules_applied_event_by_event(error_world, t
             FROM _windows w
             LEFT JOIN core.usage_events u ON u.subscription_id = w.subscription_id AND u.meter_name = w.meter_name
                                          AND u.event_ts >= w.usage_from AND u.event_ts < w.usage_to
-            GROUP BY ALL ORDER BY ALL""")
-        ours = wh.run(con, """SELECT subscription_item_id, period_start, invoice_id, quantity, quantity_on_time,
-                                     event_count FROM marts.rated_usage ORDER BY ALL""")
+            GROUP BY ALL ORDER BY ALL""",
+        )
+        ours = wh.run(
+            con,
+            """SELECT subscription_item_id, period_start, invoice_id, quantity, quantity_on_time,
+                                     event_count FROM marts.rated_usage ORDER BY ALL""",
+        )
         assert ours == per_event and sum(r[5] for r in ours) > 0
-        uncovered_per_event = wh.run(con, """
+        uncovered_per_event = wh.run(
+            con,
+            """
             WITH uncovered AS (
                 SELECT u.subscription_id, u.meter_name, u.event_ts, u.quantity,
                        CASE WHEN u.event_ts < s.started_at THEN 'before'
@@ -203,8 +234,12 @@ def test_rating_by_pieces_equals_the_rules_applied_event_by_event(error_world, t
                    min(u.event_ts), max(u.event_ts)
             FROM uncovered u
             ASOF LEFT JOIN _periods p ON p.subscription_id = u.subscription_id AND u.event_ts >= p.period_start
-            GROUP BY ALL ORDER BY ALL""")
-        uncovered = wh.run(con, """SELECT subscription_id, meter_name, phase, k, quantity, event_count, first_ts,
-                                          last_ts FROM _usage_agg ORDER BY ALL""")
+            GROUP BY ALL ORDER BY ALL""",
+        )
+        uncovered = wh.run(
+            con,
+            """SELECT subscription_id, meter_name, phase, k, quantity, event_count, first_ts,
+                                          last_ts FROM _usage_agg ORDER BY ALL""",
+        )
         assert uncovered == uncovered_per_event and len(uncovered) > 0
     con.close()

@@ -62,8 +62,7 @@ def client(sandbox: SandboxServer) -> stripe.StripeClient:
 
 @pytest.fixture
 def http(sandbox: SandboxServer) -> typing.Iterator[httpx.Client]:
-    with httpx.Client(base_url=sandbox.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"},
-                      timeout=10) as c:
+    with httpx.Client(base_url=sandbox.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}, timeout=10) as c:
         yield c
 
 
@@ -169,18 +168,30 @@ def test_tiers_only_under_expand(http, client):
     # growth plan API calls, USD: graduated with an included allowance (catalog.py)
     assert tiered["growth_api_calls_usd"]["tiers_mode"] == "graduated"
     assert tiered["growth_api_calls_usd"]["tiers"] == [
-        {"up_to": 100_000, "unit_amount": 0, "unit_amount_decimal": "0", "flat_amount": 0,
-         "flat_amount_decimal": "0"},
-        {"up_to": 1_000_000, "unit_amount": None, "unit_amount_decimal": "0.05", "flat_amount": 0,
-         "flat_amount_decimal": "0"},
-        {"up_to": None, "unit_amount": None, "unit_amount_decimal": "0.03", "flat_amount": 0,
-         "flat_amount_decimal": "0"},
+        {"up_to": 100_000, "unit_amount": 0, "unit_amount_decimal": "0", "flat_amount": 0, "flat_amount_decimal": "0"},
+        {
+            "up_to": 1_000_000,
+            "unit_amount": None,
+            "unit_amount_decimal": "0.05",
+            "flat_amount": 0,
+            "flat_amount_decimal": "0",
+        },
+        {
+            "up_to": None,
+            "unit_amount": None,
+            "unit_amount_decimal": "0.03",
+            "flat_amount": 0,
+            "flat_amount_decimal": "0",
+        },
     ]
     # scale plan API calls, EUR: volume tiers, USD amounts x 0.92 (flat 2500 -> 2300, 0.04 -> 0.0368)
     scale_eur = tiered["scale_api_calls_eur"]
     assert scale_eur["tiers_mode"] == "volume"
     assert [(t["up_to"], t["unit_amount_decimal"], t["flat_amount"]) for t in scale_eur["tiers"]] == [
-        (1_000_000, "0.0368", 2300), (10_000_000, "0.023", 0), (None, "0.0138", 0)]
+        (1_000_000, "0.0368", 2300),
+        (10_000_000, "0.023", 0),
+        (None, "0.0138", 0),
+    ]
 
     # the same through the SDK: decimal strings decode to Decimal
     by_key = {p.lookup_key: p for p in client.v1.prices.list({"limit": 100, "expand": ["data.tiers"]}).data}
@@ -238,8 +249,11 @@ def test_readonly_key_reads_but_cannot_write(sandbox, client):
     assert exc.value.error.type == "invalid_request_error"
     assert client.v1.customers.retrieve(cid).metadata.to_dict() == original  # nothing written
 
-    r = httpx.post(f"{sandbox.url}/v1/invoiceitems", data={"customer": cid, "amount": "1"},
-                   headers={"Authorization": f"Bearer {DEFAULT_READONLY_KEY}"})
+    r = httpx.post(
+        f"{sandbox.url}/v1/invoiceitems",
+        data={"customer": cid, "amount": "1"},
+        headers={"Authorization": f"Bearer {DEFAULT_READONLY_KEY}"},
+    )
     _assert_stripe_error_body(r, 403, "invalid_request_error")
     assert client.v1.invoice_items.list({"customer": cid}).data == []
 
@@ -301,8 +315,10 @@ def test_rate_limit_answers_429_with_retry_after(tiny_world, tmp_path):
     # 1 request/s with a burst of 2x: two back-to-back requests pass, the third is refused
     # (a token refills only after a full second, far more than three loopback requests take)
     settings = SandboxSettings(rate_limit_per_second=1)
-    with SandboxServer(tiny_world.paths.world_dir, tmp_path / "state", settings=settings) as server, \
-            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}) as h:
+    with (
+        SandboxServer(tiny_world.paths.world_dir, tmp_path / "state", settings=settings) as server,
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}) as h,
+    ):
         t0 = time.monotonic()
         responses = [h.get("/v1/customers", params={"limit": 1}) for _ in range(3)]
         elapsed = time.monotonic() - t0
@@ -327,23 +343,38 @@ def test_rate_limit_answers_429_with_retry_after(tiny_world, tmp_path):
 
 def test_meter_event_adds_to_daily_summary_once_per_identifier(client, tiny_world):
     meter = next(m for m in client.v1.billing.meters.list().data if m.event_name == "api_calls")
-    usage = tiny_world.world.tables["meter_usage"].filter(pl.col("meter_id") == meter.id) \
-        .sort("customer_id", "day_start").row(0, named=True)
+    usage = (
+        tiny_world.world.tables["meter_usage"]
+        .filter(pl.col("meter_id") == meter.id)
+        .sort("customer_id", "day_start")
+        .row(0, named=True)
+    )
     cid, day, milli = usage["customer_id"], usage["day_start"], usage["value_milli"]
     world_value = milli / 1000
     assert milli % 1000 == 0  # api calls are whole units: the expected sums below are exact
 
     def summaries() -> dict[int, float]:
         page = client.v1.billing.meters.event_summaries.list(
-            meter.id, {"customer": cid, "start_time": day - DAY, "end_time": day + 2 * DAY, "limit": 10,
-                       "value_grouping_window": "day"})
+            meter.id,
+            {
+                "customer": cid,
+                "start_time": day - DAY,
+                "end_time": day + 2 * DAY,
+                "limit": 10,
+                "value_grouping_window": "day",
+            },
+        )
         return {s.start_time: s.aggregated_value for s in page.data}
 
     before = summaries()
     assert before[day] == world_value  # the facade serves the world's meter usage
 
-    event = {"event_name": "api_calls", "payload": {"stripe_customer_id": cid, "value": "5"},
-             "identifier": "x1", "timestamp": day + 3600}
+    event = {
+        "event_name": "api_calls",
+        "payload": {"stripe_customer_id": cid, "value": "5"},
+        "identifier": "x1",
+        "timestamp": day + 3600,
+    }
     created = client.v1.billing.meter_events.create(event)
     assert created.identifier == "x1"
     assert summaries() == {**before, day: world_value + 5}
@@ -351,8 +382,9 @@ def test_meter_event_adds_to_daily_summary_once_per_identifier(client, tiny_worl
     client.v1.billing.meter_events.create(event)  # same identifier: deduplicated
     assert summaries() == {**before, day: world_value + 5}
 
-    client.v1.billing.meter_events.create({**event, "identifier": "x2", "payload": {
-        "stripe_customer_id": cid, "value": "2"}})
+    client.v1.billing.meter_events.create(
+        {**event, "identifier": "x2", "payload": {"stripe_customer_id": cid, "value": "2"}}
+    )
     assert summaries() == {**before, day: world_value + 7}
 
 
@@ -458,7 +490,7 @@ def unknown_keys(value, tp, owner: type, path: str) -> list[str]:
     cands = _candidates(tp, owner)
     if isinstance(value, list):
         for c in cands:
-            if typing.get_origin(c) in (list, typing.List):
+            if typing.get_origin(c) in (list, list):
                 (item,) = typing.get_args(c)
                 return [p for i, v in enumerate(value) for p in unknown_keys(v, item, owner, f"{path}[{i}]")]
         return [f"{path}: array where the SDK annotates {tp}"]
@@ -470,10 +502,16 @@ def unknown_keys(value, tp, owner: type, path: str) -> list[str]:
             return []
         if issubclass(cls, ListObject):
             (item,) = typing.get_args(c) or (typing.Any,)
-            out = [f"{path}.{k} (not on ListObject)" for k in value
-                   if k not in _fields(ListObject) and not (k == "object" and ListObject.OBJECT_NAME == "list")]
-            return out + [p for i, v in enumerate(value.get("data") or [])
-                          for p in unknown_keys(v, item, owner, f"{path}.data[{i}]")]
+            out = [
+                f"{path}.{k} (not on ListObject)"
+                for k in value
+                if k not in _fields(ListObject) and not (k == "object" and ListObject.OBJECT_NAME == "list")
+            ]
+            return out + [
+                p
+                for i, v in enumerate(value.get("data") or [])
+                for p in unknown_keys(v, item, owner, f"{path}.data[{i}]")
+            ]
         if issubclass(cls, StripeObject):
             fields = _fields(cls)
             out = []
@@ -494,37 +532,62 @@ def check_all(objs: list[dict], cls: type, label: str) -> list[str]:
 def test_typed_field_checker_reports_unknown_keys():
     """The checker itself: unknown keys at every nesting level are reported, metadata is free-form."""
     sub = {
-        "id": "sub_1", "object": "subscription", "bogus": 1, "metadata": {"anything": "goes"},
+        "id": "sub_1",
+        "object": "subscription",
+        "bogus": 1,
+        "metadata": {"anything": "goes"},
         "customer": "cus_1",
-        "items": {"object": "list", "url": "/v1/subscription_items", "has_more": False, "extra": 1, "data": [
-            {"id": "si_1", "weird": 0,
-             "price": {"id": "price_1", "recurring": {"meter": "mtr_1", "nope": 1},
-                       "tiers": [{"up_to": 1, "zzz": 2}]}}]},
-        "latest_invoice": {"id": "in_1", "lines": {"data": [
-            {"parent": {"subscription_item_details": {"qq": 1}}}]}},
+        "items": {
+            "object": "list",
+            "url": "/v1/subscription_items",
+            "has_more": False,
+            "extra": 1,
+            "data": [
+                {
+                    "id": "si_1",
+                    "weird": 0,
+                    "price": {
+                        "id": "price_1",
+                        "recurring": {"meter": "mtr_1", "nope": 1},
+                        "tiers": [{"up_to": 1, "zzz": 2}],
+                    },
+                }
+            ],
+        },
+        "latest_invoice": {"id": "in_1", "lines": {"data": [{"parent": {"subscription_item_details": {"qq": 1}}}]}},
         "automatic_tax": {"liability": {"type": "self", "bad": 1}},
         "discounts": {"not": "a list"},
     }
-    assert sorted(unknown_keys(sub, stripe.Subscription, stripe.Subscription, "sub")) == sorted([
-        "sub.bogus (not on stripe._subscription.Subscription)",
-        "sub.items.extra (not on ListObject)",
-        "sub.items.data[0].weird (not on stripe._subscription_item.SubscriptionItem)",
-        "sub.items.data[0].price.recurring.nope (not on stripe._price.Price.Recurring)",
-        "sub.items.data[0].price.tiers[0].zzz (not on stripe._price.Price.Tier)",
-        "sub.latest_invoice.lines.data[0].parent.subscription_item_details.qq "
-        "(not on stripe._invoice_line_item.InvoiceLineItem.Parent.SubscriptionItemDetails)",
-        "sub.automatic_tax.liability.bad (not on stripe._subscription.Subscription.AutomaticTax.Liability)",
-        "sub.discounts: object where the SDK annotates typing.List[typing.Union[str, ForwardRef('Discount')]]",
-    ])
+    assert sorted(unknown_keys(sub, stripe.Subscription, stripe.Subscription, "sub")) == sorted(
+        [
+            "sub.bogus (not on stripe._subscription.Subscription)",
+            "sub.items.extra (not on ListObject)",
+            "sub.items.data[0].weird (not on stripe._subscription_item.SubscriptionItem)",
+            "sub.items.data[0].price.recurring.nope (not on stripe._price.Price.Recurring)",
+            "sub.items.data[0].price.tiers[0].zzz (not on stripe._price.Price.Tier)",
+            "sub.latest_invoice.lines.data[0].parent.subscription_item_details.qq "
+            "(not on stripe._invoice_line_item.InvoiceLineItem.Parent.SubscriptionItemDetails)",
+            "sub.automatic_tax.liability.bad (not on stripe._subscription.Subscription.AutomaticTax.Liability)",
+            "sub.discounts: object where the SDK annotates typing.List[typing.Union[str, ForwardRef('Discount')]]",
+        ]
+    )
 
 
 def test_every_key_the_facade_returns_is_on_the_sdk_types(sandbox, http, tiny_world):
     # the world has no credit notes: serve one in the world's rendered shape, and create one via the API
     inv = next(i for i in list_all(http, "/v1/invoices", status="paid") if i["total"] > 0)
-    world_cn = stripe_render.credit_note({
-        "credit_note_id": "cn_worldshape0001", "invoice_id": inv["id"], "customer_id": inv["customer"],
-        "currency": inv["currency"], "amount": 100, "reason": "product_unsatisfactory",
-        "created": inv["created"] + 2 * DAY, "number": f"{inv['number']}-CN-01"})
+    world_cn = stripe_render.credit_note(
+        {
+            "credit_note_id": "cn_worldshape0001",
+            "invoice_id": inv["id"],
+            "customer_id": inv["customer"],
+            "currency": inv["currency"],
+            "amount": 100,
+            "reason": "product_unsatisfactory",
+            "created": inv["created"] + 2 * DAY,
+            "number": f"{inv['number']}-CN-01",
+        }
+    )
     sandbox.store.put("credit_note", world_cn, customer=inv["customer"], parent=inv["id"])
     posted_cn = http.post("/v1/credit_notes", data={"invoice": inv["id"], "amount": "50"})
     assert posted_cn.status_code == 200, posted_cn.text
@@ -541,19 +604,44 @@ def test_every_key_the_facade_returns_is_on_the_sdk_types(sandbox, http, tiny_wo
     credit_notes = list_all(http, "/v1/credit_notes")
     as_of_day = tiny_world.config.as_of_dt().timestamp() // DAY * DAY
     window = {"start_time": int(as_of_day - 10 * DAY), "end_time": int(as_of_day)}
-    summaries = [s for m in meters for c in customers
-                 for s in list_all(http, f"/v1/billing/meters/{m['id']}/event_summaries", customer=c["id"], **window)]
-    retrieved = {cls: [get_json(http, f"/v1/{path}/{objs[0]['id']}")]
-                 for path, cls, objs in [("customers", stripe.Customer, customers),
-                                         ("subscriptions", stripe.Subscription, subscriptions),
-                                         ("invoices", stripe.Invoice, invoices),
-                                         ("prices", stripe.Price, prices)]}
+    summaries = [
+        s
+        for m in meters
+        for c in customers
+        for s in list_all(http, f"/v1/billing/meters/{m['id']}/event_summaries", customer=c["id"], **window)
+    ]
+    retrieved = {
+        cls: [get_json(http, f"/v1/{path}/{objs[0]['id']}")]
+        for path, cls, objs in [
+            ("customers", stripe.Customer, customers),
+            ("subscriptions", stripe.Subscription, subscriptions),
+            ("invoices", stripe.Invoice, invoices),
+            ("prices", stripe.Price, prices),
+        ]
+    }
 
     # the walk covers what it should (exact counts of the tiny world)
-    assert [len(customers), len(products), len(prices), len(meters), len(subscriptions), len(invoices),
-            len(payment_intents), len(invoice_payments), len(credit_notes)] == \
-        [N_CUSTOMERS, N_PRODUCTS, N_PRICES, N_METERS, N_SUBSCRIPTIONS, N_INVOICES, N_PAYMENTS, N_PAYMENTS,
-         tiny_world.world.tables["credit_notes"].height + 2]  # the world's, one stored by hand, one POSTed
+    assert [
+        len(customers),
+        len(products),
+        len(prices),
+        len(meters),
+        len(subscriptions),
+        len(invoices),
+        len(payment_intents),
+        len(invoice_payments),
+        len(credit_notes),
+    ] == [
+        N_CUSTOMERS,
+        N_PRODUCTS,
+        N_PRICES,
+        N_METERS,
+        N_SUBSCRIPTIONS,
+        N_INVOICES,
+        N_PAYMENTS,
+        N_PAYMENTS,
+        tiny_world.world.tables["credit_notes"].height + 2,
+    ]  # the world's, one stored by hand, one POSTed
     assert len(lines) == tiny_world.world.tables["invoice_lines"].height
     assert sum(len(p["tiers"] or []) for p in prices) == 42  # per currency: 2 (starter compute) + 4 x 3
     assert sum(len(s["items"]["data"]) for s in subscriptions) > 0
@@ -584,8 +672,10 @@ def test_every_key_of_written_objects_is_on_the_sdk_types(sandbox, http, client)
     assert posted_item.status_code == 200, posted_item.text
     listed_items = list_all(http, "/v1/invoiceitems", customer=cid)
     assert [i["id"] for i in listed_items] == [posted_item.json()["id"]]
-    meter_event = http.post("/v1/billing/meter_events", data={
-        "event_name": "api_calls", "payload[stripe_customer_id]": cid, "payload[value]": "1"})
+    meter_event = http.post(
+        "/v1/billing/meter_events",
+        data={"event_name": "api_calls", "payload[stripe_customer_id]": cid, "payload[value]": "1"},
+    )
     assert meter_event.status_code == 200, meter_event.text
 
     problems = (
@@ -609,7 +699,10 @@ def test_summaries_without_grouping_window_are_one_total(sandbox, client, tiny_w
     end = int(tiny_world.config.as_of_dt().timestamp()) // 86400 * 86400
     params = {"customer": cid, "start_time": int(start.timestamp()), "end_time": end}
     total = client.v1.billing.meters.event_summaries.list(meter.id, params)
-    daily = list(client.v1.billing.meters.event_summaries.list(
-        meter.id, {**params, "value_grouping_window": "day", "limit": 100}).auto_paging_iter())
+    daily = list(
+        client.v1.billing.meters.event_summaries.list(
+            meter.id, {**params, "value_grouping_window": "day", "limit": 100}
+        ).auto_paging_iter()
+    )
     assert len(total.data) == 1 and total.data[0].start_time == params["start_time"]
     assert round(total.data[0].aggregated_value, 3) == round(sum(d.aggregated_value for d in daily), 3)

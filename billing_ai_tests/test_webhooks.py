@@ -58,23 +58,32 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
     secrets = WebhookSecrets(stripe=["whsec_a"], chargebee=("cb", "pw"))
     client = TestClient(create_app(inbox, secrets, clock=lambda: NOW))
     headers = {"Stripe-Signature": sig.stripe_header(BODY, "whsec_a", NOW), "Content-Type": "application/json"}
-    assert client.post("/webhooks/stripe", content=BODY, headers=headers).json() == {"received": True,
-                                                                                      "duplicate": False}
+    assert client.post("/webhooks/stripe", content=BODY, headers=headers).json() == {
+        "received": True,
+        "duplicate": False,
+    }
     assert client.post("/webhooks/stripe", content=BODY, headers=headers).json()["duplicate"] is True  # redelivery
     stale = {"Stripe-Signature": sig.stripe_header(BODY, "whsec_a", NOW - 1000)}
     assert client.post("/webhooks/stripe", content=BODY, headers=stale).status_code == 400
     altered = BODY.replace(b"in_1", b"in_9")
     assert client.post("/webhooks/stripe", content=altered, headers=headers).status_code == 400
     assert client.post("/webhooks/stripe", content=BODY).status_code == 400  # unsigned
-    cb = json.dumps({"id": "ev_cb_1", "event_type": "subscription_changed",
-                     "content": {"subscription": {"id": "sub_cb"}}}).encode()
-    assert client.post("/webhooks/chargebee", content=cb,
-                       headers={"Authorization": sig.basic_header("cb", "pw")}).status_code == 200
+    cb = json.dumps(
+        {"id": "ev_cb_1", "event_type": "subscription_changed", "content": {"subscription": {"id": "sub_cb"}}}
+    ).encode()
+    assert (
+        client.post(
+            "/webhooks/chargebee", content=cb, headers={"Authorization": sig.basic_header("cb", "pw")}
+        ).status_code
+        == 200
+    )
     assert client.post("/webhooks/chargebee", content=cb).status_code == 400
     assert client.post("/webhooks/nowhere", content=cb).status_code == 404
     events = inbox.after(0)
     assert [(e["platform"], e["event_id"], e["type"], e["object_id"]) for e in events] == [
-        ("stripe", "evt_1", "invoice.created", "in_1"), ("chargebee", "ev_cb_1", "subscription_changed", "sub_cb")]
+        ("stripe", "evt_1", "invoice.created", "in_1"),
+        ("chargebee", "ev_cb_1", "subscription_changed", "sub_cb"),
+    ]
     monkeypatch.setenv("BILLING_AI_WEBHOOK_INBOX", str(tmp_path / "inbox.sqlite"))
     from billing_ai.definitions import platform_sync_job
 
@@ -88,16 +97,29 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
     targeted = {r.run_config["ops"]["refresh_named_objects"]["config"]["platform"]: r for r in reqs}
     assert targeted["stripe"].run_key == f"webhook-stripe-invoice-{first}-{first}"
     assert targeted["stripe"].run_config["ops"]["refresh_named_objects"]["config"] == {
-        "platform": "stripe", "kind": "invoice", "ids": ["in_1"], "events": ["evt_1"]}
+        "platform": "stripe",
+        "kind": "invoice",
+        "ids": ["in_1"],
+        "events": ["evt_1"],
+    }
     assert targeted["chargebee"].run_config["ops"]["refresh_named_objects"]["config"] == {
-        "platform": "chargebee", "kind": "subscription", "ids": ["sub_cb"], "events": ["ev_cb_1"]}
-    snap = requests_for([{"seq": 9, "platform": "chargebee", "event_id": "e9", "type": "customer_changed",
-                          "object_id": "cus_1"}])
+        "platform": "chargebee",
+        "kind": "subscription",
+        "ids": ["sub_cb"],
+        "events": ["ev_cb_1"],
+    }
+    snap = requests_for(
+        [{"seq": 9, "platform": "chargebee", "event_id": "e9", "type": "customer_changed", "object_id": "cus_1"}]
+    )
     assert [(r.job_name, r.run_key) for r in snap] == [("platform_sync_job", "webhooks-9-9")]
     assert ctx.cursor == str(last)
     assert isinstance(webhook_events(dg.build_sensor_context(cursor=str(last))), dg.SkipReason)  # read once
-    assert requests_for([{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available",
-                          "object_id": None}]) == []
+    assert (
+        requests_for(
+            [{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available", "object_id": None}]
+        )
+        == []
+    )
 
 
 def test_out_of_order_deliveries_refresh_the_object_once_from_its_current_state(tmp_path):
@@ -107,8 +129,9 @@ def test_out_of_order_deliveries_refresh_the_object_once_from_its_current_state(
     inbox = WebhookInbox(tmp_path / "inbox.sqlite")
     client = TestClient(create_app(inbox, WebhookSecrets(stripe=["whsec_a"]), clock=lambda: NOW))
     for evt, typ, created in (("evt_2", "invoice.finalized", NOW), ("evt_1", "invoice.created", NOW - 60)):
-        body = json.dumps({"id": evt, "type": typ, "created": created,
-                           "data": {"object": {"id": "in_7", "object": "invoice"}}}).encode()
+        body = json.dumps(
+            {"id": evt, "type": typ, "created": created, "data": {"object": {"id": "in_7", "object": "invoice"}}}
+        ).encode()
         headers = {"Stripe-Signature": sig.stripe_header(body, "whsec_a", NOW), "Content-Type": "application/json"}
         assert client.post("/webhooks/stripe", content=body, headers=headers).status_code == 200
     events = inbox.after(0)

@@ -21,24 +21,33 @@ import polars as pl
 import pytest
 
 from billing_ai import warehouse as wh
-from billing_ai.writeback.kinds import Proposal, action_id
 from billing_ai.actions.ledger import Ledger
 from billing_ai.actions.policy import Policy
 from billing_ai.actions.push import Executor, PushIncomplete, Sinks, push_action
 from billing_ai.clock import parse_instant
 from billing_ai.ingestion.platform_assets import CORE_TABLES, build_core_table, land_raw
-from billing_ai.platforms.spec import QUARANTINE_KEY
 from billing_ai.platforms.registry import PLATFORM_SPECS
+from billing_ai.platforms.spec import QUARANTINE_KEY
 from billing_ai.platforms.zuora import SPEC
 from billing_ai.platforms.zuora.client import MalformedMoney, ZuoraConnector, to_minor
 from billing_ai.platforms.zuora.writer import ZuoraExecutor, to_major
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.sandbox.zuora_api import (ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, ZUORA_READONLY_CLIENT_ID,
-                                          ZUORA_READONLY_CLIENT_SECRET)
+from billing_ai.sandbox.zuora_api import (
+    ZUORA_CLIENT_ID,
+    ZUORA_CLIENT_SECRET,
+    ZUORA_READONLY_CLIENT_ID,
+    ZUORA_READONLY_CLIENT_SECRET,
+)
 from billing_ai.sandbox.zuora_render import zid
-from billing_ai_tests.conftest import (TEST_PII_KEY, TINY_WORLD_CONFIG, GeneratedWorld, pipeline_resources,
-                                       write_test_world)
+from billing_ai.writeback.kinds import Proposal, action_id
+from billing_ai_tests.conftest import (
+    TEST_PII_KEY,
+    TINY_WORLD_CONFIG,
+    GeneratedWorld,
+    pipeline_resources,
+    write_test_world,
+)
 
 ZUORA_WORLD_CONFIG = replace(TINY_WORLD_CONFIG, platforms={"zuora": 1.0})
 AS_OF = datetime.fromisoformat(ZUORA_WORLD_CONFIG.as_of)
@@ -58,13 +67,16 @@ def zsandbox(zuora_world, tmp_path):
 
 
 def connector(server, page_size: int = 40, client=(ZUORA_READONLY_CLIENT_ID, ZUORA_READONLY_CLIENT_SECRET)):
-    return ZuoraConnector(f"{server.url}/zuora", client[0], client[1], TEST_PII_KEY, requests_per_second=500,
-                          page_size=page_size)
+    return ZuoraConnector(
+        f"{server.url}/zuora", client[0], client[1], TEST_PII_KEY, requests_per_second=500, page_size=page_size
+    )
 
 
 def token(server, client_id=ZUORA_CLIENT_ID, secret=ZUORA_CLIENT_SECRET) -> httpx.Response:
-    return httpx.post(f"{server.url}/zuora/oauth/token",
-                      data={"client_id": client_id, "client_secret": secret, "grant_type": "client_credentials"})
+    return httpx.post(
+        f"{server.url}/zuora/oauth/token",
+        data={"client_id": client_id, "client_secret": secret, "grant_type": "client_credentials"},
+    )
 
 
 def authed(server, client_id=ZUORA_CLIENT_ID, secret=ZUORA_CLIENT_SECRET) -> httpx.Client:
@@ -121,8 +133,11 @@ def test_facade_idempotency_replay_409_and_422(zsandbox):
         # a repeat while the first is still being processed
         facade.settings.write_delay = 0.5
         results = []
-        t = threading.Thread(target=lambda: results.append(
-            c.post("/v1/debitmemos", json=body, headers={"Idempotency-Key": "k2"}).status_code))
+        t = threading.Thread(
+            target=lambda: results.append(
+                c.post("/v1/debitmemos", json=body, headers={"Idempotency-Key": "k2"}).status_code
+            )
+        )
         t.start()
         threading.Event().wait(0.15)
         second = c.post("/v1/debitmemos", json=body, headers={"Idempotency-Key": "k2"})
@@ -138,8 +153,12 @@ def test_connector_pages_refreshes_its_token_and_rides_out_429_and_5xx(zsandbox,
     clean = connector(zsandbox, page_size=40).fetch_snapshot(AS_OF)
     facade = zsandbox.facades["zuora"]
     small = connector(zsandbox, page_size=3)
-    facade.settings.faults = plan = FaultPlan(rate_limit=burst(3, start=2, methods=GET), retry_after=0,
-                                              server_error=nth(6, 9, methods=GET), error_statuses=(503,))
+    facade.settings.faults = plan = FaultPlan(
+        rate_limit=burst(3, start=2, methods=GET),
+        retry_after=0,
+        server_error=nth(6, 9, methods=GET),
+        error_statuses=(503,),
+    )
     snap = small.fetch_snapshot(AS_OF)
     facade.settings.faults = None
     assert plan.counts["rate_limit"] == 3 and plan.counts["server_error"] == 2
@@ -165,32 +184,45 @@ def test_connector_pages_refreshes_its_token_and_rides_out_429_and_5xx(zsandbox,
 def test_malformed_objects_are_quarantined_through_dagster(zsandbox, zuora_world, tmp_path):
     """The raw asset and the core assets through dagster.materialize, with objects the connector refuses."""
     from billing_ai.ingestion.platform_assets import core_platform_assets, raw_platform_asset
-    from billing_ai.resources import StripeResource
+    from billing_ai.platforms.stripe.resource import StripeResource
 
     store = zsandbox.facades["zuora"].store
     acct = store.page("account", 0, 1)[0][0]
     inv = store.page("invoice", 0, 1, account=acct["accountNumber"])[0][0]
-    store.put("invoice", {**inv, "id": zid("inv", "bad-1"), "invoiceNumber": "BAD-1", "amount": Decimal("12.345")},
-              account=acct["accountNumber"])
-    store.put("invoice", {**inv, "id": zid("inv", "bad-2"), "invoiceNumber": "BAD-2", "currency": "XYZ"},
-              account=acct["accountNumber"])
+    store.put(
+        "invoice",
+        {**inv, "id": zid("inv", "bad-1"), "invoiceNumber": "BAD-1", "amount": Decimal("12.345")},
+        account=acct["accountNumber"],
+    )
+    store.put(
+        "invoice",
+        {**inv, "id": zid("inv", "bad-2"), "invoiceNumber": "BAD-2", "currency": "XYZ"},
+        account=acct["accountNumber"],
+    )
     store.put("account", {**acct, "id": zid("acct", "bad-3"), "accountNumber": None})
     res = pipeline_resources(zsandbox.url, tmp_path / "wh.duckdb", zuora_world, page_size=5)
     res["stripe"] = StripeResource(api_key="unused", api_base="")
     zuora_raw = raw_platform_asset(SPEC)
-    result = dg.materialize([zuora_raw, *[raw_platform_asset(s) for s in PLATFORM_SPECS if s.name != "zuora"],
-                             *core_platform_assets], resources=res, raise_on_error=False)
+    result = dg.materialize(
+        [zuora_raw, *[raw_platform_asset(s) for s in PLATFORM_SPECS if s.name != "zuora"], *core_platform_assets],
+        resources=res,
+        raise_on_error=False,
+    )
     mats = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("zuora_raw")}
     assert mats["zuora_invoices"]["quarantined"].value == 2
     assert mats["zuora_invoices"]["records_in"].value == 23 and mats["zuora_invoices"]["dagster/row_count"].value == 21
     assert mats["zuora_accounts"]["quarantined"].value == 1
     con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
     try:
-        q = con.sql("SELECT source, record_key, reason, detail FROM core.quarantine WHERE source LIKE 'zuora%' "
-                    "ORDER BY record_key").fetchall()
-        assert [(s, k, r) for s, k, r, _ in q] == [("zuora_invoices", "BAD-1", "malformed_money"),
-                                                   ("zuora_invoices", "BAD-2", "malformed_money"),
-                                                   ("zuora_accounts", zid("acct", "bad-3"), "missing_key")]
+        q = con.sql(
+            "SELECT source, record_key, reason, detail FROM core.quarantine WHERE source LIKE 'zuora%' "
+            "ORDER BY record_key"
+        ).fetchall()
+        assert [(s, k, r) for s, k, r, _ in q] == [
+            ("zuora_invoices", "BAD-1", "malformed_money"),
+            ("zuora_invoices", "BAD-2", "malformed_money"),
+            ("zuora_accounts", zid("acct", "bad-3"), "missing_key"),
+        ]
         assert "finer than" in q[0][3] and "unknown currency" in q[1][3]
         assert con.sql("SELECT count(*) FROM core.invoices WHERE platform = 'zuora'").fetchall()[0][0] == 21
     finally:
@@ -200,7 +232,7 @@ def test_malformed_objects_are_quarantined_through_dagster(zsandbox, zuora_world
 # ---- the core mapping --------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def zuora_warehouse(zuora_world, tmp_path_factory) -> Path:
-    from billing_ai.resources import StripeResource
+    from billing_ai.platforms.stripe.resource import StripeResource
     from billing_ai.runner import materialize_all
 
     tmp = tmp_path_factory.mktemp("zuora_warehouse")
@@ -219,8 +251,9 @@ def _core(path: Path, table: str, platform: str) -> pl.DataFrame:
         con.close()
     df = df.drop([c for c in df.columns if c == "platform" or c.startswith("platform_") or c == "landed_at"])
     if "metadata" in df.columns:  # JSON: compare the objects, not their key order
-        df = df.with_columns(pl.col("metadata").map_elements(lambda s: json.dumps(json.loads(s), sort_keys=True),
-                                                             return_dtype=pl.String))
+        df = df.with_columns(
+            pl.col("metadata").map_elements(lambda s: json.dumps(json.loads(s), sort_keys=True), return_dtype=pl.String)
+        )
     return df.sort(df.columns, nulls_last=True)
 
 
@@ -229,7 +262,7 @@ def test_core_tables_of_a_zuora_world_equal_the_stripe_worlds(table, tiny_wareho
     stripe, zuora = _core(tiny_warehouse, table, "stripe"), _core(zuora_warehouse, table, "zuora")
     assert stripe.height > 0
     assert zuora.schema == stripe.schema
-    assert zuora.equals(stripe), (zuora.join(stripe, on=zuora.columns, how="anti", nulls_equal=True).head(5))
+    assert zuora.equals(stripe), zuora.join(stripe, on=zuora.columns, how="anti", nulls_equal=True).head(5)
 
 
 def test_zuora_keeps_its_own_ids_beside_the_canonical_ones(zuora_warehouse):
@@ -248,13 +281,36 @@ def test_two_platforms_minting_the_same_id_never_collide_in_core():
     con = duckdb.connect()
     wh.run(con, "CREATE SCHEMA raw; CREATE SCHEMA core")
     shared = "2c92a0fd55822b4d015587f3b6e73d4c"
-    stripe_snap = {"customers": [{"id": shared, "object": "customer", "currency": "usd", "balance": 0,
-                                  "created": 1, "metadata": {}}]}
-    zuora_snap = {"accounts": [{"id": shared, "accountNumber": "A-0001", "currency": "USD", "creditBalance_minor": 0,
-                                "createdDate": "2026-01-01T00:00:00+00:00", "billTo": {}}],
-                  "invoices": [{"id": shared, "invoiceNumber": "INV-1", "accountNumber": "A-0001", "currency": "USD",
-                                "status": "Posted", "amount_minor": 100, "balance_minor": 0, "paymentAmount_minor": 100,
-                                "createdDate": "2026-01-01T00:00:00+00:00"}]}
+    stripe_snap = {
+        "customers": [
+            {"id": shared, "object": "customer", "currency": "usd", "balance": 0, "created": 1, "metadata": {}}
+        ]
+    }
+    zuora_snap = {
+        "accounts": [
+            {
+                "id": shared,
+                "accountNumber": "A-0001",
+                "currency": "USD",
+                "creditBalance_minor": 0,
+                "createdDate": "2026-01-01T00:00:00+00:00",
+                "billTo": {},
+            }
+        ],
+        "invoices": [
+            {
+                "id": shared,
+                "invoiceNumber": "INV-1",
+                "accountNumber": "A-0001",
+                "currency": "USD",
+                "status": "Posted",
+                "amount_minor": 100,
+                "balance_minor": 0,
+                "paymentAmount_minor": 100,
+                "createdDate": "2026-01-01T00:00:00+00:00",
+            }
+        ],
+    }
     now = datetime(2026, 1, 2, tzinfo=UTC)
     with wh.transaction(con):
         for spec in PLATFORM_SPECS:
@@ -273,21 +329,37 @@ class Env:
         self.server, self.now, self.facade = server, now, server.facades["zuora"]
         self.ledger = Ledger(tmp / "ops" / "actions.sqlite")
         self.ledger.set_meta("clock", now.isoformat())
-        self.zuora = ZuoraExecutor(f"{server.url}/zuora", ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET,
-                                   requests_per_second=500)
-        self.executor = Executor({"zuora": self.zuora}, Sinks(
-            case_url=f"{server.url}/sinks/cases", chat_webhook_url=f"{server.url}/sinks/chat/T0/B0/secret",
-            outbox_dir=tmp / "outbox"))
+        self.zuora = ZuoraExecutor(f"{server.url}/zuora", ZUORA_CLIENT_ID, ZUORA_CLIENT_SECRET, requests_per_second=500)
+        self.executor = Executor(
+            {"zuora": self.zuora},
+            Sinks(
+                case_url=f"{server.url}/sinks/cases",
+                chat_webhook_url=f"{server.url}/sinks/chat/T0/B0/secret",
+                outbox_dir=tmp / "outbox",
+            ),
+        )
         store = self.facade.store
-        self.sub = next(s for s in store.page("subscription", 0, 100)[0] if s["status"] == "Active"
-                        and sum(r["lastChangeType"] != "Remove" for r in s["ratePlans"]) >= 3)
+        self.sub = next(
+            s
+            for s in store.page("subscription", 0, 100)[0]
+            if s["status"] == "Active" and sum(r["lastChangeType"] != "Remove" for r in s["ratePlans"]) >= 3
+        )
         self.customer, self.currency = self.sub["accountNumber"], self.sub["currency"].lower()
 
     def propose(self, kind, target_type, target_id, params) -> str:
-        p = Proposal(action_id=action_id("analytics:test", kind, json.dumps(params, sort_keys=True) + target_id),
-                     kind=kind, platform="zuora", target_type=target_type, target_id=target_id, params=params,
-                     rationale="because", confidence=0.9, proposer="analytics:test", created_at=self.now,
-                     expires_at=self.now + timedelta(days=3))
+        p = Proposal(
+            action_id=action_id("analytics:test", kind, json.dumps(params, sort_keys=True) + target_id),
+            kind=kind,
+            platform="zuora",
+            target_type=target_type,
+            target_id=target_id,
+            params=params,
+            rationale="because",
+            confidence=0.9,
+            proposer="analytics:test",
+            created_at=self.now,
+            expires_at=self.now + timedelta(days=3),
+        )
         self.ledger.propose([p], POLICY, self.now)
         for who in ("ana", "ben"):
             if self.ledger.get(p.action_id)["status"] in ("proposed", "partially_approved"):
@@ -298,8 +370,11 @@ class Env:
         return push_action(self.ledger, self.executor, POLICY, aid, sleep=lambda s: None, **kw)
 
     def memos(self, typ: str, aid: str) -> list[dict]:
-        return [m for m in self.facade.store.page(typ, 0, 1000)[0]
-                if str(m.get("billing_ai_audit_id__c") or "").startswith(aid + "#")]
+        return [
+            m
+            for m in self.facade.store.page(typ, 0, 1000)[0]
+            if str(m.get("billing_ai_audit_id__c") or "").startswith(aid + "#")
+        ]
 
 
 @pytest.fixture
@@ -308,8 +383,12 @@ def env(zsandbox, zuora_world, tmp_path) -> Env:
 
 
 def charge(env: Env, amount: int = 1234) -> str:
-    return env.propose("pending_invoice_item", "customer", env.customer,
-                       {"amount": amount, "currency": env.currency, "description": "Correction for invoice X"})
+    return env.propose(
+        "pending_invoice_item",
+        "customer",
+        env.customer,
+        {"amount": amount, "currency": env.currency, "description": "Correction for invoice X"},
+    )
 
 
 def test_a_corrective_charge_is_one_debit_memo_however_often_pushed(env):
@@ -317,7 +396,10 @@ def test_a_corrective_charge_is_one_debit_memo_however_often_pushed(env):
     first, second = env.push(aid), env.push(aid)
     memos = env.memos("debit_memo", aid)
     assert first["status"] == second["status"] == "succeeded" and len(memos) == 1
-    assert memos[0]["amount"] == Decimal(1234).scaleb(-EXP[env.currency]) and first["platform_object"] == memos[0]["number"]
+    assert (
+        memos[0]["amount"] == Decimal(1234).scaleb(-EXP[env.currency])
+        and first["platform_object"] == memos[0]["number"]
+    )
 
 
 @pytest.mark.parametrize("mode", ["drop", "500"])
@@ -351,27 +433,55 @@ def test_metadata_credit_memo_and_subscription_change_apply_once(env):
     assert acct["health__c"] == "green" and acct["billing_ai_audit_id__c"].startswith(aid + "#")
     # a credit memo from a paid invoice
     inv = env.facade.store.page("invoice", 0, 100, account=env.customer)[0][0]
-    aid = env.propose("credit_note", "invoice", inv["invoice_id__c"],
-                      {"amount": 150, "currency": env.currency, "reason": "order_change", "memo": "sorry"})
+    aid = env.propose(
+        "credit_note",
+        "invoice",
+        inv["invoice_id__c"],
+        {"amount": 150, "currency": env.currency, "reason": "order_change", "memo": "sorry"},
+    )
     assert env.push(aid)["status"] == "succeeded" and env.push(aid)["status"] == "succeeded"
     memos = env.memos("credit_memo", aid)
     assert len(memos) == 1 and memos[0]["referredInvoiceId"] == inv["id"] and memos[0]["reasonCode"] == "order_change"
-    too_much = env.propose("credit_note", "invoice", inv["invoice_id__c"],
-                           {"amount": int(inv["amount"].scaleb(EXP[env.currency])) + 1, "currency": env.currency,
-                            "reason": "duplicate", "memo": "no"})
+    too_much = env.propose(
+        "credit_note",
+        "invoice",
+        inv["invoice_id__c"],
+        {
+            "amount": int(inv["amount"].scaleb(EXP[env.currency])) + 1,
+            "currency": env.currency,
+            "reason": "duplicate",
+            "memo": "no",
+        },
+    )
     row = env.push(too_much)
     assert row["status"] == "blocked" and "uncredited" in row["status_reason"]
     # a subscription change is an order: remove the item's rate plan, add the target price's
-    rp = next(r for r in env.sub["ratePlans"] if r["lastChangeType"] != "Remove"
-              and r["ratePlanCharges"][0]["type"] == "Usage")
+    rp = next(
+        r
+        for r in env.sub["ratePlans"]
+        if r["lastChangeType"] != "Remove" and r["ratePlanCharges"][0]["type"] == "Usage"
+    )
     item = rp["ratePlanCharges"][0]["number"]
-    prices = [ch for prod in env.facade.store.page("product", 0, 100)[0] for prp in prod["productRatePlans"]
-              for ch in prp["productRatePlanCharges"]]
+    prices = [
+        ch
+        for prod in env.facade.store.page("product", 0, 100)[0]
+        for prp in prod["productRatePlans"]
+        for ch in prp["productRatePlanCharges"]
+    ]
     cur = next(ch for ch in prices if ch["id"] == rp["ratePlanCharges"][0]["productRatePlanChargeId"])
-    other = next(ch for ch in prices if ch["component__c"] == cur["component__c"] and ch["id"] != cur["id"]
-                 and ch["pricing"][0]["currency"] == cur["pricing"][0]["currency"])
-    aid = env.propose("subscription_change", "subscription", env.sub["subscriptionNumber"],
-                      {"item": item, "to_price": other["price_id__c"]})
+    other = next(
+        ch
+        for ch in prices
+        if ch["component__c"] == cur["component__c"]
+        and ch["id"] != cur["id"]
+        and ch["pricing"][0]["currency"] == cur["pricing"][0]["currency"]
+    )
+    aid = env.propose(
+        "subscription_change",
+        "subscription",
+        env.sub["subscriptionNumber"],
+        {"item": item, "to_price": other["price_id__c"]},
+    )
     assert env.push(aid)["status"] == "succeeded" and env.push(aid)["status"] == "succeeded"
     after = env.facade.store.find("subscription", "subscriptionNumber", env.sub["subscriptionNumber"])
     current = [r for r in after["ratePlans"] if r["lastChangeType"] != "Remove"]
@@ -387,8 +497,9 @@ def test_kinds_zuora_cannot_carry_out_are_blocked_and_contact_is_read_at_push_ti
     row = env.push(aid)
     assert row["status"] == "blocked" and "not something zuora can carry out" in row["status_reason"]
     contact = env.zuora.contact(env.customer)
-    cust = next(c for c in env.server.facades["zuora"].store.page("account", 0, 100)[0]
-                if c["accountNumber"] == env.customer)
+    cust = next(
+        c for c in env.server.facades["zuora"].store.page("account", 0, 100)[0] if c["accountNumber"] == env.customer
+    )
     assert contact.email == cust["billTo"]["workEmail"] and contact.currency == env.currency
     env.zuora.leave_pointer(env.customer, "k", {"billing_ai_audit_id": "act_x#7"})
     assert env.facade.store.find("account", "accountNumber", env.customer)["billing_ai_audit_id__c"] == "act_x#7"
@@ -402,8 +513,9 @@ def test_a_callout_named_invoice_or_subscription_is_fetched_alone_as_the_snapsho
     inv = next(i for i in snap["invoices"] if any(it["invoiceId"] == i["id"] for it in snap["invoice_items"]))
     got = conn.fetch_objects("invoice", [inv["id"], "2c92c0f9_no_such_invoice"])
     assert got["invoices"] == [inv]
-    assert sorted(got["invoice_items"], key=lambda x: x["id"]) == \
-        sorted([it for it in snap["invoice_items"] if it["invoiceId"] == inv["id"]], key=lambda x: x["id"])
+    assert sorted(got["invoice_items"], key=lambda x: x["id"]) == sorted(
+        [it for it in snap["invoice_items"] if it["invoiceId"] == inv["id"]], key=lambda x: x["id"]
+    )
     sub = snap["subscriptions"][0]
     assert conn.fetch_objects("subscription", [sub["id"]]) == {"subscriptions": [sub]}
     from billing_ai.platforms.zuora import SPEC

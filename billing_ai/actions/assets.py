@@ -11,7 +11,6 @@
   outcomes into the warehouse in the next pooled step.
 """
 
-
 import json
 from pathlib import Path
 
@@ -21,15 +20,14 @@ import polars as pl
 from billing_ai import warehouse as wh
 from billing_ai.actions import audit
 from billing_ai.actions.ledger import Ledger, read_heads
-from billing_ai.actions.resources import ActionsResource
-from billing_ai.actions.policy import Policy
 from billing_ai.actions.proposers import FINDINGS_SQL, proposals_from_reconciliation
 from billing_ai.actions.push import Executor, Sinks, push_action
+from billing_ai.actions.resources import ActionsResource
+from billing_ai.metadata import markdown_preview
 from billing_ai.platforms.chargebee.writer import ChargebeeExecutor, ChargebeeWriter
 from billing_ai.platforms.recurly.writer import RecurlyExecutor, RecurlyWriter
 from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.platforms.zuora.writer import ZuoraExecutor
-from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
 
@@ -54,29 +52,36 @@ class PushResource(dg.ConfigurableResource):
     def executor(self) -> Executor:
         platforms = {"stripe": StripeExecutor(StripeWriter(self.stripe_api_key, self.stripe_api_base))}
         if self.chargebee_api_base:
-            platforms["chargebee"] = ChargebeeExecutor(ChargebeeWriter(self.chargebee_api_key,
-                                                                         self.chargebee_api_base))
+            platforms["chargebee"] = ChargebeeExecutor(ChargebeeWriter(self.chargebee_api_key, self.chargebee_api_base))
         if self.recurly_api_base:
             platforms["recurly"] = RecurlyExecutor(RecurlyWriter(self.recurly_api_key, self.recurly_api_base))
         if self.zuora_api_base:
             platforms["zuora"] = ZuoraExecutor(self.zuora_api_base, self.zuora_client_id, self.zuora_client_secret)
-        return Executor(platforms,
-                        Sinks(case_url=self.case_url, chat_webhook_url=self.chat_webhook_url,
-                              outbox_dir=Path(self.outbox_dir)))
+        return Executor(
+            platforms,
+            Sinks(case_url=self.case_url, chat_webhook_url=self.chat_webhook_url, outbox_dir=Path(self.outbox_dir)),
+        )
 
 
 # ---- proposals (nightly) ---------------------------------------------------------------------------
 @dg.asset(
     key=["ledger", "reconciliation_proposals"],
-    deps=[dg.AssetKey(["marts", "invoice_reconciliation"]), dg.AssetKey(["core", "subscriptions"]),
-          dg.AssetKey(["core", "invoices"])],
+    deps=[
+        dg.AssetKey(["marts", "invoice_reconciliation"]),
+        dg.AssetKey(["core", "subscriptions"]),
+        dg.AssetKey(["core", "invoices"]),
+    ],
     group_name="actions",
     pool=WAREHOUSE_POOL,
     description="Each reconciliation finding that needs money corrected, proposed in the action ledger "
-                "(credit note, pending invoice item or support case); policy approvals applied.",
+    "(credit note, pending invoice item or support case); policy approvals applied.",
 )
-def reconciliation_proposals(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                             settings: PipelineSettings, actions: ActionsResource) -> dg.MaterializeResult:
+def reconciliation_proposals(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+    actions: ActionsResource,
+) -> dg.MaterializeResult:
     with warehouse.connect() as con:
         findings = con.sql(FINDINGS_SQL).pl()
     policy, ledger, now = actions.policy(), actions.ledger(), settings.clock().now()
@@ -84,20 +89,45 @@ def reconciliation_proposals(context: dg.AssetExecutionContext, warehouse: Wareh
     counts = ledger.propose(proposals, policy, now)
     ledger.set_meta("clock", settings.as_of or "wall")  # so the CLI judges expiry by the same clock
     ledger.record_head(Path(actions.heads_file), context.run.run_id)
-    preview = pl.DataFrame([{"action_id": p.action_id, "kind": p.kind, "target": p.target_id,
-                             "amount": (p.money or (None, None))[0], "currency": (p.money or (None, None))[1],
-                             "rationale": p.rationale} for p in proposals]) if proposals else pl.DataFrame()
-    return dg.MaterializeResult(metadata={
-        "findings": len(findings), "proposals": len(proposals), **{f"ledger_{k}": v for k, v in counts.items()},
-        "by_kind": dg.MetadataValue.json(dict(sorted(pl.Series([p.kind for p in proposals], dtype=pl.String)
-                                                     .value_counts().rows()))) if proposals else {},
-        "preview": markdown_preview(preview)})
+    preview = (
+        pl.DataFrame(
+            [
+                {
+                    "action_id": p.action_id,
+                    "kind": p.kind,
+                    "target": p.target_id,
+                    "amount": (p.money or (None, None))[0],
+                    "currency": (p.money or (None, None))[1],
+                    "rationale": p.rationale,
+                }
+                for p in proposals
+            ]
+        )
+        if proposals
+        else pl.DataFrame()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "findings": len(findings),
+            "proposals": len(proposals),
+            **{f"ledger_{k}": v for k, v in counts.items()},
+            "by_kind": dg.MetadataValue.json(
+                dict(sorted(pl.Series([p.kind for p in proposals], dtype=pl.String).value_counts().rows()))
+            )
+            if proposals
+            else {},
+            "preview": markdown_preview(preview),
+        }
+    )
 
 
 # ---- the warehouse copy of the ledger ----------------------------------------------------------------
 # every asset that writes proposals into the ledger: the ops copy is taken after all of them
-PROPOSERS = [dg.AssetKey(["ledger", "reconciliation_proposals"]), dg.AssetKey(["ledger", "forecast_proposals"]),
-             dg.AssetKey(["marts", "usage_anomalies"])]
+PROPOSERS = [
+    dg.AssetKey(["ledger", "reconciliation_proposals"]),
+    dg.AssetKey(["ledger", "forecast_proposals"]),
+    dg.AssetKey(["marts", "usage_anomalies"]),
+]
 
 OPS_TABLES = {
     "proposed_actions": "actions",
@@ -147,15 +177,24 @@ def verify_warehouse_audit_log(con, heads: list[dict] = ()) -> audit.Verdict:
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(["ops", t], deps=PROPOSERS, group_name="actions",
-                        description=d) for t, d in [
-        ("proposed_actions", "Every proposal with its status (copy of the action ledger)."),
-        ("approvals", "Every approval and rejection: who, how (cli, launchpad, policy), why."),
-        ("action_attempts", "Every push attempt: idempotency key, outcome, platform object, response."),
-        ("audit_log", "The hash-chained audit trail of proposals, approvals, attempts and outcomes.")]],
-    check_specs=[dg.AssetCheckSpec("audit_chain_verifies", asset=["ops", "audit_log"], blocking=True,
-                                   description="The warehouse copy of the audit log verifies row by row and "
-                                               "against the chain heads recorded outside it.")],
+    specs=[
+        dg.AssetSpec(["ops", t], deps=PROPOSERS, group_name="actions", description=d)
+        for t, d in [
+            ("proposed_actions", "Every proposal with its status (copy of the action ledger)."),
+            ("approvals", "Every approval and rejection: who, how (cli, launchpad, policy), why."),
+            ("action_attempts", "Every push attempt: idempotency key, outcome, platform object, response."),
+            ("audit_log", "The hash-chained audit trail of proposals, approvals, attempts and outcomes."),
+        ]
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "audit_chain_verifies",
+            asset=["ops", "audit_log"],
+            blocking=True,
+            description="The warehouse copy of the audit log verifies row by row and "
+            "against the chain heads recorded outside it.",
+        )
+    ],
     pool=WAREHOUSE_POOL,
     can_subset=False,
 )
@@ -175,9 +214,12 @@ def ops_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource, 
             meta["chain_head_seq"] = verdict.head_seq
             meta["chain_head_hash"] = verdict.head_hash
         yield dg.MaterializeResult(asset_key=["ops", table], metadata=meta)
-    yield dg.AssetCheckResult(asset_key=["ops", "audit_log"], check_name="audit_chain_verifies", passed=verdict.ok,
-                              metadata={"verdict": str(verdict), "rows": verdict.rows,
-                                        "first_broken_seq": verdict.first_broken_seq or 0})
+    yield dg.AssetCheckResult(
+        asset_key=["ops", "audit_log"],
+        check_name="audit_chain_verifies",
+        passed=verdict.ok,
+        metadata={"verdict": str(verdict), "rows": verdict.rows, "first_broken_seq": verdict.first_broken_seq or 0},
+    )
 
 
 ACTION_ASSETS = [reconciliation_proposals, ops_tables]
@@ -198,8 +240,9 @@ class ApprovalConfig(dg.Config):
 
 
 @dg.op(description="Record approvals or rejections in the action ledger (never touches the warehouse).")
-def record_decisions(context: dg.OpExecutionContext, config: ApprovalConfig, actions: ActionsResource,
-                     settings: PipelineSettings) -> dict:
+def record_decisions(
+    context: dg.OpExecutionContext, config: ApprovalConfig, actions: ActionsResource, settings: PipelineSettings
+) -> dict:
     from billing_ai.actions.ledger import ApprovalRefused
 
     ledger, policy = actions.ledger(), actions.policy()
@@ -207,21 +250,24 @@ def record_decisions(context: dg.OpExecutionContext, config: ApprovalConfig, act
     results, refused = {}, {}
     for aid in config.action_ids:
         try:
-            results[aid] = ledger.decide(aid, config.approver, config.decision, config.reason, "launchpad", policy,
-                                         now)
+            results[aid] = ledger.decide(aid, config.approver, config.decision, config.reason, "launchpad", policy, now)
         except ApprovalRefused as e:
             refused[aid] = e.reasons
     ledger.record_head(Path(actions.heads_file), context.run.run_id)
-    context.add_output_metadata({"recorded": dg.MetadataValue.json(results),
-                                 "refused": dg.MetadataValue.json(refused)})
+    context.add_output_metadata({"recorded": dg.MetadataValue.json(results), "refused": dg.MetadataValue.json(refused)})
     if refused:
-        raise dg.Failure(description=f"{len(refused)} decision(s) refused: {json.dumps(refused)}",
-                         metadata={"refused": dg.MetadataValue.json(refused)}, allow_retries=False)
+        raise dg.Failure(
+            description=f"{len(refused)} decision(s) refused: {json.dumps(refused)}",
+            metadata={"refused": dg.MetadataValue.json(refused)},
+            allow_retries=False,
+        )
     return results
 
 
-@dg.job(description="Approve or reject proposed actions (config: action_ids, decision, approver, reason). "
-                    "The approver is a claimed identity: Dagster OSS has no login.")
+@dg.job(
+    description="Approve or reject proposed actions (config: action_ids, decision, approver, reason). "
+    "The approver is a claimed identity: Dagster OSS has no login."
+)
 def approve_actions_job():
     record_decisions()
 
@@ -239,38 +285,55 @@ class PushConfig(dg.Config):
 
 
 @dg.op(description="Push one approved action to its platform or sink, exactly once, audited.")
-def push_approved_action(context: dg.OpExecutionContext, config: PushConfig, actions: ActionsResource,
-                         push: PushResource) -> dict:
+def push_approved_action(
+    context: dg.OpExecutionContext, config: PushConfig, actions: ActionsResource, push: PushResource
+) -> dict:
     ledger = actions.ledger()
     row = push_action(ledger, push.executor(), actions.policy(), config.action_id, run_id=context.run.run_id)
     ledger.record_head(Path(actions.heads_file), context.run.run_id)
-    context.add_output_metadata({"status": row["status"], "platform_object": row["platform_object"] or "",
-                                 "reason": row["status_reason"] or ""})
+    context.add_output_metadata(
+        {"status": row["status"], "platform_object": row["platform_object"] or "", "reason": row["status_reason"] or ""}
+    )
     if row["status"] == "failed":
         context.log.warning(f"{config.action_id} failed: {row['status_reason']}")
     return {"action_id": config.action_id, "status": row["status"]}
 
 
-@dg.job(description="Push one approved action (config: action_id). Started by the push_approved_actions sensor.",
-        tags={"dagster/max_retries": "2"})
+@dg.job(
+    description="Push one approved action (config: action_id). Started by the push_approved_actions sensor.",
+    tags={"dagster/max_retries": "2"},
+)
 def push_action_job():
     push_approved_action()
 
 
-@dg.sensor(job=push_action_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="One push run per newly approved action, keyed by the action id: a re-evaluated tick "
-                       "launches nothing twice.")
+@dg.sensor(
+    job=push_action_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="One push run per newly approved action, keyed by the action id: a re-evaluated tick "
+    "launches nothing twice.",
+)
 def push_approved_actions(actions: ActionsResource):
     ids = actions.ledger().approved_to_push()
     if not ids:
         return dg.SkipReason("no approved actions waiting")
-    return [dg.RunRequest(run_key=f"push-{aid}",
-                          run_config={"ops": {"push_approved_action": {"config": {"action_id": aid}}}},
-                          tags={"billing_ai/action_id": aid}) for aid in ids]
+    return [
+        dg.RunRequest(
+            run_key=f"push-{aid}",
+            run_config={"ops": {"push_approved_action": {"config": {"action_id": aid}}}},
+            tags={"billing_ai/action_id": aid},
+        )
+        for aid in ids
+    ]
 
 
-@dg.sensor(job_name="ops_sync_job", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="When the ledger's audit chain grew, copy it into the warehouse at the next pooled step.")
+@dg.sensor(
+    job_name="ops_sync_job",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="When the ledger's audit chain grew, copy it into the warehouse at the next pooled step.",
+)
 def ops_sync_on_ledger_change(context: dg.SensorEvaluationContext, actions: ActionsResource):
     seq, _ = actions.ledger().head()
     if str(seq) == (context.cursor or "0"):

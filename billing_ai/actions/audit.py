@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "recorded_at", "actor", "event", "action_id", "details")
@@ -67,8 +67,14 @@ def verify(rows: Iterable[Mapping[str, object]], heads: Iterable[Mapping[str, ob
                 return Verdict(False, n, expected_seq - 1, prev, int(row["seq"]), "details are not valid JSON")
         seq = int(row["seq"])
         if seq != expected_seq:
-            return Verdict(False, n, expected_seq - 1, prev, expected_seq,
-                           f"row #{expected_seq} is missing (next row found is #{seq})")
+            return Verdict(
+                False,
+                n,
+                expected_seq - 1,
+                prev,
+                expected_seq,
+                f"row #{expected_seq} is missing (next row found is #{seq})",
+            )
         if row["prev_hash"] != prev:
             return Verdict(False, n, seq - 1, prev, seq, "prev_hash does not match the previous row's hash")
         if row_hash(prev, row) != row["row_hash"]:
@@ -79,6 +85,12 @@ def verify(rows: Iterable[Mapping[str, object]], heads: Iterable[Mapping[str, ob
         seq = int(h["seq"])
         if seq and by_seq.get(seq) != h["row_hash"]:
             missing = seq not in by_seq
-            return Verdict(False, n, expected_seq - 1, prev, seq,
-                           f"recorded head #{seq} is {'missing (the log was truncated)' if missing else 'different'}")
+            return Verdict(
+                False,
+                n,
+                expected_seq - 1,
+                prev,
+                seq,
+                f"recorded head #{seq} is {'missing (the log was truncated)' if missing else 'different'}",
+            )
     return Verdict(True, n, expected_seq - 1, prev)

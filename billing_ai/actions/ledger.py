@@ -20,16 +20,16 @@ import json
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from billing_ai.actions import audit
-from billing_ai.writeback.kinds import Proposal
 from billing_ai.actions.policy import POLICY_ACTOR_PREFIX, Policy
 from billing_ai.clock import Clock
+from billing_ai.writeback.kinds import Proposal
 
 LEDGER_ENV = "BILLING_AI_LEDGER"
 DEFAULT_LEDGER = "data/ops/actions.sqlite"
@@ -122,10 +122,8 @@ class Ledger:
                 self._con = None
 
     def __del__(self) -> None:  # a Ledger dropped without close() must not leak its file handle
-        try:
+        with suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -143,18 +141,34 @@ class Ledger:
     def _append(con: sqlite3.Connection, actor: str, event: str, action_id: str | None, details: dict) -> int:
         last = con.execute("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (last[0] + 1, last[1]) if last else (1, audit.GENESIS)
-        row = {"seq": seq, "recorded_at": wall_now(), "actor": actor, "event": event, "action_id": action_id,
-               "details": details}
+        row = {
+            "seq": seq,
+            "recorded_at": wall_now(),
+            "actor": actor,
+            "event": event,
+            "action_id": action_id,
+            "details": details,
+        }
         h = audit.row_hash(prev, row)
-        con.execute("INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?)",
-                    (seq, row["recorded_at"], actor, event, action_id, audit.canonical(details), prev, h))
+        con.execute(
+            "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?,?)",
+            (seq, row["recorded_at"], actor, event, action_id, audit.canonical(details), prev, h),
+        )
         return seq
 
     @staticmethod
-    def _set_status(con: sqlite3.Connection, action_id: str, status: str, reason: str | None = None,
-                    platform_object: str | None = None) -> None:
-        con.execute("UPDATE actions SET status=?, status_reason=?, platform_object=coalesce(?, platform_object), "
-                    "updated_at=? WHERE action_id=?", (status, reason, platform_object, wall_now(), action_id))
+    def _set_status(
+        con: sqlite3.Connection,
+        action_id: str,
+        status: str,
+        reason: str | None = None,
+        platform_object: str | None = None,
+    ) -> None:
+        con.execute(
+            "UPDATE actions SET status=?, status_reason=?, platform_object=coalesce(?, platform_object), "
+            "updated_at=? WHERE action_id=?",
+            (status, reason, platform_object, wall_now(), action_id),
+        )
 
     # ---- reading --------------------------------------------------------------------------
     def get(self, action_id: str) -> dict:
@@ -179,16 +193,21 @@ class Ledger:
     def table(self, name: str) -> list[dict]:
         if name not in ("actions", "approvals", "attempts", "audit_log"):
             raise ValueError(name)
-        order = {"actions": "created_at, action_id", "approvals": "approval_id", "attempts": "attempt_id",
-                 "audit_log": "seq"}[name]
+        order = {
+            "actions": "created_at, action_id",
+            "approvals": "approval_id",
+            "attempts": "attempt_id",
+            "audit_log": "seq",
+        }[name]
         with self._connect() as con:
             return [dict(r) for r in con.execute(f"SELECT * FROM {name} ORDER BY {order}")]
 
     def history(self, action_id: str) -> dict[str, list[dict]]:
         with self._connect() as con:
-            return {t: [dict(r) for r in con.execute(f"SELECT * FROM {t} WHERE action_id=? ORDER BY 1",
-                                                      (action_id,))]
-                    for t in ("approvals", "attempts", "audit_log")}
+            return {
+                t: [dict(r) for r in con.execute(f"SELECT * FROM {t} WHERE action_id=? ORDER BY 1", (action_id,))]
+                for t in ("approvals", "attempts", "audit_log")
+            }
 
     def head(self) -> tuple[int, str]:
         with self._connect() as con:
@@ -215,8 +234,9 @@ class Ledger:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as con:
-            con.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                        (key, value))
+            con.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value", (key, value)
+            )
 
     # ---- proposing ------------------------------------------------------------------------
     def propose(self, proposals: list[Proposal], policy: Policy, now: datetime) -> dict[str, int]:
@@ -235,42 +255,80 @@ class Ledger:
                 status = "invalid" if violations else "proposed"
                 con.execute(
                     "INSERT INTO actions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (p.action_id, p.kind, p.platform, p.target_type, p.target_id, audit.canonical(p.params),
-                     p.rationale, audit.canonical(p.evidence), p.confidence, p.proposer, _iso(p.created_at),
-                     _iso(p.expires_at), money[0] if money else None, money[1] if money else None,
-                     policy.required_approvals(p) if not violations else 0, json.dumps(violations), status,
-                     "; ".join(violations) or None, None, wall_now()))
-                self._append(con, p.proposer, "proposed", p.action_id,
-                             {"kind": p.kind, "target": f"{p.target_type}:{p.target_id}", "params": p.params,
-                              "rationale_sha256": _sha(p.rationale), "confidence": p.confidence,
-                              "expires_at": _iso(p.expires_at), "violations": violations})
+                    (
+                        p.action_id,
+                        p.kind,
+                        p.platform,
+                        p.target_type,
+                        p.target_id,
+                        audit.canonical(p.params),
+                        p.rationale,
+                        audit.canonical(p.evidence),
+                        p.confidence,
+                        p.proposer,
+                        _iso(p.created_at),
+                        _iso(p.expires_at),
+                        money[0] if money else None,
+                        money[1] if money else None,
+                        policy.required_approvals(p) if not violations else 0,
+                        json.dumps(violations),
+                        status,
+                        "; ".join(violations) or None,
+                        None,
+                        wall_now(),
+                    ),
+                )
+                self._append(
+                    con,
+                    p.proposer,
+                    "proposed",
+                    p.action_id,
+                    {
+                        "kind": p.kind,
+                        "target": f"{p.target_type}:{p.target_id}",
+                        "params": p.params,
+                        "rationale_sha256": _sha(p.rationale),
+                        "confidence": p.confidence,
+                        "expires_at": _iso(p.expires_at),
+                        "violations": violations,
+                    },
+                )
                 counts["new"] += 1
                 if violations:
                     counts["invalid"] += 1
                 elif policy.auto_approves(p):
                     actor = f"{POLICY_ACTOR_PREFIX}{p.kind}"
                     reason = "auto-approved: below the policy's auto_approve_below for this kind"
-                    seq = self._append(con, actor, "approved", p.action_id,
-                                       {"method": "policy", "reason": reason, "approvals": 1, "required": 1})
-                    con.execute("INSERT INTO approvals (action_id, approver, decision, reason, method, recorded_at, "
-                                "audit_seq) VALUES (?,?,?,?,?,?,?)",
-                                (p.action_id, actor, "approve", reason, "policy", wall_now(), seq))
+                    seq = self._append(
+                        con,
+                        actor,
+                        "approved",
+                        p.action_id,
+                        {"method": "policy", "reason": reason, "approvals": 1, "required": 1},
+                    )
+                    con.execute(
+                        "INSERT INTO approvals (action_id, approver, decision, reason, method, recorded_at, "
+                        "audit_seq) VALUES (?,?,?,?,?,?,?)",
+                        (p.action_id, actor, "approve", reason, "policy", wall_now(), seq),
+                    )
                     self._set_status(con, p.action_id, "approved")
                     counts["auto_approved"] += 1
             counts["expired"] = self._expire(con, now)
         return counts
 
     def _expire(self, con: sqlite3.Connection, now: datetime) -> int:
-        rows = con.execute(f"SELECT action_id, expires_at FROM actions WHERE status IN {OPEN} AND expires_at <= ?",
-                           (_iso(now),)).fetchall()
+        rows = con.execute(
+            f"SELECT action_id, expires_at FROM actions WHERE status IN {OPEN} AND expires_at <= ?", (_iso(now),)
+        ).fetchall()
         for action_id, expires_at in rows:
             self._append(con, "clock", "expired", action_id, {"expires_at": expires_at, "now": _iso(now)})
             self._set_status(con, action_id, "expired", f"not approved by {expires_at}")
         return len(rows)
 
     # ---- deciding -------------------------------------------------------------------------
-    def decide(self, action_id: str, approver: str, decision: str, reason: str, method: str, policy: Policy,
-               now: datetime) -> str:
+    def decide(
+        self, action_id: str, approver: str, decision: str, reason: str, method: str, policy: Policy, now: datetime
+    ) -> str:
         """Record an approval or rejection; returns the new status or raises :class:`ApprovalRefused`.
 
         ``method``: ``cli``, ``launchpad`` (Dagster UI; the identity is claimed, OSS has no login) or
@@ -287,23 +345,44 @@ class Ledger:
             if row is None:
                 raise UnknownAction(action_id)
             p = to_proposal(dict(row))
-            approved_by = [r[0] for r in con.execute(
-                "SELECT approver FROM approvals WHERE action_id=? AND decision='approve'", (action_id,))]
+            approved_by = [
+                r[0]
+                for r in con.execute(
+                    "SELECT approver FROM approvals WHERE action_id=? AND decision='approve'", (action_id,)
+                )
+            ]
             refused = policy.refusals(p, row["status"], approved_by, approver, decision, now)
             if refused:
-                self._append(con, approver, "approval_refused", action_id,
-                             {"decision": decision, "method": method, "reasons": refused})
+                self._append(
+                    con,
+                    approver,
+                    "approval_refused",
+                    action_id,
+                    {"decision": decision, "method": method, "reasons": refused},
+                )
             else:
                 if decision == "reject":
                     status = "rejected"
                 else:
                     status = "approved" if len(approved_by) + 1 >= row["required_approvals"] else "partially_approved"
-                seq = self._append(con, approver, "rejected" if decision == "reject" else "approved", action_id,
-                                   {"method": method, "reason": reason, "approvals": len(approved_by) + 1,
-                                    "required": row["required_approvals"], "status": status})
-                con.execute("INSERT INTO approvals (action_id, approver, decision, reason, method, recorded_at, "
-                            "audit_seq) VALUES (?,?,?,?,?,?,?)",
-                            (action_id, approver, decision, reason, method, wall_now(), seq))
+                seq = self._append(
+                    con,
+                    approver,
+                    "rejected" if decision == "reject" else "approved",
+                    action_id,
+                    {
+                        "method": method,
+                        "reason": reason,
+                        "approvals": len(approved_by) + 1,
+                        "required": row["required_approvals"],
+                        "status": status,
+                    },
+                )
+                con.execute(
+                    "INSERT INTO approvals (action_id, approver, decision, reason, method, recorded_at, "
+                    "audit_seq) VALUES (?,?,?,?,?,?,?)",
+                    (action_id, approver, decision, reason, method, wall_now(), seq),
+                )
                 self._set_status(con, action_id, status, reason if decision == "reject" else None)
         if refused:  # raised after the commit: the refusal stays in the log
             raise ApprovalRefused(action_id, refused)
@@ -312,9 +391,13 @@ class Ledger:
     # ---- pushing --------------------------------------------------------------------------
     def approved_to_push(self) -> list[str]:
         with self._connect() as con:
-            return [r[0] for r in con.execute(
-                "SELECT action_id FROM actions WHERE status IN ('approved', 'unknown', 'pushing') "
-                "ORDER BY updated_at, action_id")]
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT action_id FROM actions WHERE status IN ('approved', 'unknown', 'pushing') "
+                    "ORDER BY updated_at, action_id"
+                )
+            ]
 
     def claim(self, action_id: str, actor: str, run_id: str) -> Claim | None:
         """Start a push attempt; None if the action is not (or no longer) pushable."""
@@ -324,33 +407,63 @@ class Ledger:
                 raise UnknownAction(action_id)
             if row["status"] not in ("approved", "unknown", "pushing"):
                 return None
-            last = con.execute("SELECT attempt, outcome FROM attempts WHERE action_id=? ORDER BY attempt DESC "
-                               "LIMIT 1", (action_id,)).fetchone()
+            last = con.execute(
+                "SELECT attempt, outcome FROM attempts WHERE action_id=? ORDER BY attempt DESC LIMIT 1", (action_id,)
+            ).fetchone()
             n = (last[0] + 1) if last else 1
             unknown = bool(last) and last[1] in (None, "unknown")
             key = idempotency_key(action_id, n)
-            con.execute("INSERT INTO attempts (action_id, attempt, idempotency_key, started_at) VALUES (?,?,?,?)",
-                        (action_id, n, key, wall_now()))
-            seq = self._append(con, actor, "push_attempt", action_id,
-                               {"attempt": n, "idempotency_key": key, "run_id": run_id, "read_back_first": unknown})
+            con.execute(
+                "INSERT INTO attempts (action_id, attempt, idempotency_key, started_at) VALUES (?,?,?,?)",
+                (action_id, n, key, wall_now()),
+            )
+            seq = self._append(
+                con,
+                actor,
+                "push_attempt",
+                action_id,
+                {"attempt": n, "idempotency_key": key, "run_id": run_id, "read_back_first": unknown},
+            )
             self._set_status(con, action_id, "pushing")
             return Claim(to_proposal(dict(row)), row["status"], n, key, seq, unknown)
 
-    def finish(self, action_id: str, attempt: int, outcome: str, actor: str, *, platform_object: str | None = None,
-               response: dict | None = None, error: str | None = None) -> int:
+    def finish(
+        self,
+        action_id: str,
+        attempt: int,
+        outcome: str,
+        actor: str,
+        *,
+        platform_object: str | None = None,
+        response: dict | None = None,
+        error: str | None = None,
+    ) -> int:
         """Record an attempt's outcome: succeeded, already_applied, failed, blocked or unknown.
 
         Returns the audit sequence number of the outcome row (the pointer left on the platform object).
         """
         status = {"already_applied": "succeeded"}.get(outcome, outcome)
         with self._tx() as con:
-            con.execute("UPDATE attempts SET finished_at=?, outcome=?, platform_object=?, response=?, error=? "
-                        "WHERE action_id=? AND attempt=?",
-                        (wall_now(), outcome, platform_object, json.dumps(response, default=str) if response is not None else None,
-                         error, action_id, attempt))
-            seq = self._append(con, actor, "push_outcome", action_id,
-                               {"attempt": attempt, "outcome": outcome, "platform_object": platform_object,
-                                "error": error})
+            con.execute(
+                "UPDATE attempts SET finished_at=?, outcome=?, platform_object=?, response=?, error=? "
+                "WHERE action_id=? AND attempt=?",
+                (
+                    wall_now(),
+                    outcome,
+                    platform_object,
+                    json.dumps(response, default=str) if response is not None else None,
+                    error,
+                    action_id,
+                    attempt,
+                ),
+            )
+            seq = self._append(
+                con,
+                actor,
+                "push_outcome",
+                action_id,
+                {"attempt": attempt, "outcome": outcome, "platform_object": platform_object, "error": error},
+            )
             self._set_status(con, action_id, status, error, platform_object)
         return seq
 
@@ -367,11 +480,20 @@ def idempotency_key(action_id: str, attempt: int) -> str:
 
 
 def to_proposal(row: dict) -> Proposal:
-    return Proposal(action_id=row["action_id"], kind=row["kind"], platform=row["platform"],
-                    target_type=row["target_type"], target_id=row["target_id"], params=json.loads(row["params"]),
-                    rationale=row["rationale"], evidence=json.loads(row["evidence"]), confidence=row["confidence"],
-                    proposer=row["proposer"], created_at=datetime.fromisoformat(row["created_at"]),
-                    expires_at=datetime.fromisoformat(row["expires_at"]))
+    return Proposal(
+        action_id=row["action_id"],
+        kind=row["kind"],
+        platform=row["platform"],
+        target_type=row["target_type"],
+        target_id=row["target_id"],
+        params=json.loads(row["params"]),
+        rationale=row["rationale"],
+        evidence=json.loads(row["evidence"]),
+        confidence=row["confidence"],
+        proposer=row["proposer"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        expires_at=datetime.fromisoformat(row["expires_at"]),
+    )
 
 
 def read_heads(path: Path) -> list[dict]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing_ai.writeback.kinds import KINDS, Proposal, schema_violations
 from billing_ai.money import format_minor
+from billing_ai.writeback.kinds import KINDS, Proposal, schema_violations
 
 POLICY_ENV = "BILLING_AI_ACTION_POLICY"
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -74,8 +74,9 @@ class Policy(BaseModel):
             if limit is None:
                 out.append(f"the policy sets no {p.kind} limit for {currency}")
             elif amount > limit:
-                out.append(f"{format_minor(amount, currency)} is over the {p.kind} limit of "
-                           f"{format_minor(limit, currency)}")
+                out.append(
+                    f"{format_minor(amount, currency)} is over the {p.kind} limit of {format_minor(limit, currency)}"
+                )
         return out
 
     def required_approvals(self, p: Proposal) -> int:
@@ -98,8 +99,9 @@ class Policy(BaseModel):
         return limit is not None and money[0] < limit and self.required_approvals(p) == 1
 
     # ---- approval rights -------------------------------------------------------------------
-    def refusals(self, p: Proposal, status: str, approved_by: list[str], approver: str, decision: str,
-                 now: datetime) -> list[str]:
+    def refusals(
+        self, p: Proposal, status: str, approved_by: list[str], approver: str, decision: str, now: datetime
+    ) -> list[str]:
         """Why ``approver`` may not record ``decision`` ("approve" or "reject") on ``p`` now; [] if allowed."""
         out: list[str] = []
         if status not in ("proposed", "partially_approved"):
@@ -128,6 +130,8 @@ class Policy(BaseModel):
             if cap is None:
                 out.append(f"{approver!r} may not approve amounts in {currency}")
             elif amount > cap:
-                out.append(f"{format_minor(amount, currency)} is over {approver!r}'s approval limit of "
-                           f"{format_minor(cap, currency)}")
+                out.append(
+                    f"{format_minor(amount, currency)} is over {approver!r}'s approval limit of "
+                    f"{format_minor(cap, currency)}"
+                )
         return out

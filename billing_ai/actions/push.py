@@ -30,11 +30,11 @@ import html
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from string import Template
-from collections.abc import Callable
 
 import httpx
 
@@ -78,8 +78,9 @@ class Sinks:
             return r
 
         try:
-            r = call_with_retries(attempt, RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=5),
-                                  retry_transient=True)
+            r = call_with_retries(
+                attempt, RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=5), retry_transient=True
+            )
         except (Transient, RateLimited) as e:
             raise Unknown(f"sink {url.split('?')[0].rsplit('/', 1)[0]}: {e}") from e
         if r.status_code >= 400:
@@ -89,10 +90,10 @@ class Sinks:
 
 EMAIL_TEMPLATES: dict[str, str] = {
     "usage_anomaly_heads_up": "Hello,\n\nWe noticed unusual usage on your account: $summary\n\n"
-                              "If this is expected, no action is needed. If not, reply to this e-mail and "
-                              "we will look into it with you.\n",
+    "If this is expected, no action is needed. If not, reply to this e-mail and "
+    "we will look into it with you.\n",
     "tier_crossing_notice": "Hello,\n\nAt your current pace your $meter usage will cross into the next pricing "
-                            "tier around $date: $summary\n",
+    "tier around $date: $summary\n",
     "upgrade_recommendation": "Hello,\n\n$summary\n\nWe have prepared a quote you can review any time.\n",
     "invoice_correction_notice": "Hello,\n\nWe found a difference on invoice $invoice: $summary\n",
 }
@@ -104,7 +105,8 @@ def render_email(p: Proposal, to: str, sender: str) -> EmailMessage:
     variables = dict(params.variables)
     text = Template(EMAIL_TEMPLATES[params.template]).safe_substitute(variables)
     html_body = Template(html.escape(EMAIL_TEMPLATES[params.template]).replace("\n", "<br>\n")).safe_substitute(
-        {k: html.escape(v) for k, v in variables.items()})
+        {k: html.escape(v) for k, v in variables.items()}
+    )
     msg = EmailMessage()
     msg["From"], msg["To"] = sender, to
     msg["Subject"] = re.sub(r"[\r\n]+", " ", params.subject)  # no header injection
@@ -168,9 +170,17 @@ class Executor:
         params = p.typed_params().model_dump()
         mark = pointer(p.action_id, audit_seq)
         if kind == "support_case":
-            r = self.sinks.post(self.sinks.case_url, {
-                "external_id": p.action_id, "customer": tid, "subject": params["subject"], "body": params["body"],
-                "tags": list(params["tags"]), "priority": params["priority"]})
+            r = self.sinks.post(
+                self.sinks.case_url,
+                {
+                    "external_id": p.action_id,
+                    "customer": tid,
+                    "subject": params["subject"],
+                    "body": params["body"],
+                    "tags": list(params["tags"]),
+                    "priority": params["priority"],
+                },
+            )
             case = r.json()
             return Applied(case.get("id"), case)
         if kind == "chat_message":
@@ -193,9 +203,18 @@ class Executor:
 
 
 # ---- the push loop ------------------------------------------------------------------------------
-def push_action(ledger: Ledger, executor: Executor, policy: Policy, action_id: str, *, actor: str = "push_job",
-                run_id: str = "", max_attempts: int = 3, backoff: Callable[[int], float] | None = None,
-                sleep: Callable[[float], None] | None = None) -> dict:
+def push_action(
+    ledger: Ledger,
+    executor: Executor,
+    policy: Policy,
+    action_id: str,
+    *,
+    actor: str = "push_job",
+    run_id: str = "",
+    max_attempts: int = 3,
+    backoff: Callable[[int], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> dict:
     """Push one action; returns the ledger row after. Raises :class:`PushIncomplete` if the outcome
     stays unknown after ``max_attempts`` (the run fails; its retry reads back before resending)."""
     backoff = backoff or (lambda n: min(10.0, 0.5 * 2 ** (n - 1)))
@@ -209,8 +228,14 @@ def push_action(ledger: Ledger, executor: Executor, policy: Policy, action_id: s
             if claim.outcome_unknown:
                 found = executor.read_back(p)
                 if found:
-                    ledger.finish(action_id, n, "already_applied", actor, platform_object=found.platform_object,
-                                  response=found.response)
+                    ledger.finish(
+                        action_id,
+                        n,
+                        "already_applied",
+                        actor,
+                        platform_object=found.platform_object,
+                        response=found.response,
+                    )
                     return ledger.get(action_id)
             problems = policy.violations(p) + executor.precheck(p)
             if problems:
@@ -229,6 +254,7 @@ def push_action(ledger: Ledger, executor: Executor, policy: Policy, action_id: s
             raise
         ledger.finish(action_id, n, "succeeded", actor, platform_object=done.platform_object, response=done.response)
         return ledger.get(action_id)
-    raise PushIncomplete(f"{action_id}: outcome still unknown after {max_attempts} attempts; "
-                         "the next run reads the platform back before any resend")
-
+    raise PushIncomplete(
+        f"{action_id}: outcome still unknown after {max_attempts} attempts; "
+        "the next run reads the platform back before any resend"
+    )

@@ -7,10 +7,10 @@ import dagster as dg
 import polars as pl
 
 from billing_ai import warehouse as wh
-from billing_ai.actions.resources import ActionsResource
 from billing_ai.actions.proposers import proposals_from_anomalies
+from billing_ai.actions.resources import ActionsResource
 from billing_ai.anomalies.detect import OUTPUT_SCHEMA, detect_anomalies, episodes
-from billing_ai.ingestion.partitions import PARTITION_START
+from billing_ai.clock import PARTITION_START
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
@@ -28,8 +28,9 @@ FROM core.usage_events WHERE event_ts >= $start AND event_ts < $end
 SUBSCRIPTIONS_SQL = "SELECT customer_id, started_at, canceled_at FROM core.subscriptions"
 CUSTOMERS_SQL = "SELECT customer_id, success_manager, platform FROM core.customers"
 
-usage_hourly_partitions = dg.HourlyPartitionsDefinition(start_date=f"{PARTITION_START}-00:00", timezone="UTC",
-                                                        end_offset=1)
+usage_hourly_partitions = dg.HourlyPartitionsDefinition(
+    start_date=f"{PARTITION_START}-00:00", timezone="UTC", end_offset=1
+)
 
 
 def detect_window(con, now: datetime, history_days: int = HISTORY_DAYS) -> pl.DataFrame:
@@ -40,8 +41,9 @@ def detect_window(con, now: datetime, history_days: int = HISTORY_DAYS) -> pl.Da
     return flags.with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("detected_at"))
 
 
-def _propose(con, flags: pl.DataFrame, since: datetime, now: datetime, actions: ActionsResource,
-             run_id: str) -> dict[str, int]:
+def _propose(
+    con, flags: pl.DataFrame, since: datetime, now: datetime, actions: ActionsResource, run_id: str
+) -> dict[str, int]:
     recent = flags.filter(pl.col("is_anomaly") & (pl.col("ts") >= since))
     if recent.height == 0:
         return {"new": 0, "existing": 0}
@@ -53,25 +55,38 @@ def _propose(con, flags: pl.DataFrame, since: datetime, now: datetime, actions: 
 
 
 def _metadata(flags: pl.DataFrame, counts: dict) -> dict:
-    by_kind = (flags.filter(pl.col("is_anomaly")).group_by("kind").len().sort("kind").rows())
-    return {"dagster/row_count": flags.height, "anomalies": int(flags["is_anomaly"].sum() or 0),
-            "by_kind": dg.MetadataValue.json(dict(by_kind)),
-            **{f"proposals_{k}": v for k, v in counts.items() if k in ("new", "existing", "invalid")},
-            "preview": markdown_preview(flags.filter(pl.col("is_anomaly")).select(
-                "customer_id", "meter_name", "ts", "kind", "score", "observed", "expected", "root_cause"))}
+    by_kind = flags.filter(pl.col("is_anomaly")).group_by("kind").len().sort("kind").rows()
+    return {
+        "dagster/row_count": flags.height,
+        "anomalies": int(flags["is_anomaly"].sum() or 0),
+        "by_kind": dg.MetadataValue.json(dict(by_kind)),
+        **{f"proposals_{k}": v for k, v in counts.items() if k in ("new", "existing", "invalid")},
+        "preview": markdown_preview(
+            flags.filter(pl.col("is_anomaly")).select(
+                "customer_id", "meter_name", "ts", "kind", "score", "observed", "expected", "root_cause"
+            )
+        ),
+    }
 
 
 @dg.asset(
     key=["marts", "usage_anomalies"],
-    deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscriptions"]),
-          dg.AssetKey(["core", "customers"])],
+    deps=[
+        dg.AssetKey(["core", "usage_events"]),
+        dg.AssetKey(["core", "subscriptions"]),
+        dg.AssetKey(["core", "customers"]),
+    ],
     group_name="anomalies",
     pool=WAREHOUSE_POOL,
     description="Nightly: flagged usage buckets (hourly grain) over the last six weeks; each confident anomaly "
-                "of the last week is proposed as a support case, a success-manager message and a heads-up.",
+    "of the last week is proposed as a support case, a success-manager message and a heads-up.",
 )
-def usage_anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings,
-                    actions: ActionsResource) -> dg.MaterializeResult:
+def usage_anomalies(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+    actions: ActionsResource,
+) -> dg.MaterializeResult:
     now = settings.clock().now()
     with warehouse.connect() as con:
         flags = detect_window(con, now)
@@ -84,16 +99,23 @@ def usage_anomalies(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 @dg.asset(
     key=["marts", "usage_anomalies_hourly"],
-    deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscriptions"]),
-          dg.AssetKey(["core", "customers"])],
+    deps=[
+        dg.AssetKey(["core", "usage_events"]),
+        dg.AssetKey(["core", "subscriptions"]),
+        dg.AssetKey(["core", "customers"]),
+    ],
     partitions_def=usage_hourly_partitions,
     group_name="anomalies",
     pool=WAREHOUSE_POOL,
     description="Within the hour: the anomalies whose window ends in this hour, detected as soon as its events "
-                "landed (usage_intraday_job), proposed for review right away.",
+    "landed (usage_intraday_job), proposed for review right away.",
 )
-def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                           settings: PipelineSettings, actions: ActionsResource) -> dg.MaterializeResult:
+def usage_anomalies_hourly(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+    actions: ActionsResource,
+) -> dg.MaterializeResult:
     hour = context.partition_time_window.start
     end = hour + timedelta(hours=1)
     with warehouse.connect() as con:
@@ -101,10 +123,13 @@ def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: Warehou
         # the windows ending in this hour reach back up to six hours (spikes) and two days (drops): keep the
         # buckets they flag, once, keyed by the hour that revealed them
         flags = flags.filter(pl.col("ts") >= hour - timedelta(hours=48)).with_columns(
-            pl.lit(hour).cast(pl.Datetime("us", "UTC")).alias("partition_hour"))
+            pl.lit(hour).cast(pl.Datetime("us", "UTC")).alias("partition_hour")
+        )
         with wh.transaction(con):
-            wh.run(con, f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly ({COLUMNS_DDL}, "
-                        "partition_hour TIMESTAMPTZ)")
+            wh.run(
+                con,
+                f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly ({COLUMNS_DDL}, partition_hour TIMESTAMPTZ)",
+            )
             wh.run(con, "DELETE FROM marts.usage_anomalies_hourly WHERE partition_hour = $h", {"h": hour})
             wh.write_frame(con, "marts.usage_anomalies_hourly", flags)
         counts = _propose(con, flags, hour - timedelta(hours=6), end, actions, context.run.run_id)

@@ -30,8 +30,13 @@ def _prf(tp_pred: int, n_pred: int, tp_truth: int, n_truth: int) -> dict:
     precision = tp_pred / n_pred if n_pred else (1.0 if n_truth == 0 else 0.0)
     recall = tp_truth / n_truth if n_truth else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "predicted": n_pred, "truth": n_truth}
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "predicted": n_pred,
+        "truth": n_truth,
+    }
 
 
 def _overlaps(pred: pl.DataFrame, truth: pl.DataFrame) -> tuple[int, int]:
@@ -44,9 +49,10 @@ def _overlaps(pred: pl.DataFrame, truth: pl.DataFrame) -> tuple[int, int]:
 
 
 def truth_frames(faults: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    f = faults.with_columns(pl.from_epoch("start").dt.replace_time_zone("UTC").alias("t_start"),
-                            pl.from_epoch(pl.col("end").fill_null(pl.col("start"))).dt.replace_time_zone("UTC")
-                            .alias("t_end"))
+    f = faults.with_columns(
+        pl.from_epoch("start").dt.replace_time_zone("UTC").alias("t_start"),
+        pl.from_epoch(pl.col("end").fill_null(pl.col("start"))).dt.replace_time_zone("UTC").alias("t_end"),
+    )
     return {k: f.filter(pl.col("kind") == k) for k in TRUTH_KINDS}
 
 
@@ -62,18 +68,23 @@ def score_kinds(pred: pl.DataFrame, faults: pl.DataFrame, now: datetime, grain: 
         p = episodes(pred.filter(pl.col("kind") == kind), grain, gap) if pred.height else pred
         tp_p, tp_t = _overlaps(p, truth[kind]) if p.height else (0, 0)
         out[kind] = _prf(tp_p, p.height, tp_t, truth[kind].height)
-    dup_truth = truth["duplicate"].select("customer_id", "meter_name",
-                                          pl.col("t_start").dt.truncate("1h").alias("ts")).unique()
-    dup_pred = pred.filter(pl.col("kind") == "duplicate").select(
-        "customer_id", "meter_name", pl.col("ts").dt.truncate("1h")).unique()
+    dup_truth = (
+        truth["duplicate"].select("customer_id", "meter_name", pl.col("t_start").dt.truncate("1h").alias("ts")).unique()
+    )
+    dup_pred = (
+        pred.filter(pl.col("kind") == "duplicate")
+        .select("customer_id", "meter_name", pl.col("ts").dt.truncate("1h"))
+        .unique()
+    )
     tp = dup_pred.join(dup_truth, on=["customer_id", "meter_name", "ts"]).height
     out["duplicate"] = _prf(tp, dup_pred.height, tp, dup_truth.height)
     for kind in ("usage_after_cancel", "zero_usage"):
         t = set(truth[kind]["customer_id"].to_list())
         p = set(pred.filter(pl.col("kind") == kind)["customer_id"].to_list())
         out[kind] = _prf(len(p & t), len(p), len(p & t), len(t))
-    out["overall"] = {m: round(sum(out[k][m] for k in TRUTH_KINDS) / len(TRUTH_KINDS), 4)
-                      for m in ("precision", "recall", "f1")}
+    out["overall"] = {
+        m: round(sum(out[k][m] for k in TRUTH_KINDS) / len(TRUTH_KINDS), 4) for m in ("precision", "recall", "f1")
+    }
     return out
 
 
@@ -82,18 +93,30 @@ def naive_rule(daily: pl.DataFrame) -> pl.DataFrame:
     d = daily.with_columns(pl.col("quantity").cast(pl.Float64))
     typical = pl.col("quantity").median().over("customer_id", "meter_name")
     flagged = d.filter(pl.col("quantity") > 5 * typical)
-    return flagged.select("customer_id", "meter_name", pl.col("day").cast(pl.Datetime("us")).dt.replace_time_zone(
-        "UTC").alias("ts"), pl.lit("spike").alias("kind"), pl.lit(True).alias("is_anomaly"),
-        pl.lit(1.0).alias("score"), pl.lit(1.0).alias("confidence"), pl.col("quantity").alias("observed"),
-        typical.alias("expected"), pl.lit("").alias("root_cause"), pl.lit("").alias("evidence"))
+    return flagged.select(
+        "customer_id",
+        "meter_name",
+        pl.col("day").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
+        pl.lit("spike").alias("kind"),
+        pl.lit(True).alias("is_anomaly"),
+        pl.lit(1.0).alias("score"),
+        pl.lit(1.0).alias("confidence"),
+        pl.col("quantity").alias("observed"),
+        typical.alias("expected"),
+        pl.lit("").alias("root_cause"),
+        pl.lit("").alias("evidence"),
+    )
 
 
 def evaluate(pred: pl.DataFrame, daily: pl.DataFrame, faults: pl.DataFrame, now: datetime) -> dict:
     """Ours and the naive rule, side by side."""
     ours = score_kinds(pred, faults, now, "1h")
     naive = score_kinds(naive_rule(daily), faults, now, "1d")
-    return {"ours": ours, "naive": naive,
-            "f1_margin_over_naive": round(ours["overall"]["f1"] - naive["overall"]["f1"], 4)}
+    return {
+        "ours": ours,
+        "naive": naive,
+        "f1_margin_over_naive": round(ours["overall"]["f1"] - naive["overall"]["f1"], 4),
+    }
 
 
 NAIVE_DAILY_SQL = """
@@ -113,21 +136,27 @@ def evaluate_warehouse(con, truth_dir, now: datetime, pred: pl.DataFrame | None 
     # the nightly table covers the detectors' history window: score the truth inside it
     start = pred["ts"].min() if pred.height else now
     ts = lambda c: pl.from_epoch(pl.col(c)).dt.replace_time_zone("UTC")  # noqa: E731
-    faults = faults.filter((pl.col("kind") == "zero_usage")  # silent until now: always inside
-                           | ((pl.col("kind") == "usage_after_cancel") & (ts("end") >= start))
-                           | (ts("start") >= start))
+    faults = faults.filter(
+        (pl.col("kind") == "zero_usage")  # silent until now: always inside
+        | ((pl.col("kind") == "usage_after_cancel") & (ts("end") >= start))
+        | (ts("start") >= start)
+    )
     daily = daily.filter(pl.col("day").cast(pl.Datetime("us")).dt.replace_time_zone("UTC") >= start)
     return evaluate(pred, daily, faults, now)
 
 
 def format_report(report: dict, seed: int | None = None, at: datetime | None = None) -> str:
-    lines = [f"anomaly detection vs ground truth{f' (world seed {seed})' if seed is not None else ''}",
-             f"{'kind':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'pred':>6} {'truth':>6}   "
-             f"{'naive p':>7} {'naive r':>7} {'naive f1':>8}"]
+    lines = [
+        f"anomaly detection vs ground truth{f' (world seed {seed})' if seed is not None else ''}",
+        f"{'kind':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'pred':>6} {'truth':>6}   "
+        f"{'naive p':>7} {'naive r':>7} {'naive f1':>8}",
+    ]
     for k in (*TRUTH_KINDS, "overall"):
         o, n = report["ours"][k], report["naive"][k]
-        lines.append(f"{k:<20} {o['precision']:>9.3f} {o['recall']:>7.3f} {o['f1']:>6.3f} "
-                     f"{o.get('predicted', ''):>6} {o.get('truth', ''):>6}   "
-                     f"{n['precision']:>7.3f} {n['recall']:>7.3f} {n['f1']:>8.3f}")
+        lines.append(
+            f"{k:<20} {o['precision']:>9.3f} {o['recall']:>7.3f} {o['f1']:>6.3f} "
+            f"{o.get('predicted', ''):>6} {o.get('truth', ''):>6}   "
+            f"{n['precision']:>7.3f} {n['recall']:>7.3f} {n['f1']:>8.3f}"
+        )
     lines.append(f"overall F1 margin over the naive rule: {report['f1_margin_over_naive']:+.3f}")
     return "\n".join(lines)

@@ -48,8 +48,9 @@ def reconciliation_quality(warehouse: WarehouseResource, truth: GroundTruth) -> 
     pool=WAREHOUSE_POOL,
     description="Precision, recall and F1 per injected anomaly kind, beside the naive 5x-daily-volume rule.",
 )
-def anomaly_quality(warehouse: WarehouseResource, truth: GroundTruth,
-                    settings: PipelineSettings) -> dg.MaterializeResult:
+def anomaly_quality(
+    warehouse: WarehouseResource, truth: GroundTruth, settings: PipelineSettings
+) -> dg.MaterializeResult:
     from billing_ai.evaluation.anomalies import evaluate_warehouse, format_report
 
     with warehouse.connect(read_only=False) as con:
@@ -71,17 +72,21 @@ def anomaly_quality(warehouse: WarehouseResource, truth: GroundTruth,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
     description="Forecast MASE beside SeasonalNaive, interval coverage, tier-crossing precision and recall, "
-                "against what the world did after as_of.",
+    "against what the world did after as_of.",
 )
-def forecast_quality(warehouse: WarehouseResource, truth: GroundTruth,
-                     settings: PipelineSettings) -> dg.MaterializeResult:
+def forecast_quality(
+    warehouse: WarehouseResource, truth: GroundTruth, settings: PipelineSettings
+) -> dg.MaterializeResult:
     from billing_ai.evaluation.forecasts import evaluate_forecasts, format_forecast_report
 
     with warehouse.connect(read_only=False) as con:
         result = evaluate_forecasts(con, truth.dir(), settings.clock().now())
-    return dg.MaterializeResult(metadata={**{k: v for k, v in result.items() if v is not None},
-                                          "report": dg.MetadataValue.md("```\n" + format_forecast_report(result)
-                                                                        + "\n```")})
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in result.items() if v is not None},
+            "report": dg.MetadataValue.md("```\n" + format_forecast_report(result) + "\n```"),
+        }
+    )
 
 
 EVALUATION_ASSETS = [reconciliation_quality, anomaly_quality, forecast_quality]

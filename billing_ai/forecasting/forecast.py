@@ -81,7 +81,8 @@ instead of cross-validating again.
 * ``rule``: the fallbacks' intervals in the list above (normal, from the observed variability).
 
 A model that fails on a series (optimiser trouble) is stood in for by SeasonalNaive inside StatsForecast
-(``fallback_model``) rather than failing the batch. Everything is clipped at 0 (usage cannot be negative) and ordered ``yhat_lo <= yhat <= yhat_hi``.
+(``fallback_model``) rather than failing the batch. Everything is clipped at 0 (usage cannot be negative)
+and ordered ``yhat_lo <= yhat <= yhat_hi``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from statistics import NormalDist
 
 import polars as pl
@@ -107,17 +108,22 @@ CONFORMAL_MIN_SCORES = 30  # pooled calibration errors wanted per series
 CARRY_MIN_SEASONS = 8  # history before the oldest calibration window to carry one fit across the windows
 SEASON = {"1d": 7, "1h": 24}
 _STEP = {"1d": "days", "1h": "hours"}
-_FREQ_ALIASES = {"1d": "1d", "d": "1d", "day": "1d", "daily": "1d", "1h": "1h", "h": "1h", "hour": "1h",
-                 "hourly": "1h"}
+_FREQ_ALIASES = {"1d": "1d", "d": "1d", "day": "1d", "daily": "1d", "1h": "1h", "h": "1h", "hour": "1h", "hourly": "1h"}
 
-SELECTION_SCHEMA = {"series_id": pl.String, "model": pl.String, "backtest_error": pl.Float64,
-                    "chosen_at": pl.Datetime("us", "UTC"), "calibration_horizon": pl.Int32,
-                    "calibration_errors": pl.List(pl.Float64)}
+SELECTION_SCHEMA = {
+    "series_id": pl.String,
+    "model": pl.String,
+    "backtest_error": pl.Float64,
+    "chosen_at": pl.Datetime("us", "UTC"),
+    "calibration_horizon": pl.Int32,
+    "calibration_errors": pl.List(pl.Float64),
+}
 _CALIBRATION = {"calibration_horizon": pl.Int32, "calibration_errors": pl.List(pl.Float64)}
 OUTPUT_COLUMNS = ("series_id", "ds", "yhat", "yhat_lo", "yhat_hi", "model", "backtest_error", "interval_method")
 
 
 # --------------------------------------------------------------------------------------------- preparation
+
 
 def _freq(freq: str) -> str:
     f = _FREQ_ALIASES.get(str(freq).strip().lower())
@@ -143,20 +149,33 @@ def _prepare(history: pl.DataFrame, freq: str) -> tuple[pl.DataFrame, dict]:
         ds = ds.cast(pl.Datetime("us"))
     else:
         raise ValueError(f"ds must be a date or datetime, got {ds_dtype}")
-    h = (history.lazy()
-         .select(pl.col("series_id").cast(pl.String), ds.dt.truncate(freq).alias("ds"),
-                 pl.col("y").cast(pl.Float64).fill_null(0.0).fill_nan(0.0).clip(lower_bound=0.0))
-         .drop_nulls(["series_id", "ds"])
-         .group_by("series_id", "ds").agg(pl.col("y").sum())
-         .collect())
+    h = (
+        history.lazy()
+        .select(
+            pl.col("series_id").cast(pl.String),
+            ds.dt.truncate(freq).alias("ds"),
+            pl.col("y").cast(pl.Float64).fill_null(0.0).fill_nan(0.0).clip(lower_bound=0.0),
+        )
+        .drop_nulls(["series_id", "ds"])
+        .group_by("series_id", "ds")
+        .agg(pl.col("y").sum())
+        .collect()
+    )
     if h.height == 0:
         return pl.DataFrame(schema={"series_id": pl.String, "ds": pl.Datetime("us"), "y": pl.Float64}), restore
     end = h["ds"].max()
-    grid = (h.group_by("series_id").agg(pl.col("ds").min().alias("start"))
-            .with_columns(pl.datetime_ranges("start", pl.lit(end), interval=freq, time_unit="us").alias("ds"))
-            .drop("start").explode("ds"))
-    filled = (grid.join(h, on=["series_id", "ds"], how="left")
-              .with_columns(pl.col("y").fill_null(0.0)).sort("series_id", "ds"))
+    grid = (
+        h.group_by("series_id")
+        .agg(pl.col("ds").min().alias("start"))
+        .with_columns(pl.datetime_ranges("start", pl.lit(end), interval=freq, time_unit="us").alias("ds"))
+        .drop("start")
+        .explode("ds")
+    )
+    filled = (
+        grid.join(h, on=["series_id", "ds"], how="left")
+        .with_columns(pl.col("y").fill_null(0.0))
+        .sort("series_id", "ds")
+    )
     return filled, restore
 
 
@@ -190,28 +209,39 @@ def _profile(filled: pl.DataFrame, season: int) -> pl.DataFrame:
         (y - y.shift(season)).pow(2).mean().sqrt().alias("sn_rmse"),
         pl.col("ds").max().alias("last"),
     )
-    route = (pl.when(pl.col("mean") == 0).then(pl.lit(FALLBACK_ZEROS))
-             .when(pl.col("n") <= NEW_SERIES_MAX_POINTS).then(pl.lit(FALLBACK_NEW))
-             .when(pl.col("is_constant")).then(pl.lit(FALLBACK_CONSTANT))
-             .when(pl.col("n") < 2 * season).then(pl.lit(FALLBACK_SHORT))
-             .otherwise(pl.lit("model")))
+    route = (
+        pl.when(pl.col("mean") == 0)
+        .then(pl.lit(FALLBACK_ZEROS))
+        .when(pl.col("n") <= NEW_SERIES_MAX_POINTS)
+        .then(pl.lit(FALLBACK_NEW))
+        .when(pl.col("is_constant"))
+        .then(pl.lit(FALLBACK_CONSTANT))
+        .when(pl.col("n") < 2 * season)
+        .then(pl.lit(FALLBACK_SHORT))
+        .otherwise(pl.lit("model"))
+    )
     scale = pl.when(pl.col("mean") > 0).then(pl.col("mean")).otherwise(1.0)
     # RMSSE denominator, in units of the (mean-)scaled series; a perfectly periodic series has none: use its level
     sn = pl.col("sn_rmse") / scale
     return prof.with_columns(
-        route.alias("route"), scale.alias("scale"),
+        route.alias("route"),
+        scale.alias("scale"),
         (pl.col("zero_share") >= INTERMITTENT_ZERO_SHARE).alias("intermittent"),
-        pl.when(sn > 1e-9).then(sn).otherwise(1.0).alias("rmsse_scale"))
+        pl.when(sn > 1e-9).then(sn).otherwise(1.0).alias("rmsse_scale"),
+    )
 
 
 def _scaled(filled: pl.DataFrame, prof: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
     """The StatsForecast input for ``ids``: ``unique_id, ds, y / scale``."""
-    return (filled.filter(pl.col("series_id").is_in(ids.implode()))
-            .join(prof.select("series_id", "scale"), on="series_id")
-            .select(pl.col("series_id").alias("unique_id"), "ds", (pl.col("y") / pl.col("scale")).alias("y")))
+    return (
+        filled.filter(pl.col("series_id").is_in(ids.implode()))
+        .join(prof.select("series_id", "scale"), on="series_id")
+        .select(pl.col("series_id").alias("unique_id"), "ds", (pl.col("y") / pl.col("scale")).alias("y"))
+    )
 
 
 # --------------------------------------------------------------------------------------------- models
+
 
 def _model(name: str, season: int):
     from statsforecast.models import MSTL, AutoTheta, CrostonOptimized, SeasonalNaive
@@ -246,8 +276,9 @@ def _statsforecast(models: list, freq: str, n_series: int):
 
     season = SEASON[freq]
     # a model that fails on one series (optimiser trouble) must not fail the batch: SeasonalNaive stands in
-    return StatsForecast(models=models, freq=freq, n_jobs=_n_jobs(n_series),
-                         fallback_model=SeasonalNaive(season_length=season))
+    return StatsForecast(
+        models=models, freq=freq, n_jobs=_n_jobs(n_series), fallback_model=SeasonalNaive(season_length=season)
+    )
 
 
 def _cv_min_points(horizon: int, season: int, n_windows: int) -> int:
@@ -255,6 +286,7 @@ def _cv_min_points(horizon: int, season: int, n_windows: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- calibration
+
 
 def _conformal_windows(horizon: int) -> int:
     """Calibration windows: at least 3, and enough for ~30 pooled scores when the horizon is short."""
@@ -266,15 +298,20 @@ def _cv_errors(cv: pl.DataFrame, prof: pl.DataFrame, name: str, horizon: int) ->
     ``|y - max(yhat, 0)|`` of model ``name`` in the series' own units (the scaled errors times the scale),
     window by window (oldest cutoff first), ``horizon`` steps each; a NaN forecast gives a null error."""
     e = ((pl.col("y") - pl.col(name).clip(lower_bound=0.0)).abs() * pl.col("scale")).fill_nan(None)
-    return (cv.join(prof.select(pl.col("series_id").alias("unique_id"), "scale"), on="unique_id")
-            .sort("unique_id", "cutoff", "ds")
-            .group_by("unique_id", maintain_order=True).agg(e.alias("calibration_errors"))
-            .select(pl.col("unique_id").alias("series_id"), pl.lit(horizon, pl.Int32).alias("calibration_horizon"),
-                    pl.col("calibration_errors").cast(pl.List(pl.Float64))))
+    return (
+        cv.join(prof.select(pl.col("series_id").alias("unique_id"), "scale"), on="unique_id")
+        .sort("unique_id", "cutoff", "ds")
+        .group_by("unique_id", maintain_order=True)
+        .agg(e.alias("calibration_errors"))
+        .select(
+            pl.col("unique_id").alias("series_id"),
+            pl.lit(horizon, pl.Int32).alias("calibration_horizon"),
+            pl.col("calibration_errors").cast(pl.List(pl.Float64)),
+        )
+    )
 
 
-def _calibrate(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFrame, horizon: int,
-               freq: str) -> pl.DataFrame:
+def _calibrate(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFrame, horizon: int, freq: str) -> pl.DataFrame:
     """Conformal calibration errors of each series' chosen model (``chosen``: ``series_id, model``):
     rolling-origin cross-validation over :func:`_conformal_windows` windows of ``horizon`` steps (step =
     horizon), one StatsForecast call per model (two where both refit modes occur). Same frame as
@@ -329,25 +366,37 @@ def _half_widths(cal: pl.DataFrame, horizon: int, level: float) -> pl.DataFrame:
         return pl.DataFrame(schema={"series_id": pl.String, "q": pl.Float64})
     ch = pl.col("calibration_horizon")
     k = (pl.col("calibration_errors").list.len() // ch).alias("k")
-    m = pl.min_horizontal(ch, pl.max_horizontal(pl.lit(horizon), (CONFORMAL_MIN_SCORES / pl.col("k")).ceil()
-                                                .cast(pl.Int64))).alias("m")
+    m = pl.min_horizontal(
+        ch, pl.max_horizontal(pl.lit(horizon), (CONFORMAL_MIN_SCORES / pl.col("k")).ceil().cast(pl.Int64))
+    ).alias("m")
     n = pl.col("k") * pl.col("m")
     rank = pl.min_horizontal(n, ((n + 1) * level / 100).ceil().cast(pl.Int64))
     e = pl.col("e").drop_nulls().sort()
-    return (cal.filter(pl.col("calibration_errors").list.len() >= ch)
-            .with_columns(k).with_columns(m)
-            .with_columns(pl.int_ranges(0, pl.col("calibration_errors").list.len()).alias("i"))
-            .explode("calibration_errors", "i").rename({"calibration_errors": "e"})
-            .filter(pl.col("i") % ch < pl.col("m"))
-            .group_by("series_id")
-            .agg(e.get(pl.min_horizontal(rank.first(), e.len()) - 1, null_on_oob=True).alias("q"))
-            .select(pl.col("series_id").cast(pl.String), pl.col("q").cast(pl.Float64)))
+    return (
+        cal.filter(pl.col("calibration_errors").list.len() >= ch)
+        .with_columns(k)
+        .with_columns(m)
+        .with_columns(pl.int_ranges(0, pl.col("calibration_errors").list.len()).alias("i"))
+        .explode("calibration_errors", "i")
+        .rename({"calibration_errors": "e"})
+        .filter(pl.col("i") % ch < pl.col("m"))
+        .group_by("series_id")
+        .agg(e.get(pl.min_horizontal(rank.first(), e.len()) - 1, null_on_oob=True).alias("q"))
+        .select(pl.col("series_id").cast(pl.String), pl.col("q").cast(pl.Float64))
+    )
 
 
 # --------------------------------------------------------------------------------------------- selection
 
-def _select(filled: pl.DataFrame, prof: pl.DataFrame, horizon: int, freq: str, n_windows: int,
-            calibration_horizon: int | None = None) -> pl.DataFrame:
+
+def _select(
+    filled: pl.DataFrame,
+    prof: pl.DataFrame,
+    horizon: int,
+    freq: str,
+    n_windows: int,
+    calibration_horizon: int | None = None,
+) -> pl.DataFrame:
     """``series_id, model, backtest_error, calibration_horizon, calibration_errors`` for every series
     (fallbacks: their name, nulls). With a ``calibration_horizon``, the chosen model's calibration errors
     (:func:`_calibrate`: one more cross-validation, of the chosen model only) for the series long enough
@@ -358,8 +407,13 @@ def _select(filled: pl.DataFrame, prof: pl.DataFrame, horizon: int, freq: str, n
     cv_ok = model_rows.filter(pl.col("n") >= _cv_min_points(horizon, season, n_windows))
     # too short for CV (2 seasons <= n < CV minimum): the floor, or Croston for intermittent series
     no_cv = model_rows.filter(~pl.col("series_id").is_in(cv_ok["series_id"].implode())).select(
-        "series_id", pl.when(pl.col("intermittent")).then(pl.lit("CrostonOptimized"))
-        .otherwise(pl.lit("SeasonalNaive")).alias("model"), *nulls)
+        "series_id",
+        pl.when(pl.col("intermittent"))
+        .then(pl.lit("CrostonOptimized"))
+        .otherwise(pl.lit("SeasonalNaive"))
+        .alias("model"),
+        *nulls,
+    )
     rules = prof.filter(pl.col("route") != "model").select("series_id", pl.col("route").alias("model"), *nulls)
     parts = [rules, no_cv]
     if cv_ok.height:
@@ -368,22 +422,30 @@ def _select(filled: pl.DataFrame, prof: pl.DataFrame, horizon: int, freq: str, n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cv = sf.cross_validation(df=df, h=horizon, n_windows=n_windows, step_size=horizon)
-        errs = (cv.unpivot(index=["unique_id", "y"], on=list(MODELS), variable_name="model", value_name="yhat")
-                .group_by("unique_id", "model")
-                .agg(((pl.col("y") - pl.col("yhat").clip(lower_bound=0.0)).pow(2).mean().sqrt()).alias("rmse"))
-                .join(cv_ok.select(pl.col("series_id").alias("unique_id"), "rmsse_scale", "intermittent"),
-                      on="unique_id")
-                # Croston is only a candidate for intermittent series; a failed (NaN) fit is never chosen
-                .filter((pl.col("model") != "CrostonOptimized") | pl.col("intermittent"))
-                .filter(pl.col("rmse").is_finite())
-                .with_columns((pl.col("rmse") / pl.col("rmsse_scale")).alias("backtest_error"),
-                              pl.col("model").replace_strict({m: i for i, m in enumerate(MODELS)},
-                                                             return_dtype=pl.Int32).alias("rank")))
-        best = (errs.sort("unique_id", pl.col("backtest_error").round(9), "rank")
-                .group_by("unique_id", maintain_order=True).first()
-                .select(pl.col("unique_id").alias("series_id"), "model", "backtest_error"))
+        errs = (
+            cv.unpivot(index=["unique_id", "y"], on=list(MODELS), variable_name="model", value_name="yhat")
+            .group_by("unique_id", "model")
+            .agg(((pl.col("y") - pl.col("yhat").clip(lower_bound=0.0)).pow(2).mean().sqrt()).alias("rmse"))
+            .join(cv_ok.select(pl.col("series_id").alias("unique_id"), "rmsse_scale", "intermittent"), on="unique_id")
+            # Croston is only a candidate for intermittent series; a failed (NaN) fit is never chosen
+            .filter((pl.col("model") != "CrostonOptimized") | pl.col("intermittent"))
+            .filter(pl.col("rmse").is_finite())
+            .with_columns(
+                (pl.col("rmse") / pl.col("rmsse_scale")).alias("backtest_error"),
+                pl.col("model")
+                .replace_strict({m: i for i, m in enumerate(MODELS)}, return_dtype=pl.Int32)
+                .alias("rank"),
+            )
+        )
+        best = (
+            errs.sort("unique_id", pl.col("backtest_error").round(9), "rank")
+            .group_by("unique_id", maintain_order=True)
+            .first()
+            .select(pl.col("unique_id").alias("series_id"), "model", "backtest_error")
+        )
         lost = cv_ok.filter(~pl.col("series_id").is_in(best["series_id"].implode())).select(
-            "series_id", pl.lit("SeasonalNaive").alias("model"), *nulls)
+            "series_id", pl.lit("SeasonalNaive").alias("model"), *nulls
+        )
         parts += [best, lost]
     sel = pl.concat(parts, how="vertical_relaxed")
 
@@ -398,8 +460,14 @@ def _select(filled: pl.DataFrame, prof: pl.DataFrame, horizon: int, freq: str, n
     return sel.join(pl.concat(cals, how="vertical_relaxed"), on="series_id", how="left")
 
 
-def select_models(history: pl.DataFrame, horizon: int, freq: str = "1d", *,
-                  n_windows: int = CV_WINDOWS, calibration_horizon: int | None = None) -> pl.DataFrame:
+def select_models(
+    history: pl.DataFrame,
+    horizon: int,
+    freq: str = "1d",
+    *,
+    n_windows: int = CV_WINDOWS,
+    calibration_horizon: int | None = None,
+) -> pl.DataFrame:
     """Choose a model per series by rolling-origin cross-validation (weekly refresh).
 
     Returns ``series_id, model, backtest_error, chosen_at, calibration_horizon, calibration_errors`` --
@@ -421,7 +489,7 @@ def select_models(history: pl.DataFrame, horizon: int, freq: str = "1d", *,
         raise ValueError("calibration_horizon must be >= 1")
     freq = _freq(freq)
     filled, restore = _prepare(history, freq)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if filled.height == 0:
         return pl.DataFrame(schema={**SELECTION_SCHEMA, "series_id": restore["id_dtype"]})
     prof = _profile(filled, SEASON[freq])
@@ -434,33 +502,52 @@ def select_models(history: pl.DataFrame, horizon: int, freq: str = "1d", *,
 
 # --------------------------------------------------------------------------------------------- forecasting
 
+
 def _rule_forecasts(prof: pl.DataFrame, horizon: int, freq: str, z: float) -> pl.DataFrame:
     """Forecasts of the fallback rules (see the module docstring), in original units."""
     p = prof.filter(pl.col("route") != "model")
     if p.height == 0:
         return pl.DataFrame()
     route = pl.col("route")
-    yhat = (pl.when(route == FALLBACK_ZEROS).then(0.0)
-            .when(route == FALLBACK_NEW).then(pl.col("mean"))
-            .when(route == FALLBACK_CONSTANT).then(pl.col("mean"))
-            .otherwise(pl.col("recent_mean")))
+    yhat = (
+        pl.when(route == FALLBACK_ZEROS)
+        .then(0.0)
+        .when(route == FALLBACK_NEW)
+        .then(pl.col("mean"))
+        .when(route == FALLBACK_CONSTANT)
+        .then(pl.col("mean"))
+        .otherwise(pl.col("recent_mean"))
+    )
     # spread of a mean-of-k forecast for a new value: sd * sqrt(1 + 1/k). One to three points cannot
     # estimate a spread: a new customer's usage is taken to vary by its own level (sd >= mean).
-    half = (pl.when(route.is_in([FALLBACK_ZEROS, FALLBACK_CONSTANT])).then(0.0)
-            .when(route == FALLBACK_NEW)
-            .then(z * pl.max_horizontal("sd", "mean") * (1 + 1 / pl.col("n")).sqrt())
-            .otherwise(z * pl.col("recent_sd") * (1 + 1 / pl.col("recent_n")).sqrt()))
+    half = (
+        pl.when(route.is_in([FALLBACK_ZEROS, FALLBACK_CONSTANT]))
+        .then(0.0)
+        .when(route == FALLBACK_NEW)
+        .then(z * pl.max_horizontal("sd", "mean") * (1 + 1 / pl.col("n")).sqrt())
+        .otherwise(z * pl.col("recent_sd") * (1 + 1 / pl.col("recent_n")).sqrt())
+    )
     step = pl.duration(**{_STEP[freq]: pl.col("k")})
-    return (p.select("series_id", "last", yhat.alias("yhat"), half.alias("half"), route.alias("model"))
-            .with_columns(pl.int_ranges(1, horizon + 1).alias("k")).explode("k")
-            .select("series_id", (pl.col("last") + step).alias("ds"), "yhat",
-                    (pl.col("yhat") - pl.col("half")).alias("yhat_lo"),
-                    (pl.col("yhat") + pl.col("half")).alias("yhat_hi"), "model",
-                    pl.lit(None, pl.Float64).alias("backtest_error"), pl.lit("rule").alias("interval_method")))
+    return (
+        p.select("series_id", "last", yhat.alias("yhat"), half.alias("half"), route.alias("model"))
+        .with_columns(pl.int_ranges(1, horizon + 1).alias("k"))
+        .explode("k")
+        .select(
+            "series_id",
+            (pl.col("last") + step).alias("ds"),
+            "yhat",
+            (pl.col("yhat") - pl.col("half")).alias("yhat_lo"),
+            (pl.col("yhat") + pl.col("half")).alias("yhat_hi"),
+            "model",
+            pl.lit(None, pl.Float64).alias("backtest_error"),
+            pl.lit("rule").alias("interval_method"),
+        )
+    )
 
 
-def _model_forecasts(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFrame, horizon: int, freq: str,
-                     level: int, z: float) -> list[pl.DataFrame]:
+def _model_forecasts(
+    filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFrame, horizon: int, freq: str, level: int, z: float
+) -> list[pl.DataFrame]:
     """One StatsForecast forecast per (model, interval method); results rescaled to original units.
 
     Conformal half-widths come from the chosen model's calibration errors: those ``chosen`` carries (a
@@ -468,9 +555,11 @@ def _model_forecasts(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFr
     season = SEASON[freq]
     conformal_min = _conformal_windows(horizon) * horizon + 2 * season
     usable = (pl.col("calibration_horizon") >= horizon) & (
-        pl.col("calibration_errors").list.len() >= pl.col("calibration_horizon"))
-    chosen = (chosen.join(prof.select("series_id", "n", "scale", "sd"), on="series_id")
-              .with_columns(usable.fill_null(False).alias("cached")))
+        pl.col("calibration_errors").list.len() >= pl.col("calibration_horizon")
+    )
+    chosen = chosen.join(prof.select("series_id", "n", "scale", "sd"), on="series_id").with_columns(
+        usable.fill_null(False).alias("cached")
+    )
     out = []
     for name in MODELS:
         group = chosen.filter(pl.col("model") == name)
@@ -490,7 +579,8 @@ def _model_forecasts(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFr
                 warnings.simplefilter("ignore")
                 fc = sf.forecast(df=df, h=horizon, **kw)
             fc = fc.rename({"unique_id": "series_id", name: "yhat"}).join(
-                g.select("series_id", "scale", "sd", "backtest_error"), on="series_id")
+                g.select("series_id", "scale", "sd", "backtest_error"), on="series_id"
+            )
             yhat = pl.col("yhat") * pl.col("scale")
             if method == "conformal":
                 cal = [g.filter(pl.col("cached")).select("series_id", *_CALIBRATION)]
@@ -504,15 +594,24 @@ def _model_forecasts(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFr
                 lo, hi = yhat - z * pl.col("sd"), yhat + z * pl.col("sd")
             else:
                 lo, hi = pl.col(f"{name}-lo-{level}") * pl.col("scale"), pl.col(f"{name}-hi-{level}") * pl.col("scale")
-            out.append(fc.select(
-                "series_id", pl.col("ds").cast(pl.Datetime("us")), yhat.alias("yhat"), lo.alias("yhat_lo"),
-                hi.alias("yhat_hi"), pl.lit(name).alias("model"), "backtest_error",
-                pl.lit(method).alias("interval_method")))
+            out.append(
+                fc.select(
+                    "series_id",
+                    pl.col("ds").cast(pl.Datetime("us")),
+                    yhat.alias("yhat"),
+                    lo.alias("yhat_lo"),
+                    hi.alias("yhat_hi"),
+                    pl.lit(name).alias("model"),
+                    "backtest_error",
+                    pl.lit(method).alias("interval_method"),
+                )
+            )
     return out
 
 
-def forecast_usage(history: pl.DataFrame, horizon: int, freq: str = "1d", *, level: int = 80,
-                   selection: pl.DataFrame | None = None) -> pl.DataFrame:
+def forecast_usage(
+    history: pl.DataFrame, horizon: int, freq: str = "1d", *, level: int = 80, selection: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Forecast every series ``horizon`` periods past the last period of ``history``.
 
     ``history``: ``series_id, ds, y``. ``selection``: a frame from :func:`select_models` (``series_id,
@@ -538,27 +637,51 @@ def forecast_usage(history: pl.DataFrame, horizon: int, freq: str = "1d", *, lev
     z = NormalDist().inv_cdf(0.5 + level / 200)
     filled, restore = _prepare(history, freq)
     if filled.height == 0:
-        return _restore(pl.DataFrame(schema={"series_id": pl.String, "ds": pl.Datetime("us"), "yhat": pl.Float64,
-                                             "yhat_lo": pl.Float64, "yhat_hi": pl.Float64, "model": pl.String,
-                                             "backtest_error": pl.Float64, "interval_method": pl.String}), restore)
+        return _restore(
+            pl.DataFrame(
+                schema={
+                    "series_id": pl.String,
+                    "ds": pl.Datetime("us"),
+                    "yhat": pl.Float64,
+                    "yhat_lo": pl.Float64,
+                    "yhat_hi": pl.Float64,
+                    "model": pl.String,
+                    "backtest_error": pl.Float64,
+                    "interval_method": pl.String,
+                }
+            ),
+            restore,
+        )
     prof = _profile(filled, season)
     model_ids = prof.filter(pl.col("route") == "model").select("series_id")
 
-    chosen = pl.DataFrame(schema={"series_id": pl.String, "model": pl.String, "backtest_error": pl.Float64,
-                                  **_CALIBRATION})
+    chosen = pl.DataFrame(
+        schema={"series_id": pl.String, "model": pl.String, "backtest_error": pl.Float64, **_CALIBRATION}
+    )
     if selection is not None and selection.height:
         # older selections lack backtest_error or the calibration columns: nulls (calibrated here)
-        sel = selection.select(pl.col("series_id").cast(pl.String), pl.col("model").cast(pl.String),
-                               *[pl.col(c).cast(t) if c in selection.columns else pl.lit(None, t).alias(c)
-                                 for c, t in {"backtest_error": pl.Float64, **_CALIBRATION}.items()])
-        chosen = model_ids.join(sel.filter(pl.col("model").is_in(MODELS)).unique("series_id", keep="last"),
-                                on="series_id")
+        sel = selection.select(
+            pl.col("series_id").cast(pl.String),
+            pl.col("model").cast(pl.String),
+            *[
+                pl.col(c).cast(t) if c in selection.columns else pl.lit(None, t).alias(c)
+                for c, t in {"backtest_error": pl.Float64, **_CALIBRATION}.items()
+            ],
+        )
+        chosen = model_ids.join(
+            sel.filter(pl.col("model").is_in(MODELS)).unique("series_id", keep="last"), on="series_id"
+        )
     todo = model_ids.filter(~pl.col("series_id").is_in(chosen["series_id"].implode()))
     if todo.height:
         # not in the cached selection (new, or grown past the fallbacks): select now, by CV where possible
-        fresh = _select(filled.filter(pl.col("series_id").is_in(todo["series_id"].implode())),
-                        prof.filter(pl.col("series_id").is_in(todo["series_id"].implode())), horizon, freq,
-                        CV_WINDOWS, calibration_horizon=horizon)
+        fresh = _select(
+            filled.filter(pl.col("series_id").is_in(todo["series_id"].implode())),
+            prof.filter(pl.col("series_id").is_in(todo["series_id"].implode())),
+            horizon,
+            freq,
+            CV_WINDOWS,
+            calibration_horizon=horizon,
+        )
         chosen = pl.concat([chosen, fresh.filter(pl.col("model").is_in(MODELS))], how="vertical_relaxed")
 
     parts = _model_forecasts(filled, prof, chosen, horizon, freq, level, z)
@@ -569,8 +692,12 @@ def forecast_usage(history: pl.DataFrame, horizon: int, freq: str = "1d", *, lev
     yhat = pl.col("yhat").fill_nan(None).fill_null(0.0).clip(lower_bound=0.0)
     lo = pl.col("yhat_lo").fill_nan(None).fill_null(pl.col("yhat")).clip(lower_bound=0.0)
     hi = pl.col("yhat_hi").fill_nan(None).fill_null(pl.col("yhat")).clip(lower_bound=0.0)
-    out = (out.with_columns(yhat.alias("yhat"), lo.alias("yhat_lo"), hi.alias("yhat_hi"))
-           .with_columns(pl.min_horizontal("yhat_lo", "yhat").alias("yhat_lo"),
-                         pl.max_horizontal("yhat_hi", "yhat").alias("yhat_hi"))
-           .select(list(OUTPUT_COLUMNS)).sort("series_id", "ds"))
+    out = (
+        out.with_columns(yhat.alias("yhat"), lo.alias("yhat_lo"), hi.alias("yhat_hi"))
+        .with_columns(
+            pl.min_horizontal("yhat_lo", "yhat").alias("yhat_lo"), pl.max_horizontal("yhat_hi", "yhat").alias("yhat_hi")
+        )
+        .select(list(OUTPUT_COLUMNS))
+        .sort("series_id", "ds")
+    )
     return _restore(out, restore)

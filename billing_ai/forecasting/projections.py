@@ -44,23 +44,36 @@ def period_projection(forecasts: pl.DataFrame, positions: pl.DataFrame, now: dat
     """
     z = z_of(level)
     day = pl.duration(days=1)
-    f = (forecasts.rename({"series_id": "subscription_item_id"})
-                  .with_columns(pl.col("ds").cast(pl.Datetime("us", "UTC")))
-                  .join(positions.select("subscription_item_id", "period_end"), on="subscription_item_id"))
+    f = (
+        forecasts.rename({"series_id": "subscription_item_id"})
+        .with_columns(pl.col("ds").cast(pl.Datetime("us", "UTC")))
+        .join(positions.select("subscription_item_id", "period_end"), on="subscription_item_id")
+    )
     now_ = pl.lit(now).cast(pl.Datetime("us", "UTC"))
-    overlap = ((pl.min_horizontal(pl.col("ds") + day, pl.col("period_end")) - pl.max_horizontal(pl.col("ds"), now_))
-               .dt.total_seconds() / 86400).clip(0.0, 1.0)
+    overlap = (
+        (
+            pl.min_horizontal(pl.col("ds") + day, pl.col("period_end")) - pl.max_horizontal(pl.col("ds"), now_)
+        ).dt.total_seconds()
+        / 86400
+    ).clip(0.0, 1.0)
     f = f.with_columns(overlap.alias("frac")).filter(pl.col("frac") > 0)
-    f = f.with_columns((pl.col("yhat") * pl.col("frac")).alias("part"),
-                       (((pl.col("yhat_hi") - pl.col("yhat_lo")) / (2 * z)) * pl.col("frac")).alias("sd_part"))
+    f = f.with_columns(
+        (pl.col("yhat") * pl.col("frac")).alias("part"),
+        (((pl.col("yhat_hi") - pl.col("yhat_lo")) / (2 * z)) * pl.col("frac")).alias("sd_part"),
+    )
     sums = f.group_by("subscription_item_id").agg(
-        pl.col("part").sum().alias("remaining"), (pl.col("sd_part") ** 2).sum().sqrt().alias("sigma"),
+        pl.col("part").sum().alias("remaining"),
+        (pl.col("sd_part") ** 2).sum().sqrt().alias("sigma"),
         pl.col("model").first() if "model" in f.columns else pl.lit(None, pl.String).alias("model"),
-        pl.col("backtest_error").first() if "backtest_error" in f.columns else pl.lit(None, pl.Float64)
-        .alias("backtest_error"))
+        pl.col("backtest_error").first()
+        if "backtest_error" in f.columns
+        else pl.lit(None, pl.Float64).alias("backtest_error"),
+    )
     out = positions.join(sums, on="subscription_item_id", how="left").with_columns(
-        pl.col("remaining").fill_null(0.0), pl.col("sigma").fill_null(0.0),
-        pl.col("units_used").cast(pl.Float64).alias("_used"))
+        pl.col("remaining").fill_null(0.0),
+        pl.col("sigma").fill_null(0.0),
+        pl.col("units_used").cast(pl.Float64).alias("_used"),
+    )
     return out.with_columns(
         (pl.col("_used") + pl.col("remaining")).alias("projected"),
         (pl.col("_used") + (pl.col("remaining") - z * pl.col("sigma")).clip(0.0)).alias("projected_lo"),
@@ -116,8 +129,13 @@ class PlanQuote:
     lines: dict[str, int]  # component -> amount
 
 
-def plan_bill(plan: str, currency: str, prices: dict[tuple[str, str, str], PricePlan],
-              metered: dict[str, Decimal], licensed: dict[str, int]) -> PlanQuote | None:
+def plan_bill(
+    plan: str,
+    currency: str,
+    prices: dict[tuple[str, str, str], PricePlan],
+    metered: dict[str, Decimal],
+    licensed: dict[str, int],
+) -> PlanQuote | None:
     """Projected bill of one plan: each metered component rated on its projected quantity, each licensed
     component at the customer's current quantity. None if the plan lacks a component the customer uses."""
     lines: dict[str, int] = {}
@@ -134,30 +152,45 @@ def plan_bill(plan: str, currency: str, prices: dict[tuple[str, str, str], Price
     return PlanQuote(plan, sum(lines.values()), lines)
 
 
-def cheaper_higher_plan(current: str, currency: str, prices: dict[tuple[str, str, str], PricePlan],
-                        metered: dict[str, Decimal], licensed: dict[str, int]) -> tuple[PlanQuote, PlanQuote] | None:
+def cheaper_higher_plan(
+    current: str,
+    currency: str,
+    prices: dict[tuple[str, str, str], PricePlan],
+    metered: dict[str, Decimal],
+    licensed: dict[str, int],
+) -> tuple[PlanQuote, PlanQuote] | None:
     """(current bill, the cheapest *higher* plan's bill) when a higher plan costs less this period."""
     if current not in PLAN_ORDER:
         return None
     now_bill = plan_bill(current, currency, prices, metered, licensed)
     if now_bill is None:
         return None
-    options = [b for p in PLAN_ORDER[PLAN_ORDER.index(current) + 1:]
-               if (b := plan_bill(p, currency, prices, metered, licensed)) is not None and b.amount < now_bill.amount]
+    options = [
+        b
+        for p in PLAN_ORDER[PLAN_ORDER.index(current) + 1 :]
+        if (b := plan_bill(p, currency, prices, metered, licensed)) is not None and b.amount < now_bill.amount
+    ]
     if not options:
         return None
     return now_bill, min(options, key=lambda b: b.amount)
 
 
-def switch_proration(old: dict[str, PricePlan], new: dict[str, PricePlan], licensed: dict[str, int],
-                     change_at: datetime, period_start: datetime, period_end: datetime) -> int:
+def switch_proration(
+    old: dict[str, PricePlan],
+    new: dict[str, PricePlan],
+    licensed: dict[str, int],
+    change_at: datetime,
+    period_start: datetime,
+    period_end: datetime,
+) -> int:
     """Net proration (minor units) of moving the licensed components now: the credits for unused time on
     the old prices plus the charges for the rest of the period on the new ones, as Stripe bills them."""
     net = 0
     for component, qty in licensed.items():
         if component in old and component in new:
-            net += plan_change_proration(old[component], new[component], change_at, period_start, period_end,
-                                         quantity=qty).net
+            net += plan_change_proration(
+                old[component], new[component], change_at, period_start, period_end, quantity=qty
+            ).net
     return net
 
 

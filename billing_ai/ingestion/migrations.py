@@ -21,7 +21,14 @@ from pathlib import Path
 import duckdb
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.usage_files.fields import EVENT_DATE, QUANTITY_TEXT, RECEIVED_AT_TEXT, TEXT_FIELDS, TS_TEXT, ident
+from billing_ai.ingestion.usage_files.fields import (
+    EVENT_DATE,
+    QUANTITY_TEXT,
+    RECEIVED_AT_TEXT,
+    TEXT_FIELDS,
+    TS_TEXT,
+    ident,
+)
 from billing_ai.ingestion.usage_files.files import SOURCE, create_tables, keep, kept_files, usage_file
 from billing_ai.ingestion.usage_files.readers import batches, parquet_ids
 
@@ -43,23 +50,33 @@ def index_landed(con: duckdb.DuckDBPyConnection) -> None:
     then leave raw (its records are read from the kept file), and the records its landing quarantined
     are the kept file's rows that had none (their reason from the quarantine). A text file's records
     stay in raw; the ones its landing quarantined are not indexed (nothing reads them back)."""
-    wh.run(con, f"INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM raw.usage_events "
-                "GROUP BY ALL")
+    wh.run(
+        con,
+        f"INSERT INTO raw.usage_file_days SELECT file_id, {EVENT_DATE}, count(*) FROM raw.usage_events GROUP BY ALL",
+    )
     for batch in batches(con, kept_files(con, "NOT coalesce(fields_in_raw, format <> 'parquet')")):
-        wh.run(con, f"""
+        wh.run(
+            con,
+            f"""
             INSERT INTO raw.usage_landing_rejects
             SELECT v.file_id, v.source_row, coalesce((
                 SELECT any_value(q.reason) FROM core.quarantine q
                 WHERE q.source = '{SOURCE}' AND q.record_key = f.file_name || ':' || v.source_row), 'quarantined')
             FROM ({parquet_ids(con, batch)}) v JOIN raw.usage_files f USING (file_id)
-            ANTI JOIN raw.usage_events r USING (file_id, source_row)""")
+            ANTI JOIN raw.usage_events r USING (file_id, source_row)""",
+        )
         wh.run(con, f"DELETE FROM raw.usage_events WHERE file_id IN ({', '.join(str(f.file_id) for f in batch)})")
 
 
 def wide_raw(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether raw.usage_events is still the former full copy of every record (see narrow_wide_raw)."""
-    return bool(wh.run(con, "SELECT 1 FROM duckdb_columns() WHERE schema_name = 'raw' "
-                            "AND table_name = 'usage_events' AND column_name = 'source_sha256'"))
+    return bool(
+        wh.run(
+            con,
+            "SELECT 1 FROM duckdb_columns() WHERE schema_name = 'raw' "
+            "AND table_name = 'usage_events' AND column_name = 'source_sha256'",
+        )
+    )
 
 
 # the wide raw's columns of typed values (Parquet), as its last version had them
@@ -74,29 +91,38 @@ def narrow_wide_raw(con: duckdb.DuckDBPyConnection, inbox: dict[str, Path]) -> N
     build has always judged them as (a typed value as QUANTITY_TEXT, TIMESTAMP_TEXT, RECEIVED_AT_TEXT
     write it). The inbox need not hold the files any more; those it still holds are kept beside the
     warehouse as well (stored_path), for reference only. Their source_row stays as landed."""
-    files = wh.run(con, "SELECT sha256 FROM raw.usage_files "
-                        "ORDER BY status <> 'landed', landed_at, file_name, sha256")
-    text = {"quantity": QUANTITY_TEXT, "timestamp": f"coalesce(\"timestamp\", strftime(event_ts, '{TS_TEXT}'))",
-            "received_at": RECEIVED_AT_TEXT}
+    files = wh.run(con, "SELECT sha256 FROM raw.usage_files ORDER BY status <> 'landed', landed_at, file_name, sha256")
+    text = {
+        "quantity": QUANTITY_TEXT,
+        "timestamp": f"coalesce(\"timestamp\", strftime(event_ts, '{TS_TEXT}'))",
+        "received_at": RECEIVED_AT_TEXT,
+    }
     fields = ", ".join(f'{text.get(c, ident(c))} AS "{c}"' for c in TEXT_FIELDS)
     with wh.transaction(con):
         for i, (sha,) in enumerate(files, 1):
             kept = keep(con, replace(usage_file(inbox[sha], sha), in_raw=True)) if sha in inbox else None
-            wh.run(con, "UPDATE raw.usage_files SET file_id = ?, stored_path = ?, fields_in_raw = true "
-                        "WHERE sha256 = ?", [i, kept and str(kept.path), sha])
+            wh.run(
+                con,
+                "UPDATE raw.usage_files SET file_id = ?, stored_path = ?, fields_in_raw = true WHERE sha256 = ?",
+                [i, kept and str(kept.path), sha],
+            )
         for column in _WIDE_TYPED:
             wh.run(con, f"ALTER TABLE raw.usage_events ADD COLUMN IF NOT EXISTS {column}")
         wh.run(con, "ALTER TABLE raw.usage_events RENAME TO usage_events_wide")
         ensure_tables(con, index=False)
-        (wide,), = wh.run(con, "SELECT count(*) FROM raw.usage_events_wide")
+        ((wide,),) = wh.run(con, "SELECT count(*) FROM raw.usage_events_wide")
         columns = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
-        (narrow,), = wh.run(con, f"""
+        ((narrow,),) = wh.run(
+            con,
+            f"""
             INSERT INTO raw.usage_events (file_id, source_row, event_id, event_ts, {columns})
             SELECT f.file_id, w.source_row, w.event_id, w.event_ts, {fields}
-            FROM raw.usage_events_wide w JOIN raw.usage_files f ON f.sha256 = w.source_sha256""")
+            FROM raw.usage_events_wide w JOIN raw.usage_files f ON f.sha256 = w.source_sha256""",
+        )
         if narrow != wide:
-            raise RuntimeError(f"raw.usage_events: {wide} records, {narrow} of them in files of the ledger: "
-                               "not narrowed")
+            raise RuntimeError(
+                f"raw.usage_events: {wide} records, {narrow} of them in files of the ledger: not narrowed"
+            )
         wh.run(con, "DROP TABLE raw.usage_events_wide")
         # every file's records are now in raw (fields_in_raw): the index is their days
         wh.run(con, "DELETE FROM raw.usage_file_days")

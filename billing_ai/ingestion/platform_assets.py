@@ -10,7 +10,6 @@ asset each, rebuilt in a transaction so a failed build leaves the previous
 table.
 """
 
-
 import contextlib
 import json
 from datetime import datetime
@@ -26,8 +25,20 @@ from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import QUARANTINE_KEY, PlatformSpec
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
-CORE_TABLES = ("customers", "products", "prices", "price_tiers", "meters", "subscriptions", "subscription_items",
-               "invoices", "invoice_lines", "payments", "credit_notes", "meter_usage_summaries")
+CORE_TABLES = (
+    "customers",
+    "products",
+    "prices",
+    "price_tiers",
+    "meters",
+    "subscriptions",
+    "subscription_items",
+    "invoices",
+    "invoice_lines",
+    "payments",
+    "credit_notes",
+    "meter_usage_summaries",
+)
 
 
 def raw_key(platform: str, obj: str) -> dg.AssetKey:
@@ -43,14 +54,19 @@ def raw_ids(spec: PlatformSpec, obj: str, rows: list[dict]) -> list[str | None]:
 def write_raw(con, spec: PlatformSpec, obj: str, rows: list[dict], landed_at: datetime, replace: bool) -> int:
     """Write ``rows`` as raw.<platform>_<obj> rows (``id``, ``payload`` JSON, ``landed_at``): the whole table
     (``replace``, a snapshot) or appended (a targeted refresh, after deleting what it replaces)."""
-    df = pl.DataFrame({"id": raw_ids(spec, obj, rows), "payload": [json.dumps(r) for r in rows]},
-                      schema={"id": pl.String, "payload": pl.String})
+    df = pl.DataFrame(
+        {"id": raw_ids(spec, obj, rows), "payload": [json.dumps(r) for r in rows]},
+        schema={"id": pl.String, "payload": pl.String},
+    )
     select = "SELECT id, payload::JSON AS payload, ?::TIMESTAMPTZ AS landed_at FROM _raw_rows"
     con.register("_raw_rows", df)
     try:
         table = spec.raw_table(obj)
-        wh.run(con, f"CREATE OR REPLACE TABLE {table} AS {select}" if replace else f"INSERT INTO {table} {select}",
-               [landed_at])
+        wh.run(
+            con,
+            f"CREATE OR REPLACE TABLE {table} AS {select}" if replace else f"INSERT INTO {table} {select}",
+            [landed_at],
+        )
     finally:
         con.unregister("_raw_rows")
     return df.height
@@ -63,13 +79,26 @@ def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at
     wh.run(con, "DELETE FROM core.quarantine WHERE source LIKE ? ESCAPE '\\'", [f"{spec.name}\\_%"])
     bad = snapshot.get(QUARANTINE_KEY, [])
     if bad:
-        q = pl.DataFrame({
-            "source": [f"{spec.name}_{b['object']}" for b in bad], "record_key": [b["record_key"] for b in bad],
-            "partition_date": [None] * len(bad), "reason": [b["reason"] for b in bad],
-            "detail": [b.get("detail", "") for b in bad], "record": [b["record"] for b in bad],
-            "quarantined_at": [landed_at] * len(bad)},
-            schema={"source": pl.String, "record_key": pl.String, "partition_date": pl.Date, "reason": pl.String,
-                    "detail": pl.String, "record": pl.String, "quarantined_at": pl.Datetime("us", "UTC")})
+        q = pl.DataFrame(
+            {
+                "source": [f"{spec.name}_{b['object']}" for b in bad],
+                "record_key": [b["record_key"] for b in bad],
+                "partition_date": [None] * len(bad),
+                "reason": [b["reason"] for b in bad],
+                "detail": [b.get("detail", "") for b in bad],
+                "record": [b["record"] for b in bad],
+                "quarantined_at": [landed_at] * len(bad),
+            },
+            schema={
+                "source": pl.String,
+                "record_key": pl.String,
+                "partition_date": pl.Date,
+                "reason": pl.String,
+                "detail": pl.String,
+                "record": pl.String,
+                "quarantined_at": pl.Datetime("us", "UTC"),
+            },
+        )
         wh.write_frame(con, "core.quarantine", q)
     counts = {QUARANTINE_KEY: len(bad)}
     for name in spec.raw_objects:
@@ -80,9 +109,15 @@ def land_raw(con, spec: PlatformSpec, snapshot: dict[str, list[dict]], landed_at
 def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"{spec.name}_raw",
-        specs=[dg.AssetSpec(raw_key(spec.name, o), group_name="ingestion", kinds={spec.name, "duckdb", *spec.kinds},
-                            description=f"{spec.name.title()} {o.replace('_', ' ')} as landed (PII tokenized).")
-               for o in spec.raw_objects],
+        specs=[
+            dg.AssetSpec(
+                raw_key(spec.name, o),
+                group_name="ingestion",
+                kinds={spec.name, "duckdb", *spec.kinds},
+                description=f"{spec.name.title()} {o.replace('_', ' ')} as landed (PII tokenized).",
+            )
+            for o in spec.raw_objects
+        ],
         pool=WAREHOUSE_POOL,
         required_resource_keys={"warehouse", "settings", spec.resource_key},
         # a platform outage longer than the client's own retries: try the step again later
@@ -108,10 +143,16 @@ def raw_platform_asset(spec: PlatformSpec) -> dg.AssetsDefinition:
             refused[b["object"]] = refused.get(b["object"], 0) + 1
         for obj in spec.raw_objects:
             # records in = landed + quarantined, per object
-            yield dg.MaterializeResult(asset_key=raw_key(spec.name, obj), metadata={
-                "dagster/row_count": counts[obj], "quarantined": refused.get(obj, 0),
-                "records_in": counts[obj] + refused.get(obj, 0), "configured": platform.enabled,
-                **{k: v for k, v in stats.items() if isinstance(v, int)}})
+            yield dg.MaterializeResult(
+                asset_key=raw_key(spec.name, obj),
+                metadata={
+                    "dagster/row_count": counts[obj],
+                    "quarantined": refused.get(obj, 0),
+                    "records_in": counts[obj] + refused.get(obj, 0),
+                    "configured": platform.enabled,
+                    **{k: v for k, v in stats.items() if isinstance(v, int)},
+                },
+            )
 
     return _raw
 
@@ -126,10 +167,25 @@ CATALOG: dict[str, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {
     "products": (("product_id",), "platform_product_id", ("name", "component")),
     # a meter is known by its name everywhere (usage events carry it); Recurly mints the meter's id
     "meters": (("meter_name",), "platform_meter_id", ("aggregation",)),
-    "prices": (("price_id",), "platform_price_id",
-               ("product_id", "plan", "component", "currency", "usage_type", "billing_scheme", "tiers_mode",
-                "unit_amount_decimal", "package_size", "package_rounding", "meter_name", "billing_interval",
-                "billing_interval_count")),
+    "prices": (
+        ("price_id",),
+        "platform_price_id",
+        (
+            "product_id",
+            "plan",
+            "component",
+            "currency",
+            "usage_type",
+            "billing_scheme",
+            "tiers_mode",
+            "unit_amount_decimal",
+            "package_size",
+            "package_rounding",
+            "meter_name",
+            "billing_interval",
+            "billing_interval_count",
+        ),
+    ),
     "price_tiers": (("price_id", "tier_index"), None, ("up_to", "unit_amount_decimal", "flat_amount")),
 }
 CATALOG_IDS_DDL = """
@@ -153,24 +209,33 @@ def build_core_table(con, table: str, in_transaction: bool = False) -> int:
         else:
             key, id_col, terms = CATALOG[table]
             wh.run(con, f"CREATE OR REPLACE TEMP TABLE _copies AS SELECT *, {_platform_rank()} AS _rank FROM ({body})")
-            wh.run(con, f"""CREATE OR REPLACE TABLE core.{table} AS SELECT * EXCLUDE (_rank) FROM _copies
-                            QUALIFY row_number() OVER (PARTITION BY {', '.join(key)} ORDER BY _rank) = 1
-                            ORDER BY {', '.join(key)}""")
+            wh.run(
+                con,
+                f"""CREATE OR REPLACE TABLE core.{table} AS SELECT * EXCLUDE (_rank) FROM _copies
+                            QUALIFY row_number() OVER (PARTITION BY {", ".join(key)} ORDER BY _rank) = 1
+                            ORDER BY {", ".join(key)}""",
+            )
             wh.run(con, CATALOG_IDS_DDL)
             wh.run(con, "DELETE FROM core.catalog_platform_ids WHERE object = ?", [table])
             canonical = " || '#' || ".join(f"CAST({k} AS VARCHAR)" for k in key)
-            wh.run(con, f"""INSERT INTO core.catalog_platform_ids
-                            SELECT ?, {canonical}, platform, {id_col or 'NULL'},
-                                   md5(CAST(to_json(struct_pack({', '.join(terms)})) AS VARCHAR))
-                            FROM _copies""", [table])
+            wh.run(
+                con,
+                f"""INSERT INTO core.catalog_platform_ids
+                            SELECT ?, {canonical}, platform, {id_col or "NULL"},
+                                   md5(CAST(to_json(struct_pack({", ".join(terms)})) AS VARCHAR))
+                            FROM _copies""",
+                [table],
+            )
             wh.run(con, "DROP TABLE _copies")
     return wh.count(con, f"core.{table}")
 
 
 def check_specs(table: str) -> list[dg.AssetCheckSpec]:
     key = dg.AssetKey(["core", table])
-    return [dg.AssetCheckSpec(r.name, asset=key, blocking=r.blocking, description=r.description)
-            for r in RULES_BY_TABLE.get(table, [])]
+    return [
+        dg.AssetCheckSpec(r.name, asset=key, blocking=r.blocking, description=r.description)
+        for r in RULES_BY_TABLE.get(table, [])
+    ]
 
 
 def _reported(o: Outcome, **extra) -> dict:
@@ -178,8 +243,12 @@ def _reported(o: Outcome, **extra) -> dict:
     meta = {"violations": o.violations, **o.extra, **extra}
     if o.violations:
         meta["sample"] = markdown_preview(o.sample)
-    return {"check_name": o.rule.name, "passed": o.passed, "metadata": meta,
-            "severity": dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR}
+    return {
+        "check_name": o.rule.name,
+        "passed": o.passed,
+        "metadata": meta,
+        "severity": dg.AssetCheckSeverity.WARN if o.rule.warn_only else dg.AssetCheckSeverity.ERROR,
+    }
 
 
 def check_results(con, table: str, scope: Scope) -> list[dg.AssetCheckResult]:
@@ -203,18 +272,23 @@ def _core_asset(table: str) -> dg.AssetsDefinition:
         pool=WAREHOUSE_POOL,
         description=f"Canonical {table.replace('_', ' ')} over every platform (see README: Warehouse tables).",
     )
-    def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-               settings: PipelineSettings) -> dg.MaterializeResult:
+    def _build(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
+    ) -> dg.MaterializeResult:
         scope = Scope(now=settings.clock().now())
         with warehouse.connect() as con:
             n = build_core_table(con, table)
             preview = con.sql(f"SELECT * FROM core.{table} LIMIT 5").pl()
             by_platform = dict(wh.run(con, f"SELECT platform, count(*) FROM core.{table} GROUP BY 1 ORDER BY 1"))
             checks = check_results(con, table, scope)
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": n, "rows_by_platform": dg.MetadataValue.json(by_platform),
-            "preview": markdown_preview(preview),
-        }, check_results=checks)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": n,
+                "rows_by_platform": dg.MetadataValue.json(by_platform),
+                "preview": markdown_preview(preview),
+            },
+            check_results=checks,
+        )
 
     _build.__name__ = f"core_{table}"
     return _build

@@ -49,17 +49,21 @@ CREATE TABLE IF NOT EXISTS core.usage_events (
 
 # the raw rows whose UTC event day is in the range ({start}/{end}: ISO dates), as a range of event_ts
 # itself: the same rows, and zone maps skip the row groups of other days
-IN_RANGE = ("event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
-            "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC'")
+IN_RANGE = (
+    "event_ts >= CAST(DATE '{start}' AS TIMESTAMP) AT TIME ZONE 'UTC' "
+    "AND event_ts < CAST(DATE '{end}' + 1 AS TIMESTAMP) AT TIME ZONE 'UTC'"
+)
 # when the event reached us: its received_at (text or typed, see usage_files.records), else its file's landing
 RECEIVED = "coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), received_ts, landed_at)"
 # the quantity's value as DECIMAL(38, 9), and as DOUBLE: TRY_CAST of its text. The DOUBLE only decides
 # the sign and "over MAX_QUANTITY"; a typed value's own conversion can be an ulp off the text's, which
 # only matters next to MAX_QUANTITY, where the text is parsed
 QUANTITY = "coalesce(quantity_dec, TRY_CAST(quantity AS DECIMAL(38, 9)))"
-QUANTITY_DOUBLE = (f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DOUBLE) "
-                   f"WHEN quantity_dec BETWEEN {MAX_QUANTITY} - 1 AND {MAX_QUANTITY} + 1 "
-                   f"THEN TRY_CAST({QUANTITY_TEXT} AS DOUBLE) ELSE CAST(quantity_dec AS DOUBLE) END")
+QUANTITY_DOUBLE = (
+    f"CASE WHEN quantity_dec IS NULL THEN TRY_CAST(quantity AS DOUBLE) "
+    f"WHEN quantity_dec BETWEEN {MAX_QUANTITY} - 1 AND {MAX_QUANTITY} + 1 "
+    f"THEN TRY_CAST({QUANTITY_TEXT} AS DOUBLE) ELSE CAST(quantity_dec AS DOUBLE) END"
+)
 
 # Every copy of an event_id of the range but the first landed (landed_at, file name, row; file_id, the
 # landing order, only tells apart two files of one name landed at the same clock time), across all
@@ -97,12 +101,12 @@ RANGE_DEDUP_BELOW = 0.5
 def copies_sql(con: duckdb.DuckDBPyConnection, files: list, in_range: str, range_records: int) -> str:
     """The COPIES statement for a build of ``range_records`` landed records in ``files``."""
     ids = landed_ids(con)
-    (landed,), = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days")
+    ((landed,),) = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days")
     if range_records < RANGE_DEDUP_BELOW * landed:
-        range_ids = landed_ids(con, f"file_id IN ({', '.join(str(f.file_id) for f in files) or 'NULL'})",
-                               with_ts=True)
-        return COPIES.format(ctes=REPEATED_OF_RANGE.format(range_ids=range_ids, in_range=in_range, ids=ids),
-                             ids=f"({ids})")
+        range_ids = landed_ids(con, f"file_id IN ({', '.join(str(f.file_id) for f in files) or 'NULL'})", with_ts=True)
+        return COPIES.format(
+            ctes=REPEATED_OF_RANGE.format(range_ids=range_ids, in_range=in_range, ids=ids), ids=f"({ids})"
+        )
     return COPIES.format(ctes=REPEATED_ALL.format(ids=ids), ids="ids")
 
 
@@ -111,8 +115,10 @@ def landed_ids(con: duckdb.DuckDBPyConnection, where: str = "true", with_ts: boo
     ``where`` says: a text file's from raw, a Parquet file's from the kept file (those columns only),
     less the records its landing quarantined. Parquet files of one schema are read by one scan."""
     cols = "file_id, source_row, event_id" + (", event_ts" if with_ts else "")
-    parts = [f"SELECT {cols} FROM raw.usage_events"
-             + ("" if where == "true" else f" WHERE file_id IN (SELECT file_id FROM raw.usage_files WHERE {where})")]
+    parts = [
+        f"SELECT {cols} FROM raw.usage_events"
+        + ("" if where == "true" else f" WHERE file_id IN (SELECT file_id FROM raw.usage_files WHERE {where})")
+    ]
     kept = usage_files.kept_files(con, f"NOT coalesce(fields_in_raw, format <> 'parquet') AND ({where})")
     for batch in usage_files.batches(con, kept):
         parts.append(f"""SELECT {cols} FROM ({usage_files.parquet_ids(con, batch, with_ts)})
@@ -194,8 +200,10 @@ LEFT JOIN _late l USING (file_id, source_row)"""
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     usage_files.ensure_tables(con)
     if usage_files.wide_raw(con):
-        raise RuntimeError("raw.usage_events still holds a copy of every record: land the inbox first "
-                           "(the raw/usage_events asset), which keeps the files instead")
+        raise RuntimeError(
+            "raw.usage_events still holds a copy of every record: land the inbox first "
+            "(the raw/usage_events asset), which keeps the files instead"
+        )
     wh.run(con, DDL)
 
 
@@ -205,32 +213,48 @@ def build_usage_events(con: duckdb.DuckDBPyConnection, start: date, end: date, n
     params = {"start": start, "end": end}
     in_range = IN_RANGE.format(start=start.isoformat(), end=end.isoformat())
     with wh.transaction(con):
-        (in_raw,), = wh.run(con, "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days "
-                                 "WHERE event_date BETWEEN $start AND $end", params)
-        files = usage_files.kept_files(con, "file_id IN (SELECT file_id FROM raw.usage_file_days "
-                                            f"WHERE event_date BETWEEN DATE '{start}' AND DATE '{end}')")
+        ((in_raw,),) = wh.run(
+            con,
+            "SELECT coalesce(sum(events), 0) FROM raw.usage_file_days WHERE event_date BETWEEN $start AND $end",
+            params,
+        )
+        files = usage_files.kept_files(
+            con,
+            "file_id IN (SELECT file_id FROM raw.usage_file_days "
+            f"WHERE event_date BETWEEN DATE '{start}' AND DATE '{end}')",
+        )
         wh.run(con, copies_sql(con, files, in_range, in_raw))
-        wh.run(con, "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, record_key VARCHAR, "
-                    "event_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR)")
+        wh.run(
+            con,
+            "CREATE OR REPLACE TEMP TABLE _rejects (file_id INTEGER, source_row BIGINT, record_key VARCHAR, "
+            "event_date DATE, reason VARCHAR, detail VARCHAR, record VARCHAR)",
+        )
         wh.run(con, "CREATE OR REPLACE TEMP TABLE _late (file_id INTEGER, source_row BIGINT)")
         wh.run(con, "DELETE FROM core.usage_events WHERE event_date BETWEEN $start AND $end", params)
-        wh.run(con, "DELETE FROM core.quarantine WHERE source = ? AND partition_date BETWEEN ? AND ?",
-               [SOURCE, start, end])
+        wh.run(
+            con, "DELETE FROM core.quarantine WHERE source = ? AND partition_date BETWEEN ? AND ?", [SOURCE, start, end]
+        )
         accepted = 0
         for batch in usage_files.batches(con, files, read_back=True):
             with usage_files.records(con, batch) as records:
                 rows = landed(records, in_range)
                 wh.run(con, find_rejects(records, rows))
                 wh.run(con, find_late(rows))
-                (n,), = wh.run(con, insert_accepted(rows, records))
+                ((n,),) = wh.run(con, insert_accepted(rows, records))
             accepted += n
-        (quarantined,), = wh.run(con, """
+        ((quarantined,),) = wh.run(
+            con,
+            """
             INSERT INTO core.quarantine
-            SELECT ?, record_key, event_date, reason, detail, record, ?::TIMESTAMPTZ FROM _rejects""", [SOURCE, now])
+            SELECT ?, record_key, event_date, reason, detail, record, ?::TIMESTAMPTZ FROM _rejects""",
+            [SOURCE, now],
+        )
         if accepted + quarantined != in_raw:  # every landed record of the range read back, once
-            raise RuntimeError(f"{in_raw} landed records in {start}..{end}, but {accepted + quarantined} "
-                               "read back from raw and the kept files")
-        (late,), = wh.run(con, "SELECT count(*) FROM _late ANTI JOIN _rejects USING (file_id, source_row)")
+            raise RuntimeError(
+                f"{in_raw} landed records in {start}..{end}, but {accepted + quarantined} "
+                "read back from raw and the kept files"
+            )
+        ((late,),) = wh.run(con, "SELECT count(*) FROM _late ANTI JOIN _rejects USING (file_id, source_row)")
         for t in ("_copies", "_rejects", "_late"):
             wh.run(con, f"DROP TABLE {t}")
     return {"records": accepted + quarantined, "accepted": accepted, "quarantined": quarantined, "late": late}

@@ -29,10 +29,14 @@ def build_usage_buckets(con: duckdb.DuckDBPyConnection, grain: str, start: date,
     params = {"start": start, "end": end}
     with wh.transaction(con):
         wh.run(con, f"DELETE FROM marts.usage_{grain} WHERE bucket_start >= {lo} AND bucket_start < {hi}", params)
-        wh.run(con, f"INSERT INTO marts.usage_{grain} {wh.read_sql('marts/usage_buckets.sql')}",
-               {**params, "bucket": bucket})
-    return wh.run(con, f"SELECT count(*) FROM marts.usage_{grain} WHERE bucket_start >= {lo} AND bucket_start < {hi}",
-                  params)[0][0]
+        wh.run(
+            con,
+            f"INSERT INTO marts.usage_{grain} {wh.read_sql('marts/usage_buckets.sql')}",
+            {**params, "bucket": bucket},
+        )
+    return wh.run(
+        con, f"SELECT count(*) FROM marts.usage_{grain} WHERE bucket_start >= {lo} AND bucket_start < {hi}", params
+    )[0][0]
 
 
 def _usage_asset(grain: str) -> dg.AssetsDefinition:
@@ -45,7 +49,7 @@ def _usage_asset(grain: str) -> dg.AssetsDefinition:
         kinds={"duckdb", "sql"},
         pool=WAREHOUSE_POOL,
         description=f"Usage per customer, subscription item, meter and {GRAINS[grain]} "
-                    "(quantity, event count, late quantity).",
+        "(quantity, event count, late quantity).",
     )
     def _build(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         window = context.partition_time_window

@@ -16,8 +16,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from billing_ai.platforms.retry import (RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries,
-                                        retry_after_seconds)
+from billing_ai.platforms.retry import (
+    RateLimited,
+    RateLimiter,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+    retry_after_seconds,
+)
 from billing_ai.writeback.outcomes import Permanent, Unknown
 
 T = TypeVar("T")
@@ -36,10 +42,18 @@ class PlatformHTTPError(Exception):
 class PlatformHTTP:
     """``request(method, path, ...)`` -> parsed JSON, through the shared limiter and retry policy."""
 
-    def __init__(self, platform: str, base_url: str, *, auth: httpx.Auth | tuple[str, str] | None = None,
-                 headers: dict[str, str] | None = None, requests_per_second: float = 10.0,
-                 policy: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
-                 idempotency_header: str = "Idempotency-Key"):
+    def __init__(
+        self,
+        platform: str,
+        base_url: str,
+        *,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        requests_per_second: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(),
+        timeout: float = 30.0,
+        idempotency_header: str = "Idempotency-Key",
+    ):
         self.platform = platform
         self.http = httpx.Client(base_url=base_url.rstrip("/"), auth=auth, headers=headers or {}, timeout=timeout)
         self.limiter = RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
@@ -48,8 +62,17 @@ class PlatformHTTP:
         # requests sent, 429s waited out, transient failures retried
         self.stats = {"requests": 0, "rate_limited": 0, "retried": 0}
 
-    def request(self, method: str, path: str, *, params: Any = None, json: Any = None, data: Any = None,
-                headers: dict[str, str] | None = None, idempotency_key: str | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         method = method.upper()
         hdrs = dict(headers or {})
         if idempotency_key:
@@ -67,8 +90,9 @@ class PlatformHTTP:
                 self.stats["rate_limited"] += 1
                 raise RateLimited(retry_after_seconds(r.headers.get("retry-after")))
             if r.status_code >= 500:
-                raise Transient(f"{r.status_code}") from PlatformHTTPError(self.platform, method, path,
-                                                                          r.status_code, _body(r))
+                raise Transient(f"{r.status_code}") from PlatformHTTPError(
+                    self.platform, method, path, r.status_code, _body(r)
+                )
             return r
 
         def on_retry(reason: str, _wait: float) -> None:
@@ -98,8 +122,9 @@ def _body(r: httpx.Response) -> Any:
         return r.text
 
 
-def http_outcome(call: Callable[[], T], describe: Callable[[object], str] = str,
-                 unknown_statuses: frozenset[int] = frozenset()) -> T:
+def http_outcome(
+    call: Callable[[], T], describe: Callable[[object], str] = str, unknown_statuses: frozenset[int] = frozenset()
+) -> T:
     """One request through :class:`billing_ai.platforms.http.PlatformHTTP` (which has already waited out
     429s and retried what is safe to repeat), its failure put in the push loop's terms -- the one place the
     plain-HTTP writers classify outcomes:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -76,9 +77,14 @@ class Transient(Exception):
     """Raised by a plain-HTTP adapter for a retryable 5xx or connection error."""
 
 
-def call_with_retries(fn: Callable[[], T], policy: RetryPolicy = RetryPolicy(), *, retry_transient: bool,
-                      sleep: Callable[[float], None] = time.sleep, on_retry: Callable[[str, float], None] | None = None
-                      ) -> T:
+def call_with_retries(
+    fn: Callable[[], T],
+    policy: RetryPolicy = RetryPolicy(),
+    *,
+    retry_transient: bool,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[str, float], None] | None = None,
+) -> T:
     """Call ``fn``; retry :class:`RateLimited` (always) and :class:`Transient`
     (only when the client has no retry policy of its own)."""
     attempt = 0

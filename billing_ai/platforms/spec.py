@@ -53,5 +53,10 @@ QUARANTINE_KEY = "quarantine"
 def quarantine_row(obj: str, record_key: str | None, reason: str, record, detail: str = "") -> dict:
     """What a connector returns, under ``snapshot["quarantine"]``, for an object it could not accept:
     the raw object name, its id if it has one, the reason, and the record as received."""
-    return {"object": obj, "record_key": record_key, "reason": reason, "detail": detail,
-            "record": record if isinstance(record, str) else json.dumps(record, default=str)}
+    return {
+        "object": obj,
+        "record_key": record_key,
+        "reason": reason,
+        "detail": detail,
+        "record": record if isinstance(record, str) else json.dumps(record, default=str),
+    }

@@ -27,6 +27,7 @@ item for the time the item ran).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import (
@@ -41,7 +42,6 @@ from decimal import (
     localcontext,
 )
 from fractions import Fraction
-from typing import Iterable
 
 from billing_ai.money import MoneyTypeError, RoundingRule, round_minor, to_decimal
 from billing_ai.rating.plans import PricePlan
@@ -128,8 +128,16 @@ def rate(plan: PricePlan, quantity: Decimal | int | str, rule: RoundingRule = "h
         else:
             tiers = _volume(plan, q)
             exact = sum((t.exact for t in tiers), Decimal(0))
-    return RatedLine(price_id=plan.price_id, currency=plan.currency, quantity=q,
-                     amount=round_minor(exact, rule), exact=exact, tiers=tiers, packages=packages, rule=rule)
+    return RatedLine(
+        price_id=plan.price_id,
+        currency=plan.currency,
+        quantity=q,
+        amount=round_minor(exact, rule),
+        exact=exact,
+        tiers=tiers,
+        packages=packages,
+        rule=rule,
+    )
 
 
 def _packages(q: Decimal, size: int, rounding: str | None) -> int:
@@ -146,8 +154,9 @@ def _graduated(plan: PricePlan, q: Decimal) -> tuple[TierCharge, ...]:
             break
         top = q if t.up_to is None or q < t.up_to else t.up_to
         units = top - lower
-        charges.append(TierCharge(i, units, t.unit_amount_decimal, t.flat_amount,
-                                  units * t.unit_amount_decimal + t.flat_amount))
+        charges.append(
+            TierCharge(i, units, t.unit_amount_decimal, t.flat_amount, units * t.unit_amount_decimal + t.flat_amount)
+        )
         if t.up_to is None:
             break
         lower = t.up_to
@@ -159,8 +168,7 @@ def _volume(plan: PricePlan, q: Decimal) -> tuple[TierCharge, ...]:
         return ()  # nothing used, nothing charged (not even a tier's flat fee)
     for i, t in enumerate(plan.tiers):
         if t.up_to is None or q <= t.up_to:
-            return (TierCharge(i, q, t.unit_amount_decimal, t.flat_amount,
-                               q * t.unit_amount_decimal + t.flat_amount),)
+            return (TierCharge(i, q, t.unit_amount_decimal, t.flat_amount, q * t.unit_amount_decimal + t.flat_amount),)
     raise AssertionError("unreachable: PricePlan guarantees an open-ended last tier")
 
 
@@ -170,7 +178,7 @@ Instant = datetime | int
 
 
 def _ticks(value: Instant, what: str) -> int | datetime:
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise MoneyTypeError(f"{what} must be a datetime or integer unix seconds, got {value!r}")
     if not isinstance(value, (int, datetime)):
         raise TypeError(f"{what} must be a datetime or integer unix seconds, got {type(value).__name__}")
@@ -184,8 +192,9 @@ def proration_fraction(change_at: Instant, period_start: Instant, period_end: In
     Datetimes count to the microsecond, which for whole-second instants is the
     same ratio as counting seconds.
     """
-    c, s, e = (_ticks(v, n) for v, n in ((change_at, "change_at"), (period_start, "period_start"),
-                                         (period_end, "period_end")))
+    c, s, e = (
+        _ticks(v, n) for v, n in ((change_at, "change_at"), (period_start, "period_start"), (period_end, "period_end"))
+    )
     if isinstance(c, datetime) or isinstance(s, datetime) or isinstance(e, datetime):
         if not (isinstance(c, datetime) and isinstance(s, datetime) and isinstance(e, datetime)):
             raise TypeError("change_at, period_start and period_end must all be datetimes or all ints")
@@ -231,8 +240,13 @@ class ProratedAmount:
     fraction: Fraction  # share of the period remaining
 
 
-def prorated(exact_full_amount: Decimal | int | str, change_at: Instant, period_start: Instant,
-             period_end: Instant, rule: RoundingRule = "half_up") -> ProratedAmount:
+def prorated(
+    exact_full_amount: Decimal | int | str,
+    change_at: Instant,
+    period_start: Instant,
+    period_end: Instant,
+    rule: RoundingRule = "half_up",
+) -> ProratedAmount:
     """:func:`prorate` with the exact amount and the fraction alongside the rounded amount."""
     full = to_decimal(exact_full_amount)  # floats refused
     if not full.is_finite():
@@ -244,8 +258,13 @@ def prorated(exact_full_amount: Decimal | int | str, change_at: Instant, period_
     return ProratedAmount(amount=round_minor(roundable, rule), exact=shown, fraction=frac)
 
 
-def prorate(exact_full_amount: Decimal | int | str, change_at: Instant, period_start: Instant,
-            period_end: Instant, rule: RoundingRule = "half_up") -> int:
+def prorate(
+    exact_full_amount: Decimal | int | str,
+    change_at: Instant,
+    period_start: Instant,
+    period_end: Instant,
+    rule: RoundingRule = "half_up",
+) -> int:
     """The full-period amount scaled by the seconds remaining after ``change_at``, rounded once.
 
     ``exact_full_amount`` is the unrounded full-period amount in minor units
@@ -276,10 +295,16 @@ class PlanChangeProration:
         return self.credit + self.charge
 
 
-def plan_change_proration(old_plan: PricePlan, new_plan: PricePlan, change_at: Instant,
-                          period_start: Instant, period_end: Instant,
-                          quantity: Decimal | int | str = 1, new_quantity: Decimal | int | str | None = None,
-                          rule: RoundingRule = "half_up") -> PlanChangeProration:
+def plan_change_proration(
+    old_plan: PricePlan,
+    new_plan: PricePlan,
+    change_at: Instant,
+    period_start: Instant,
+    period_end: Instant,
+    quantity: Decimal | int | str = 1,
+    new_quantity: Decimal | int | str | None = None,
+    rule: RoundingRule = "half_up",
+) -> PlanChangeProration:
     """Credit for unused time on ``old_plan`` x ``quantity`` and charge for the rest on ``new_plan``.
 
     Both prices must be licensed (metered usage is not prorated) and in the same
@@ -297,11 +322,17 @@ def plan_change_proration(old_plan: PricePlan, new_plan: PricePlan, change_at: I
         neg_old_full = -old_full
     credit = prorated(neg_old_full, change_at, period_start, period_end, rule)
     charge = prorated(new_full, change_at, period_start, period_end, rule)
-    return PlanChangeProration(credit=credit.amount, charge=charge.amount, credit_exact=credit.exact,
-                               charge_exact=charge.exact, fraction=credit.fraction)
+    return PlanChangeProration(
+        credit=credit.amount,
+        charge=charge.amount,
+        credit_exact=credit.exact,
+        charge_exact=charge.exact,
+        fraction=credit.fraction,
+    )
 
 
 # -- minimum commitments ------------------------------------------------------------
+
 
 def minimum_commitment_true_up(usage_amounts_minor: Iterable[int] | int, commitment_minor: int | None) -> int:
     """The invoice item that tops usage up to the commitment: ``max(0, commitment - usage)``.

@@ -20,9 +20,10 @@ Validation happens on construction and fails closed:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from billing_ai.money import (
     MAX_UNIT_PRICE_PLACES,
@@ -100,8 +101,11 @@ class Tier:
             if up_to == 0:
                 raise ValueError("tier up_to must be positive (None means infinity)")
             object.__setattr__(self, "up_to", up_to)
-        object.__setattr__(self, "unit_amount_decimal", exact_decimal(
-            self.unit_amount_decimal, "tier unit_amount_decimal", MAX_UNIT_PRICE_PLACES, MAX_UNIT_AMOUNT))
+        object.__setattr__(
+            self,
+            "unit_amount_decimal",
+            exact_decimal(self.unit_amount_decimal, "tier unit_amount_decimal", MAX_UNIT_PRICE_PLACES, MAX_UNIT_AMOUNT),
+        )
         object.__setattr__(self, "flat_amount", _minor_int(self.flat_amount, "tier flat_amount"))
 
 
@@ -136,7 +140,8 @@ class PricePlan:
             raise ValueError(f"{self.price_id}: usage_type must be one of {USAGE_TYPES}, got {self.usage_type!r}")
         if self.billing_scheme not in BILLING_SCHEMES:
             raise ValueError(
-                f"{self.price_id}: billing_scheme must be one of {BILLING_SCHEMES}, got {self.billing_scheme!r}")
+                f"{self.price_id}: billing_scheme must be one of {BILLING_SCHEMES}, got {self.billing_scheme!r}"
+            )
         tiers = tuple(self.tiers)
         if self.billing_scheme == "per_unit":
             self._validate_per_unit(tiers)
@@ -148,8 +153,13 @@ class PricePlan:
         pid = self.price_id
         if self.unit_amount_decimal is None:
             raise ValueError(f"{pid}: a per_unit price needs unit_amount_decimal")
-        object.__setattr__(self, "unit_amount_decimal", exact_decimal(
-            self.unit_amount_decimal, f"{pid}: unit_amount_decimal", MAX_UNIT_PRICE_PLACES, MAX_UNIT_AMOUNT))
+        object.__setattr__(
+            self,
+            "unit_amount_decimal",
+            exact_decimal(
+                self.unit_amount_decimal, f"{pid}: unit_amount_decimal", MAX_UNIT_PRICE_PLACES, MAX_UNIT_AMOUNT
+            ),
+        )
         if tiers or self.tiers_mode is not None:
             raise ValueError(f"{pid}: a per_unit price has no tiers or tiers_mode")
         if self.package_size is None:
@@ -161,15 +171,15 @@ class PricePlan:
         if not 0 < self.package_size <= MAX_BIGINT:
             raise ValueError(f"{pid}: package_size must be a positive BIGINT, got {self.package_size}")
         if self.package_rounding not in PACKAGE_ROUNDINGS:
-            raise ValueError(f"{pid}: package_rounding must be one of {PACKAGE_ROUNDINGS}, "
-                             f"got {self.package_rounding!r}")
+            raise ValueError(
+                f"{pid}: package_rounding must be one of {PACKAGE_ROUNDINGS}, got {self.package_rounding!r}"
+            )
 
     def _validate_tiered(self, tiers: tuple[Tier, ...]) -> None:
         pid = self.price_id
         if self.tiers_mode not in TIERS_MODES:
             raise ValueError(f"{pid}: tiers_mode must be one of {TIERS_MODES}, got {self.tiers_mode!r}")
-        if self.unit_amount_decimal is not None or self.package_size is not None \
-                or self.package_rounding is not None:
+        if self.unit_amount_decimal is not None or self.package_size is not None or self.package_rounding is not None:
             raise ValueError(f"{pid}: a tiered price has no unit_amount_decimal or package")
         if not tiers:
             raise ValueError(f"{pid}: a tiered price needs at least one tier")
@@ -183,26 +193,39 @@ class PricePlan:
             if t.up_to is None:
                 raise ValueError(f"{pid}: only the last tier may be open-ended (tier {i} is)")
             if t.up_to <= lower:
-                raise ValueError(f"{pid}: tier bounds must ascend strictly (tier {i} up_to {t.up_to} "
-                                 f"after {lower})")
+                raise ValueError(f"{pid}: tier bounds must ascend strictly (tier {i} up_to {t.up_to} after {lower})")
             lower = t.up_to
 
     # -- convenience constructors for simulations ---------------------------------
 
     @classmethod
-    def per_unit(cls, price_id: str, currency: str, unit_amount_decimal: Decimal | int | str,
-                 usage_type: str = "metered") -> PricePlan:
+    def per_unit(
+        cls, price_id: str, currency: str, unit_amount_decimal: Decimal | int | str, usage_type: str = "metered"
+    ) -> PricePlan:
         return cls(price_id, currency, usage_type, "per_unit", unit_amount_decimal=unit_amount_decimal)
 
     @classmethod
-    def package(cls, price_id: str, currency: str, unit_amount_decimal: Decimal | int | str,
-                package_size: int, package_rounding: str = "up", usage_type: str = "metered") -> PricePlan:
-        return cls(price_id, currency, usage_type, "per_unit", unit_amount_decimal=unit_amount_decimal,
-                   package_size=package_size, package_rounding=package_rounding)
+    def package(
+        cls,
+        price_id: str,
+        currency: str,
+        unit_amount_decimal: Decimal | int | str,
+        package_size: int,
+        package_rounding: str = "up",
+        usage_type: str = "metered",
+    ) -> PricePlan:
+        return cls(
+            price_id,
+            currency,
+            usage_type,
+            "per_unit",
+            unit_amount_decimal=unit_amount_decimal,
+            package_size=package_size,
+            package_rounding=package_rounding,
+        )
 
     @classmethod
-    def graduated(cls, price_id: str, currency: str, tiers: Iterable[Tier],
-                  usage_type: str = "metered") -> PricePlan:
+    def graduated(cls, price_id: str, currency: str, tiers: Iterable[Tier], usage_type: str = "metered") -> PricePlan:
         return cls(price_id, currency, usage_type, "tiered", tiers_mode="graduated", tiers=tuple(tiers))
 
     @classmethod
@@ -224,8 +247,9 @@ ORDER BY price_id, tier_index
 """
 
 
-def load_plans(con: Any, prices_table: str = "core.prices",
-               tiers_table: str = "core.price_tiers") -> dict[str, PricePlan]:
+def load_plans(
+    con: Any, prices_table: str = "core.prices", tiers_table: str = "core.price_tiers"
+) -> dict[str, PricePlan]:
     """Every price in ``core.prices`` (+ its tiers) as a validated :class:`PricePlan`.
 
     ``con`` is a DuckDB connection. DECIMAL columns arrive as exact ``Decimal``
@@ -235,7 +259,8 @@ def load_plans(con: Any, prices_table: str = "core.prices",
     tiers: dict[str, list[tuple[int, Tier]]] = {}
     for price_id, tier_index, up_to, unit, flat in con.sql(_TIERS_SQL.format(tiers=tiers_table)).fetchall():
         tiers.setdefault(price_id, []).append(
-            (tier_index, Tier(up_to, unit if unit is not None else Decimal(0), flat if flat is not None else 0)))
+            (tier_index, Tier(up_to, unit if unit is not None else Decimal(0), flat if flat is not None else 0))
+        )
     plans: dict[str, PricePlan] = {}
     rows = con.sql(_PRICES_SQL.format(prices=prices_table)).fetchall()
     for price_id, currency, usage_type, scheme, mode, unit, package_size, package_rounding in rows:
@@ -245,9 +270,16 @@ def load_plans(con: Any, prices_table: str = "core.prices",
             raise ValueError(f"{price_id}: tier_index must run 0..n-1 without gaps, got {indexes}")
         try:
             plans[price_id] = PricePlan(
-                price_id=price_id, currency=currency, usage_type=usage_type, billing_scheme=scheme,
-                tiers_mode=mode, unit_amount_decimal=unit, package_size=package_size,
-                package_rounding=package_rounding, tiers=tuple(t for _, t in price_tiers))
+                price_id=price_id,
+                currency=currency,
+                usage_type=usage_type,
+                billing_scheme=scheme,
+                tiers_mode=mode,
+                unit_amount_decimal=unit,
+                package_size=package_size,
+                package_rounding=package_rounding,
+                tiers=tuple(t for _, t in price_tiers),
+            )
         except (ValueError, TypeError) as e:
             if str(price_id) in str(e):
                 raise

@@ -328,8 +328,13 @@ class ReconcileSettings:
 # items, invoices, lines and usage (the catalog is shared and read whole). So refreshing some subscriptions
 # (an invoice webhook names one) runs the very same statements with the per-subscription inputs narrowed to
 # temp copies and the outputs written to temp tables, then swaps those subscriptions' rows in the marts.
-SCOPED_INPUTS = ("core.subscriptions", "core.subscription_items", "core.invoices", "core.invoice_lines",
-                 "core.usage_events")
+SCOPED_INPUTS = (
+    "core.subscriptions",
+    "core.subscription_items",
+    "core.invoices",
+    "core.invoice_lines",
+    "core.usage_events",
+)
 MARTS = ("marts.rated_usage", "marts.tier_positions", "marts.invoice_reconciliation")
 
 
@@ -357,8 +362,12 @@ class _Scoped:
         return getattr(self._con, name)
 
 
-def refresh_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime, subscription_ids: list[str],
-                         settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
+def refresh_rating_marts(
+    con: duckdb.DuckDBPyConnection,
+    now: datetime,
+    subscription_ids: list[str],
+    settings: ReconcileSettings = ReconcileSettings(),
+) -> dict[str, int]:
     """Recompute the three marts' rows of ``subscription_ids`` only (same statements, same results as a full
     build for those subscriptions), swapped in within one transaction. Returns the rows written per mart."""
     ids = sorted(set(subscription_ids))
@@ -387,13 +396,28 @@ def _build(con, now: datetime, settings: ReconcileSettings) -> None:
     rate_periods(con, now)
     wh.run(con, UNCOVERED)
     _build_reconciliation(con, settings)
-    for t in ("_periods", "_windows", "_pieces", "_slot_subs", "_slots", "_usage", "_covered", "_usage_agg",
-              "_quantities", "_to_rate", "_rated", "_tiers", "_lines", "_expected"):
+    for t in (
+        "_periods",
+        "_windows",
+        "_pieces",
+        "_slot_subs",
+        "_slots",
+        "_usage",
+        "_covered",
+        "_usage_agg",
+        "_quantities",
+        "_to_rate",
+        "_rated",
+        "_tiers",
+        "_lines",
+        "_expected",
+    ):
         wh.run(con, f"DROP TABLE IF EXISTS {t}")
 
 
-def build_rating_marts(con: duckdb.DuckDBPyConnection, now: datetime,
-                       settings: ReconcileSettings = ReconcileSettings()) -> dict[str, int]:
+def build_rating_marts(
+    con: duckdb.DuckDBPyConnection, now: datetime, settings: ReconcileSettings = ReconcileSettings()
+) -> dict[str, int]:
     """Rebuild marts.rated_usage, marts.tier_positions and marts.invoice_reconciliation, in one transaction."""
     with wh.transaction(con):
         _build(con, now, settings)
@@ -410,10 +434,13 @@ def rate_periods(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
     wh.run(con, COVERED)
     wh.run(con, QUANTITIES)
     # two rows per window: the whole quantity (even rows) and what arrived before the invoice (odd rows)
-    wh.run(con, """CREATE OR REPLACE TEMP TABLE _to_rate AS
+    wh.run(
+        con,
+        """CREATE OR REPLACE TEMP TABLE _to_rate AS
                    SELECT 2 * w AS row_id, price_id, quantity FROM _windows JOIN _quantities USING (w)
                    UNION ALL
-                   SELECT 2 * w + 1, price_id, quantity_on_time FROM _windows JOIN _quantities USING (w)""")
+                   SELECT 2 * w + 1, price_id, quantity_on_time FROM _windows JOIN _quantities USING (w)""",
+    )
     rate_relation(con, "_to_rate").create("_rated")
     tier_breakdown_relation(con, "SELECT * FROM _to_rate WHERE row_id % 2 = 0").create("_tiers")
     wh.run(con, RATED_USAGE_DDL)
@@ -423,10 +450,13 @@ def rate_periods(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
 def _sum_usage(con: duckdb.DuckDBPyConnection) -> None:
     """_usage: the events summed per piece of their subscription's time line (see PIECES), in one pass."""
     wh.run(con, PIECES)
-    (lo, hi), = wh.run(con, """
+    ((lo, hi),) = wh.run(
+        con,
+        """
         SELECT coalesce(min(d), 0) - 1, coalesce(max(d), 0) + 1
         FROM (SELECT epoch_us(piece_from) // 86400000000 AS d FROM _pieces
-              UNION ALL SELECT epoch_us(piece_to) // 86400000000 FROM _pieces)""")
+              UNION ALL SELECT epoch_us(piece_to) // 86400000000 FROM _pieces)""",
+    )
     days = {"lo": lo, "hi": hi}
     wh.run(con, SLOT_SUBS, days)
     wh.run(con, SLOTS, days)
@@ -438,46 +468,71 @@ def _sum_usage(con: duckdb.DuckDBPyConnection) -> None:
 def _build_reconciliation(con: duckdb.DuckDBPyConnection, settings: ReconcileSettings) -> None:
     wh.run(con, LINES)
     # licensed, non-proration lines: the item's quantity at the item's price
-    wh.run(con, """CREATE OR REPLACE TEMP TABLE _licensed_in AS
+    wh.run(
+        con,
+        """CREATE OR REPLACE TEMP TABLE _licensed_in AS
                    SELECT row_number() OVER (ORDER BY line_id) AS row_id, line_id, price_id,
                           CAST(item_quantity AS DECIMAL(38, 9)) AS quantity
-                   FROM _lines WHERE usage_type = 'licensed' AND NOT is_proration AND item_quantity IS NOT NULL""")
+                   FROM _lines WHERE usage_type = 'licensed' AND NOT is_proration AND item_quantity IS NOT NULL""",
+    )
     rate_relation(con, "_licensed_in").create("_licensed_rated")
-    expected: dict[str, int] = dict(wh.run(con, """SELECT i.line_id, r.amount FROM _licensed_in i
-                                                   JOIN _licensed_rated r USING (row_id)"""))
+    expected: dict[str, int] = dict(
+        wh.run(
+            con,
+            """SELECT i.line_id, r.amount FROM _licensed_in i
+                                                   JOIN _licensed_rated r USING (row_id)""",
+        )
+    )
     # prorations (few): Stripe's rule, computed by the engine line by line
     plans = load_plans(con)
-    for line_id, price_id, qty, start, end, inv_start, valid_from, valid_to in wh.run(con, """
+    for line_id, price_id, qty, start, end, inv_start, _valid_from, valid_to in wh.run(
+        con,
+        """
             SELECT line_id, price_id, item_quantity, period_start, period_end, invoice_period_start,
-                   valid_from, valid_to FROM _lines WHERE is_proration AND item_quantity IS NOT NULL"""):
+                   valid_from, valid_to FROM _lines WHERE is_proration AND item_quantity IS NOT NULL""",
+    ):
         full = rate(plans[price_id], qty).exact
         amount = prorate(full, start, inv_start, end)
         expected[line_id] = -amount if valid_to is not None and valid_to == start else amount
     wh.run(con, "DROP TABLE IF EXISTS _licensed_in")
     wh.run(con, "DROP TABLE IF EXISTS _licensed_rated")
     # metered lines: the first copy of a line for an item and period expects the usage; a copy expects 0
-    for line_id, amount in wh.run(con, """
+    for line_id, amount in wh.run(
+        con,
+        """
             SELECT l.line_id, CASE WHEN l.copy_no = 1 THEN r.amount_on_time ELSE 0 END
             FROM _lines l JOIN marts.rated_usage r
               ON r.subscription_item_id = l.subscription_item_id AND r.invoice_id = l.invoice_id
-            WHERE l.usage_type = 'metered' AND NOT l.is_proration"""):
+            WHERE l.usage_type = 'metered' AND NOT l.is_proration""",
+    ):
         expected[line_id] = amount
     # minimum commitment true-ups: the commitment less the period's expected usage amounts
-    usage_by_invoice = dict(wh.run(con, """SELECT invoice_id, sum(amount_on_time) FROM marts.rated_usage
-                                           WHERE invoice_id IS NOT NULL GROUP BY 1"""))
-    for line_id, invoice_id, commitment in wh.run(con, """
+    usage_by_invoice = dict(
+        wh.run(
+            con,
+            """SELECT invoice_id, sum(amount_on_time) FROM marts.rated_usage
+                                           WHERE invoice_id IS NOT NULL GROUP BY 1""",
+        )
+    )
+    for line_id, invoice_id, commitment in wh.run(
+        con,
+        """
             SELECT line_id, invoice_id, minimum_commitment FROM _lines
-            WHERE line_type = 'invoice_item' AND minimum_commitment IS NOT NULL"""):
+            WHERE line_type = 'invoice_item' AND minimum_commitment IS NOT NULL""",
+    ):
         expected[line_id] = minimum_commitment_true_up(int(usage_by_invoice.get(invoice_id) or 0), commitment)
     # a second copy of a line for the same item, period and kind expects nothing: it is billed twice
     for (line_id,) in wh.run(con, "SELECT line_id FROM _lines WHERE copy_no > 1"):
         expected[line_id] = 0
     # two list parameters, not a DataFrame: a few thousand pairs, and no Polars / pyarrow import and conversion
     # (in a fresh process that alone took longer than the rest of the reconciliation)
-    wh.run(con, """CREATE OR REPLACE TEMP TABLE _expected AS
+    wh.run(
+        con,
+        """CREATE OR REPLACE TEMP TABLE _expected AS
                    SELECT unnest(CAST($ids AS VARCHAR[])) AS line_id,
                           unnest(CAST($amounts AS BIGINT[])) AS expected_amount""",
-           {"ids": list(expected), "amounts": list(expected.values())})
+        {"ids": list(expected), "amounts": list(expected.values())},
+    )
     wh.run(con, RECONCILIATION_DDL, {"tol": settings.rounding_tolerance})
 
 

@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 import duckdb
 
@@ -290,8 +290,19 @@ ROUND_SQL: dict[str, str] = {
     END""",
 }
 
-_QUANTITY_TYPES = {"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint",
-                   "uinteger", "ubigint", "uhugeint", "decimal"}
+_QUANTITY_TYPES = {
+    "tinyint",
+    "smallint",
+    "integer",
+    "bigint",
+    "hugeint",
+    "utinyint",
+    "usmallint",
+    "uinteger",
+    "ubigint",
+    "uhugeint",
+    "decimal",
+}
 _view_ids = itertools.count()
 _QUERY_START = re.compile(r"\s*(\(|(select|with|values|from|table)\b)", re.IGNORECASE)
 
@@ -315,19 +326,23 @@ def _usage_sql(con: duckdb.DuckDBPyConnection, quantities: str | duckdb.DuckDBPy
     rel = con.sql(f"SELECT row_id, price_id, quantity FROM ({usage}) LIMIT 0")
     qtype = rel.types[2]
     if qtype.id not in _QUANTITY_TYPES:
-        raise TypeError(f"quantity must be an integer or DECIMAL column, got {qtype} "
-                        "(floats never reach the money path)")
+        raise TypeError(
+            f"quantity must be an integer or DECIMAL column, got {qtype} (floats never reach the money path)"
+        )
     return usage
 
 
-def rating_sql(usage_sql: str, rule: RoundingRule = "half_up", prices_table: str = "core.prices",
-               tiers_table: str = "core.price_tiers") -> str:
+def rating_sql(
+    usage_sql: str,
+    rule: RoundingRule = "half_up",
+    prices_table: str = "core.prices",
+    tiers_table: str = "core.price_tiers",
+) -> str:
     """The SQL text of the per-row rating of ``usage_sql`` (a SELECT of row_id, price_id, quantity)."""
     return _render(usage_sql, _FINAL_ROWS.format(round_expr=_round_expr(rule)), prices_table, tiers_table)
 
 
-def tier_breakdown_sql(usage_sql: str, prices_table: str = "core.prices",
-                       tiers_table: str = "core.price_tiers") -> str:
+def tier_breakdown_sql(usage_sql: str, prices_table: str = "core.prices", tiers_table: str = "core.price_tiers") -> str:
     """The SQL text of the per-tier breakdown of ``usage_sql``."""
     return _render(usage_sql, _FINAL_TIERS, prices_table, tiers_table)
 
@@ -340,13 +355,18 @@ def _round_expr(rule: str) -> str:
 
 
 def _render(usage_sql: str, final: str, prices_table: str, tiers_table: str) -> str:
-    return RATING_SQL.format(usage=usage_sql, prices=prices_table, tiers=tiers_table,
-                             currencies=_currencies_sql(), final=final)
+    return RATING_SQL.format(
+        usage=usage_sql, prices=prices_table, tiers=tiers_table, currencies=_currencies_sql(), final=final
+    )
 
 
-def rate_relation(con: duckdb.DuckDBPyConnection, quantities_sql_or_table: str | duckdb.DuckDBPyRelation,
-                  rule: RoundingRule = "half_up", prices_table: str = "core.prices",
-                  tiers_table: str = "core.price_tiers") -> duckdb.DuckDBPyRelation:
+def rate_relation(
+    con: duckdb.DuckDBPyConnection,
+    quantities_sql_or_table: str | duckdb.DuckDBPyRelation,
+    rule: RoundingRule = "half_up",
+    prices_table: str = "core.prices",
+    tiers_table: str = "core.price_tiers",
+) -> duckdb.DuckDBPyRelation:
     """Rate every row ``(row_id, price_id, quantity)`` at once; a lazy DuckDB relation.
 
     ``quantities_sql_or_table`` is a table/view name, a SQL query, or a relation
@@ -360,10 +380,12 @@ def rate_relation(con: duckdb.DuckDBPyConnection, quantities_sql_or_table: str |
     return con.sql(_render(usage, _FINAL_ROWS.format(round_expr=round_expr), prices_table, tiers_table))
 
 
-def tier_breakdown_relation(con: duckdb.DuckDBPyConnection,
-                            quantities_sql_or_table: str | duckdb.DuckDBPyRelation,
-                            prices_table: str = "core.prices",
-                            tiers_table: str = "core.price_tiers") -> duckdb.DuckDBPyRelation:
+def tier_breakdown_relation(
+    con: duckdb.DuckDBPyConnection,
+    quantities_sql_or_table: str | duckdb.DuckDBPyRelation,
+    prices_table: str = "core.prices",
+    tiers_table: str = "core.price_tiers",
+) -> duckdb.DuckDBPyRelation:
     """Per-tier breakdown of the tiered rows: row_id, tier_index, units, unit_amount_decimal,
     flat_amount, exact -- the tiers ``engine.rate`` lists in ``RatedLine.tiers``."""
     usage = _usage_sql(con, quantities_sql_or_table)
@@ -372,13 +394,17 @@ def tier_breakdown_relation(con: duckdb.DuckDBPyConnection,
 
 # -- plans that do not exist yet ------------------------------------------------------
 
+
 def _dec(d: Decimal | None) -> str | None:
     return None if d is None else format(d, "f")
 
 
-def register_plans(con: duckdb.DuckDBPyConnection, plans: Iterable[PricePlan],
-                   prices_table: str = "rating_sim_prices",
-                   tiers_table: str = "rating_sim_price_tiers") -> tuple[str, str]:
+def register_plans(
+    con: duckdb.DuckDBPyConnection,
+    plans: Iterable[PricePlan],
+    prices_table: str = "rating_sim_prices",
+    tiers_table: str = "rating_sim_price_tiers",
+) -> tuple[str, str]:
     """Write (hypothetical) plans into price tables shaped like core.prices/core.price_tiers.
 
     Returns ``(prices_table, tiers_table)`` to pass to :func:`rate_relation`, so
@@ -395,14 +421,32 @@ def register_plans(con: duckdb.DuckDBPyConnection, plans: Iterable[PricePlan],
         CREATE OR REPLACE TABLE {tiers_table} (
             price_id VARCHAR, platform VARCHAR, tier_index INTEGER, up_to DECIMAL(38, 9),
             unit_amount_decimal DECIMAL(38, 12), flat_amount BIGINT)""")
-    price_rows = [(p.price_id, "simulation", p.currency, p.usage_type, p.billing_scheme, p.tiers_mode,
-                   _dec(p.unit_amount_decimal), p.package_size, p.package_rounding) for p in plans]
-    tier_rows = [(p.price_id, "simulation", i, _dec(t.up_to), _dec(t.unit_amount_decimal), t.flat_amount)
-                 for p in plans for i, t in enumerate(p.tiers)]
+    price_rows = [
+        (
+            p.price_id,
+            "simulation",
+            p.currency,
+            p.usage_type,
+            p.billing_scheme,
+            p.tiers_mode,
+            _dec(p.unit_amount_decimal),
+            p.package_size,
+            p.package_rounding,
+        )
+        for p in plans
+    ]
+    tier_rows = [
+        (p.price_id, "simulation", i, _dec(t.up_to), _dec(t.unit_amount_decimal), t.flat_amount)
+        for p in plans
+        for i, t in enumerate(p.tiers)
+    ]
     if price_rows:
-        con.executemany(f"INSERT INTO {prices_table} VALUES (?, ?, ?, ?, ?, ?, "
-                        "CAST(? AS DECIMAL(38, 12)), ?, ?)", price_rows)
+        con.executemany(
+            f"INSERT INTO {prices_table} VALUES (?, ?, ?, ?, ?, ?, CAST(? AS DECIMAL(38, 12)), ?, ?)", price_rows
+        )
     if tier_rows:
-        con.executemany(f"INSERT INTO {tiers_table} VALUES (?, ?, ?, CAST(? AS DECIMAL(38, 9)), "
-                        "CAST(? AS DECIMAL(38, 12)), ?)", tier_rows)
+        con.executemany(
+            f"INSERT INTO {tiers_table} VALUES (?, ?, ?, CAST(? AS DECIMAL(38, 9)), CAST(? AS DECIMAL(38, 12)), ?)",
+            tier_rows,
+        )
     return prices_table, tiers_table

@@ -64,7 +64,11 @@ def _usd_plans() -> dict[str, list[PriceSpec]]:
             PriceSpec("api_calls", "metered", "per_unit", "50", divide_by=1000, round="up", meter="api_calls"),
             PriceSpec("storage_gb_hours", "metered", "per_unit", "0.03", meter="storage_gb_hours"),
             PriceSpec(
-                "compute_seconds", "metered", "tiered", tiers_mode="graduated", meter="compute_seconds",
+                "compute_seconds",
+                "metered",
+                "tiered",
+                tiers_mode="graduated",
+                meter="compute_seconds",
                 tiers=(Tier(3600, "0"), Tier(None, "0.02")),
             ),
         ],
@@ -73,12 +77,20 @@ def _usd_plans() -> dict[str, list[PriceSpec]]:
             PriceSpec("seats", "licensed", "per_unit", "800"),
             # graduated with an included allowance (zero-priced first tier)
             PriceSpec(
-                "api_calls", "metered", "tiered", tiers_mode="graduated", meter="api_calls",
+                "api_calls",
+                "metered",
+                "tiered",
+                tiers_mode="graduated",
+                meter="api_calls",
                 tiers=(Tier(100_000, "0"), Tier(1_000_000, "0.05"), Tier(None, "0.03")),
             ),
             PriceSpec("storage_gb_hours", "metered", "per_unit", "0.025", meter="storage_gb_hours"),
             PriceSpec(
-                "compute_seconds", "metered", "tiered", tiers_mode="volume", meter="compute_seconds",
+                "compute_seconds",
+                "metered",
+                "tiered",
+                tiers_mode="volume",
+                meter="compute_seconds",
                 tiers=(Tier(100_000, "0.015"), Tier(1_000_000, "0.0125"), Tier(None, "0.01")),
             ),
         ],
@@ -87,13 +99,21 @@ def _usd_plans() -> dict[str, list[PriceSpec]]:
             PriceSpec("seats", "licensed", "per_unit", "600"),
             # volume tiers with a flat fee on the first tier
             PriceSpec(
-                "api_calls", "metered", "tiered", tiers_mode="volume", meter="api_calls",
+                "api_calls",
+                "metered",
+                "tiered",
+                tiers_mode="volume",
+                meter="api_calls",
                 tiers=(Tier(1_000_000, "0.04", 2500), Tier(10_000_000, "0.025"), Tier(None, "0.015")),
             ),
             # a 12-decimal unit price
             PriceSpec("storage_gb_hours", "metered", "per_unit", "0.018333333333", meter="storage_gb_hours"),
             PriceSpec(
-                "compute_seconds", "metered", "tiered", tiers_mode="graduated", meter="compute_seconds",
+                "compute_seconds",
+                "metered",
+                "tiered",
+                tiers_mode="graduated",
+                meter="compute_seconds",
                 tiers=(Tier(360_000, "0", 0), Tier(3_600_000, "0.008"), Tier(None, "0.006")),
             ),
         ],
@@ -110,12 +130,17 @@ def _scale(spec: PriceSpec, factor: Decimal) -> PriceSpec:
         v = (Decimal(x) * factor).quantize(Decimal("1e-12")).normalize()
         return format(v, "f")
 
-    tiers = tuple(
-        Tier(t.up_to, s(t.unit_amount_decimal), int(Decimal(t.flat_amount) * factor)) for t in spec.tiers
-    )
+    tiers = tuple(Tier(t.up_to, s(t.unit_amount_decimal), int(Decimal(t.flat_amount) * factor)) for t in spec.tiers)
     return PriceSpec(
-        spec.component, spec.usage_type, spec.billing_scheme, s(spec.unit_amount_decimal),
-        spec.tiers_mode, tiers, spec.divide_by, spec.round, spec.meter,
+        spec.component,
+        spec.usage_type,
+        spec.billing_scheme,
+        s(spec.unit_amount_decimal),
+        spec.tiers_mode,
+        tiers,
+        spec.divide_by,
+        spec.round,
+        spec.meter,
     )
 
 
@@ -126,11 +151,7 @@ _FACTORS = {"usd": Decimal(1), "eur": Decimal("0.92"), "jpy": Decimal("1.5")}
 def catalog() -> dict[tuple[str, str], list[PriceSpec]]:
     """(plan, currency) -> the plan's prices."""
     usd = _usd_plans()
-    return {
-        (plan, cur): [_scale(p, _FACTORS[cur]) for p in specs]
-        for cur in CURRENCIES
-        for plan, specs in usd.items()
-    }
+    return {(plan, cur): [_scale(p, _FACTORS[cur]) for p in specs] for cur in CURRENCIES for plan, specs in usd.items()}
 
 
 # Minimum commitment per billing period, in minor units, for enterprise

@@ -30,6 +30,7 @@ idempotency record) lives in ``<state_dir>/chargebee.sqlite``.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -38,7 +39,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
-import base64
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -60,15 +60,42 @@ MAX_LIMIT = 100
 
 # URL segment -> (stored type, list/response key)
 RESOURCES = {
-    "customers": "customer", "items": "item", "item_prices": "item_price", "subscriptions": "subscription",
-    "invoices": "invoice", "credit_notes": "credit_note", "transactions": "transaction", "usages": "usage",
-    "comments": "comment", "unbilled_charges": "unbilled_charge",
+    "customers": "customer",
+    "items": "item",
+    "item_prices": "item_price",
+    "subscriptions": "subscription",
+    "invoices": "invoice",
+    "credit_notes": "credit_note",
+    "transactions": "transaction",
+    "usages": "usage",
+    "comments": "comment",
+    "unbilled_charges": "unbilled_charge",
 }
-TIME_FIELDS = {"customer": "created_at", "item": "updated_at", "item_price": "created_at",
-               "subscription": "created_at", "invoice": "date", "credit_note": "date", "transaction": "date",
-               "usage": "usage_date", "comment": "created_at", "unbilled_charge": "date_from"}
-COMMENT_ENTITIES = ("customer", "subscription", "invoice", "credit_note", "quote", "coupon", "plan", "addon",
-                    "item", "item_price", "item_family")
+TIME_FIELDS = {
+    "customer": "created_at",
+    "item": "updated_at",
+    "item_price": "created_at",
+    "subscription": "created_at",
+    "invoice": "date",
+    "credit_note": "date",
+    "transaction": "date",
+    "usage": "usage_date",
+    "comment": "created_at",
+    "unbilled_charge": "date_from",
+}
+COMMENT_ENTITIES = (
+    "customer",
+    "subscription",
+    "invoice",
+    "credit_note",
+    "quote",
+    "coupon",
+    "plan",
+    "addon",
+    "item",
+    "item_price",
+    "item_family",
+)
 
 
 @dataclass
@@ -82,8 +109,15 @@ class ChargebeeSettings:
 
 
 class ChargebeeError(Exception):
-    def __init__(self, status: int, code: str, message: str, type_: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        type_: str | None = None,
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.type, self.param = status, code, message, type_, param
         self.headers = headers or {}
@@ -106,17 +140,23 @@ class ChargebeeError(Exception):
 
 
 def rate_limited(retry_after: str) -> ChargebeeError:
-    return ChargebeeError(429, "api_request_limit_exceeded",
-                          "Sorry, access has been blocked temporarily due to request count exceeding acceptable "
-                          "limits. Please try after some time.", headers={"Retry-After": retry_after})
+    return ChargebeeError(
+        429,
+        "api_request_limit_exceeded",
+        "Sorry, access has been blocked temporarily due to request count exceeding acceptable "
+        "limits. Please try after some time.",
+        headers={"Retry-After": retry_after},
+    )
 
 
 def server_error(status: int) -> ChargebeeError:
     if status == 503:
-        return ChargebeeError(503, "internal_temporary_error",
-                              "Sorry, we were unable to process your request. Please try again.")
-    return ChargebeeError(status, "internal_error", "Sorry, something went wrong when trying to process the "
-                                                    "request. Please try again.")
+        return ChargebeeError(
+            503, "internal_temporary_error", "Sorry, we were unable to process your request. Please try again."
+        )
+    return ChargebeeError(
+        status, "internal_error", "Sorry, something went wrong when trying to process the request. Please try again."
+    )
 
 
 def from_injected(e: StripeError) -> ChargebeeError:
@@ -222,8 +262,13 @@ def make_filter(params: dict) -> tuple[list, list[str]]:
                 if op == "between":
                     lo, hi = _as_list(arg)
                     return _cmp(v, lo)[1] <= _cmp(v, lo)[0] and _cmp(v, hi)[0] <= _cmp(v, hi)[1]
-                raise ChargebeeError(400, "param_wrong_value", f"{key}[{op}] : unsupported operator",
-                                     "invalid_request", param=f"{key}[{op}]")
+                raise ChargebeeError(
+                    400,
+                    "param_wrong_value",
+                    f"{key}[{op}] : unsupported operator",
+                    "invalid_request",
+                    param=f"{key}[{op}]",
+                )
 
             preds.append(pred)
     return preds, used
@@ -248,9 +293,11 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
             return key
         if key in settings.readonly_keys:
             if write:
-                raise ChargebeeError(403, "api_authorization_failed",
-                                     "Sorry, the API key used does not have the permission to perform this "
-                                     "operation.")
+                raise ChargebeeError(
+                    403,
+                    "api_authorization_failed",
+                    "Sorry, the API key used does not have the permission to perform this operation.",
+                )
             return key
         raise ChargebeeError(401, "api_authentication_failed", "Sorry, authentication failed. Invalid api key")
 
@@ -273,7 +320,7 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
             path = request.url.path  # the app is mounted under /chargebee: route on what follows it
             root = request.scope.get("root_path", "")
             if root and path.startswith(root):
-                path = path[len(root):]
+                path = path[len(root) :]
             params = dict(parse_qsl(request.url.query, keep_blank_values=True))
             if write:
                 params.update(parse_qsl((await request.body()).decode(), keep_blank_values=True))
@@ -284,11 +331,16 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
                 if prior:
                     method, ppath, pparams, status, pbody = prior
                     if (method, ppath, pparams) != (request.method, path, canon):
-                        raise ChargebeeError(409, "invalid_request",
-                                             f"The idempotency key {idem} was used with a different request.",
-                                             "invalid_request", param=IDEMPOTENCY_HEADER)
-                    return Response(pbody, status_code=status, media_type="application/json",
-                                    headers={REPLAYED_HEADER: "true"})
+                        raise ChargebeeError(
+                            409,
+                            "invalid_request",
+                            f"The idempotency key {idem} was used with a different request.",
+                            "invalid_request",
+                            param=IDEMPOTENCY_HEADER,
+                        )
+                    return Response(
+                        pbody, status_code=status, media_type="application/json", headers={REPLAYED_HEADER: "true"}
+                    )
             try:
                 status, payload = route(request.method, path, decode_form(list(params.items())))
             except ChargebeeError as e:
@@ -337,19 +389,25 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
     def retrieve(typ: str, oid: str) -> dict:
         obj = store.get(typ, oid)
         if obj is None:
-            raise ChargebeeError(404, "resource_not_found", f"{typ.replace('_', ' ').title()} not found for {oid}",
-                                 param="id" if typ != "customer" else "customer_id")
+            raise ChargebeeError(
+                404,
+                "resource_not_found",
+                f"{typ.replace('_', ' ').title()} not found for {oid}",
+                param="id" if typ != "customer" else "customer_id",
+            )
         return obj
 
     def limit_of(params: dict) -> int:
         try:
             limit = int(params.get("limit", 10))
         except ValueError:
-            raise ChargebeeError(400, "param_wrong_value", "limit : invalid integer", "invalid_request",
-                                 param="limit") from None
+            raise ChargebeeError(
+                400, "param_wrong_value", "limit : invalid integer", "invalid_request", param="limit"
+            ) from None
         if not 1 <= limit <= MAX_LIMIT:
-            raise ChargebeeError(400, "param_wrong_value", f"limit : must be between 1 and {MAX_LIMIT}",
-                                 "invalid_request", param="limit")
+            raise ChargebeeError(
+                400, "param_wrong_value", f"limit : must be between 1 and {MAX_LIMIT}", "invalid_request", param="limit"
+            )
         return limit
 
     def list_resource(segment: str, params: dict) -> dict:
@@ -371,14 +429,22 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
             try:
                 after = json.loads(params["offset"])[1]
             except (ValueError, IndexError, TypeError, KeyError):
-                raise ChargebeeError(400, "param_wrong_value", "offset : invalid value", "invalid_request",
-                                     param="offset") from None
+                raise ChargebeeError(
+                    400, "param_wrong_value", "offset : invalid value", "invalid_request", param="offset"
+                ) from None
         try:
-            objs, more = store.list(typ, limit=limit_of(params), starting_after=after, where=where,
-                                    predicate=lambda o: all(p(o) for p in preds), newest_first=newest_first)
+            objs, more = store.list(
+                typ,
+                limit=limit_of(params),
+                starting_after=after,
+                where=where,
+                predicate=lambda o: all(p(o) for p in preds),
+                newest_first=newest_first,
+            )
         except KeyError:
-            raise ChargebeeError(400, "param_wrong_value", "offset : invalid value", "invalid_request",
-                                 param="offset") from None
+            raise ChargebeeError(
+                400, "param_wrong_value", "offset : invalid value", "invalid_request", param="offset"
+            ) from None
         out: dict = {"list": [{typ: o} for o in objs]}
         if more and objs:
             last = objs[-1]
@@ -398,8 +464,9 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
         except ValueError:
             meta = None
         if not isinstance(meta, dict):
-            raise ChargebeeError(400, "param_wrong_value", "meta_data : invalid JSON object", "invalid_request",
-                                 param="meta_data")
+            raise ChargebeeError(
+                400, "param_wrong_value", "meta_data : invalid JSON object", "invalid_request", param="meta_data"
+            )
         return meta
 
     def update_customer(cid: str, params: dict) -> dict:
@@ -424,30 +491,53 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
     def update_for_items(sid: str, params: dict) -> dict:
         sub = retrieve("subscription", sid)
         if sub["status"] == "cancelled":
-            raise ChargebeeError(400, "invalid_state_for_request",
-                                 "Subscription is in cancelled state. Reactivate it to change items.",
-                                 "invalid_request")
+            raise ChargebeeError(
+                400,
+                "invalid_state_for_request",
+                "Subscription is in cancelled state. Reactivate it to change items.",
+                "invalid_request",
+            )
         changes = params.get("subscription_items")
         if not isinstance(changes, list) or not changes:
-            raise ChargebeeError(400, "param_wrong_value", "subscription_items[item_price_id][0] : cannot be blank",
-                                 "invalid_request", param="subscription_items[item_price_id][0]")
+            raise ChargebeeError(
+                400,
+                "param_wrong_value",
+                "subscription_items[item_price_id][0] : cannot be blank",
+                "invalid_request",
+                param="subscription_items[item_price_id][0]",
+            )
         items = sub["subscription_items"]
         for k, ch in enumerate(changes):
             price = store.get("item_price", ch.get("item_price_id", ""))
             if price is None or price.get("status") != "active":
-                raise ChargebeeError(400, "param_wrong_value",
-                                     f"subscription_items[item_price_id][{k}] : {ch.get('item_price_id')} is not an "
-                                     "active item price", "invalid_request",
-                                     param=f"subscription_items[item_price_id][{k}]")
+                raise ChargebeeError(
+                    400,
+                    "param_wrong_value",
+                    f"subscription_items[item_price_id][{k}] : {ch.get('item_price_id')} is not an active item price",
+                    "invalid_request",
+                    param=f"subscription_items[item_price_id][{k}]",
+                )
             if price["currency_code"] != sub["currency_code"]:
-                raise ChargebeeError(400, "param_wrong_value", "The item price's currency differs from the "
-                                     "subscription's", "invalid_request", param=f"subscription_items[item_price_id][{k}]")
-            entry = {"item_price_id": price["id"], "item_type": price["item_type"],
-                     "current_term_start": sub.get("current_term_start"),
-                     "current_term_end": sub.get("current_term_end"), "free_quantity": 0,
-                     "object": "subscription_item"}
-            same_item = [i for i, e in enumerate(items)
-                         if (store.get("item_price", e["item_price_id"]) or {}).get("item_id") == price["item_id"]]
+                raise ChargebeeError(
+                    400,
+                    "param_wrong_value",
+                    "The item price's currency differs from the subscription's",
+                    "invalid_request",
+                    param=f"subscription_items[item_price_id][{k}]",
+                )
+            entry = {
+                "item_price_id": price["id"],
+                "item_type": price["item_type"],
+                "current_term_start": sub.get("current_term_start"),
+                "current_term_end": sub.get("current_term_end"),
+                "free_quantity": 0,
+                "object": "subscription_item",
+            }
+            same_item = [
+                i
+                for i, e in enumerate(items)
+                if (store.get("item_price", e["item_price_id"]) or {}).get("item_id") == price["item_id"]
+            ]
             old = items[same_item[0]] if same_item else None
             qty = ch.get("quantity") or (old or {}).get("quantity")
             if qty is not None and not price_metered(price):
@@ -472,11 +562,13 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
         try:
             amount = int(value)
         except (TypeError, ValueError):
-            raise ChargebeeError(400, "param_wrong_value", f"{param} : invalid integer", "invalid_request",
-                                 param=param) from None
+            raise ChargebeeError(
+                400, "param_wrong_value", f"{param} : invalid integer", "invalid_request", param=param
+            ) from None
         if amount <= 0:
-            raise ChargebeeError(400, "param_wrong_value", f"{param} : should be greater than 0",
-                                 "invalid_request", param=param)
+            raise ChargebeeError(
+                400, "param_wrong_value", f"{param} : should be greater than 0", "invalid_request", param=param
+            )
         return amount
 
     def create_unbilled_charges(params: dict) -> dict:
@@ -485,74 +577,134 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
             raise ChargebeeError(400, "invalid_state_for_request", "Subscription is cancelled", "invalid_request")
         charges = params.get("charges")
         if not isinstance(charges, list) or not charges:
-            raise ChargebeeError(400, "param_wrong_value", "charges[amount][0] : cannot be blank",
-                                 "invalid_request", param="charges[amount][0]")
+            raise ChargebeeError(
+                400,
+                "param_wrong_value",
+                "charges[amount][0] : cannot be blank",
+                "invalid_request",
+                param="charges[amount][0]",
+            )
         currency = params.get("currency_code", sub["currency_code"])
         if currency != sub["currency_code"]:
-            raise ChargebeeError(400, "param_wrong_value", "currency_code : differs from the subscription's",
-                                 "invalid_request", param="currency_code")
+            raise ChargebeeError(
+                400,
+                "param_wrong_value",
+                "currency_code : differs from the subscription's",
+                "invalid_request",
+                param="currency_code",
+            )
         out = []
         for k, ch in enumerate(charges):
             amount = amount_param(ch.get("amount"), f"charges[amount][{k}]")
-            ubc = {"id": make_id("ubc", 0, sub["id"], time.time_ns(), k), "customer_id": sub["customer_id"],
-                   "subscription_id": sub["id"], "date_from": int(ch.get("date_from") or now()),
-                   "date_to": int(ch.get("date_to") or now()), "unit_amount": amount, "pricing_model": "flat_fee",
-                   "quantity": 1, "amount": amount, "currency_code": currency, "discount_amount": 0,
-                   "description": ch.get("description", ""), "entity_type": "adhoc", "is_voided": False,
-                   "updated_at": now(), "deleted": False, "object": "unbilled_charge"}
+            ubc = {
+                "id": make_id("ubc", 0, sub["id"], time.time_ns(), k),
+                "customer_id": sub["customer_id"],
+                "subscription_id": sub["id"],
+                "date_from": int(ch.get("date_from") or now()),
+                "date_to": int(ch.get("date_to") or now()),
+                "unit_amount": amount,
+                "pricing_model": "flat_fee",
+                "quantity": 1,
+                "amount": amount,
+                "currency_code": currency,
+                "discount_amount": 0,
+                "description": ch.get("description", ""),
+                "entity_type": "adhoc",
+                "is_voided": False,
+                "updated_at": now(),
+                "deleted": False,
+                "object": "unbilled_charge",
+            }
             store.put("unbilled_charge", ubc, customer=sub["customer_id"], parent=sub["id"], created=now())
             out.append(ubc)
         return {"unbilled_charges": out}
 
     def add_comment(entity_type: str, entity_id: str, notes: str) -> dict:
-        c = {"id": make_id("cmt", 0, entity_type, entity_id, time.time_ns()), "entity_type": entity_type,
-             "added_by": "api", "notes": notes, "created_at": now(), "type": "user", "entity_id": entity_id,
-             "object": "comment"}
+        c = {
+            "id": make_id("cmt", 0, entity_type, entity_id, time.time_ns()),
+            "entity_type": entity_type,
+            "added_by": "api",
+            "notes": notes,
+            "created_at": now(),
+            "type": "user",
+            "entity_id": entity_id,
+            "object": "comment",
+        }
         store.put("comment", c, parent=entity_id, created=now())
         return c
 
     def create_comment(params: dict) -> dict:
         etype, eid, notes = params.get("entity_type"), params.get("entity_id"), params.get("notes")
         if etype not in COMMENT_ENTITIES:
-            raise ChargebeeError(400, "param_wrong_value", f"entity_type : invalid value {etype}",
-                                 "invalid_request", param="entity_type")
+            raise ChargebeeError(
+                400, "param_wrong_value", f"entity_type : invalid value {etype}", "invalid_request", param="entity_type"
+            )
         if not notes:
-            raise ChargebeeError(400, "param_wrong_value", "notes : cannot be blank", "invalid_request",
-                                 param="notes")
+            raise ChargebeeError(400, "param_wrong_value", "notes : cannot be blank", "invalid_request", param="notes")
         retrieve(etype, eid or "")
         return {"comment": add_comment(etype, eid, notes)}
 
     def create_credit_note(params: dict) -> dict:
         inv = retrieve("invoice", params.get("reference_invoice_id", ""))
         if inv["status"] not in ("paid", "payment_due", "not_paid", "posted"):
-            raise ChargebeeError(400, "invalid_state_for_request",
-                                 f"Credit note cannot be created for an invoice in {inv['status']} state",
-                                 "invalid_request")
+            raise ChargebeeError(
+                400,
+                "invalid_state_for_request",
+                f"Credit note cannot be created for an invoice in {inv['status']} state",
+                "invalid_request",
+            )
         typ = params.get("type")
         if typ not in ("adjustment", "refundable"):
             raise ChargebeeError(400, "param_wrong_value", "type : invalid value", "invalid_request", param="type")
         total = amount_param(params.get("total"), "total")
-        credited = sum(c["total"] for c in store.list("credit_note", limit=100, where={"parent": inv["id"]})[0]
-                       if c["status"] != "voided")
+        credited = sum(
+            c["total"]
+            for c in store.list("credit_note", limit=100, where={"parent": inv["id"]})[0]
+            if c["status"] != "voided"
+        )
         if total > inv["total"] - credited:
-            raise ChargebeeError(400, "param_wrong_value",
-                                 "total : The credit note amount cannot exceed the invoice's uncredited amount",
-                                 "invalid_request", param="total")
+            raise ChargebeeError(
+                400,
+                "param_wrong_value",
+                "total : The credit note amount cannot exceed the invoice's uncredited amount",
+                "invalid_request",
+                param="total",
+            )
         n = len(store.list("credit_note", limit=100)[0]) + 1
         cid = f"CN-{n:05d}"
         while store.get("credit_note", cid):
             n += 1
             cid = f"CN-{n:05d}"
-        cn = {"id": cid, "customer_id": inv["customer_id"], "subscription_id": inv.get("subscription_id"),
-              "reference_invoice_id": inv["id"], "type": typ, "reason_code": params.get("reason_code", "other"),
-              "status": "refund_due" if typ == "refundable" else "adjusted", "date": now(),
-              "price_type": "tax_exclusive", "currency_code": inv["currency_code"], "total": total,
-              "amount_allocated": total if typ == "adjustment" else 0, "amount_refunded": 0,
-              "amount_available": 0 if typ == "adjustment" else total, "generated_at": now(),
-              "resource_version": int(time.time_ns() // 1000), "updated_at": now(), "channel": "web",
-              "sub_total": total, "round_off_amount": 0, "fractional_correction": 0, "deleted": False,
-              "object": "credit_note", "line_items": [], "taxes": [], "allocations": [], "linked_refunds": [],
-              "discounts": []}
+        cn = {
+            "id": cid,
+            "customer_id": inv["customer_id"],
+            "subscription_id": inv.get("subscription_id"),
+            "reference_invoice_id": inv["id"],
+            "type": typ,
+            "reason_code": params.get("reason_code", "other"),
+            "status": "refund_due" if typ == "refundable" else "adjusted",
+            "date": now(),
+            "price_type": "tax_exclusive",
+            "currency_code": inv["currency_code"],
+            "total": total,
+            "amount_allocated": total if typ == "adjustment" else 0,
+            "amount_refunded": 0,
+            "amount_available": 0 if typ == "adjustment" else total,
+            "generated_at": now(),
+            "resource_version": int(time.time_ns() // 1000),
+            "updated_at": now(),
+            "channel": "web",
+            "sub_total": total,
+            "round_off_amount": 0,
+            "fractional_correction": 0,
+            "deleted": False,
+            "object": "credit_note",
+            "line_items": [],
+            "taxes": [],
+            "allocations": [],
+            "linked_refunds": [],
+            "discounts": [],
+        }
         if params.get("create_reason_code"):
             cn["create_reason_code"] = params["create_reason_code"]
         if params.get("customer_notes"):
@@ -561,8 +713,14 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
         if params.get("comment"):  # Chargebee keeps the operation's comment as a comment on the credit note
             add_comment("credit_note", cid, params["comment"])
         inv.setdefault("issued_credit_notes", []).append(
-            {"cn_id": cid, "cn_reason_code": cn["reason_code"], "cn_date": now(), "cn_total": total,
-             "cn_status": cn["status"]})
+            {
+                "cn_id": cid,
+                "cn_reason_code": cn["reason_code"],
+                "cn_date": now(),
+                "cn_total": total,
+                "cn_status": cn["status"],
+            }
+        )
         store.put("invoice", touch(inv))
         return {"credit_note": cn, "invoice": inv}
 
@@ -570,31 +728,47 @@ def create_app(store: ChargebeeStore, settings: ChargebeeSettings) -> Starlette:
         sub = retrieve("subscription", sid)
         ipid = params.get("item_price_id", "")
         if not any(e["item_price_id"] == ipid for e in sub["subscription_items"]):
-            raise ChargebeeError(400, "param_wrong_value",
-                                 f"item_price_id : {ipid} is not a metered item price of this subscription",
-                                 "invalid_request", param="item_price_id")
+            raise ChargebeeError(
+                400,
+                "param_wrong_value",
+                f"item_price_id : {ipid} is not a metered item price of this subscription",
+                "invalid_request",
+                param="item_price_id",
+            )
         try:
             qty = Decimal(params.get("quantity", ""))
         except InvalidOperation:
-            raise ChargebeeError(400, "param_wrong_value", "quantity : invalid decimal", "invalid_request",
-                                 param="quantity") from None
+            raise ChargebeeError(
+                400, "param_wrong_value", "quantity : invalid decimal", "invalid_request", param="quantity"
+            ) from None
         try:
             at = int(params["usage_date"])
         except (KeyError, ValueError):
-            raise ChargebeeError(400, "param_wrong_value", "usage_date : cannot be blank", "invalid_request",
-                                 param="usage_date") from None
+            raise ChargebeeError(
+                400, "param_wrong_value", "usage_date : cannot be blank", "invalid_request", param="usage_date"
+            ) from None
         uid = params.get("id") or make_id("usage", 0, sid, time.time_ns())
         existing = store.get("usage", uid)
         if existing is not None:
             if params.get("dedupe_option") == "skip":
                 return {"usage": existing}
             if params.get("dedupe_option") != "update_existing":
-                raise ChargebeeError(400, "duplicate_entry", f"id : The value {uid} is already present.",
-                                     "invalid_request", param="id")
-        usage = {"id": uid, "usage_date": at, "subscription_id": sid, "item_price_id": ipid,
-                 "quantity": format(qty.normalize(), "f"), "source": "api", "note": params.get("note"),
-                 "resource_version": int(time.time_ns() // 1000), "updated_at": now(), "created_at": now(),
-                 "object": "usage"}
+                raise ChargebeeError(
+                    400, "duplicate_entry", f"id : The value {uid} is already present.", "invalid_request", param="id"
+                )
+        usage = {
+            "id": uid,
+            "usage_date": at,
+            "subscription_id": sid,
+            "item_price_id": ipid,
+            "quantity": format(qty.normalize(), "f"),
+            "source": "api",
+            "note": params.get("note"),
+            "resource_version": int(time.time_ns() // 1000),
+            "updated_at": now(),
+            "created_at": now(),
+            "object": "usage",
+        }
         store.put("usage", usage, customer=sub["customer_id"], parent=sid, created=at)
         return {"usage": usage}
 

@@ -176,10 +176,13 @@ class Fault:
             await asyncio.sleep(plan.delay)
         if "rate_limit" in self.kinds:
             plan._count("rate_limit", self.method, self.path, "429")
-            raise StripeError(429, "invalid_request_error",
-                              "Request rate limit exceeded. Learn more about rate limits here "
-                              "https://stripe.com/docs/rate-limits.", code="rate_limit",
-                              headers={"Retry-After": f"{plan.retry_after:g}"})
+            raise StripeError(
+                429,
+                "invalid_request_error",
+                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+                code="rate_limit",
+                headers={"Retry-After": f"{plan.retry_after:g}"},
+            )
         if "server_error" in self.kinds:
             plan._count("server_error", self.method, self.path, str(self.status))
             raise api_error(self.status)
@@ -204,8 +207,11 @@ class DroppedResponse(Response):
     then ends the exchange: the server closes the connection without a body."""
 
     def __init__(self, status: int, length: int):
-        super().__init__(status_code=status, media_type="application/json",
-                         headers={"Request-Id": request_id(), "Content-Length": str(max(1, length))})
+        super().__init__(
+            status_code=status,
+            media_type="application/json",
+            headers={"Request-Id": request_id(), "Content-Length": str(max(1, length))},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

@@ -23,10 +23,10 @@ The platform side (meter event summaries, invoices, payments) is computed by
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -41,8 +41,24 @@ ALL_CLOUD_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-northeast-1")
 ENDPOINTS = ("/v1/search", "/v1/ingest", "/v1/query", "/v1/export", "/v1/auth")
 DEPARTMENTS = ("engineering", "data", "marketing", "support", "finance")
 CSMS = ("csm_ana", "csm_bo", "csm_chen", "csm_dara", "csm_eli", "csm_fumi")
-_WORDS_A = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne",
-            "Tyrell", "Cyberdyne", "Soylent", "Wonka", "Aperture", "Black Mesa", "Oscorp", "Massive")
+_WORDS_A = (
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Wonka",
+    "Aperture",
+    "Black Mesa",
+    "Oscorp",
+    "Massive",
+)
 _WORDS_B = ("Labs", "Systems", "Analytics", "Cloud", "Works", "Dynamics", "Data", "Logistics")
 FIRST_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Riley", "Casey", "Jamie", "Avery", "Quinn")
 
@@ -104,39 +120,57 @@ def generate_world(config: WorldConfig, progress: Callable[[str], None] | None =
         company = f"{_WORDS_A[i % len(_WORDS_A)]} {_WORDS_B[(i // len(_WORDS_A)) % len(_WORDS_B)]} {i}"
         contact = FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))]
         cid = make_id("cus", seed, i)
-        customers.append({
-            "customer_id": cid,
-            "name": company,
-            "email": f"{contact.lower()}.billing@{company.split()[0].lower()}{i}.example",
-            "segment": seg,
-            "region": reg,
-            "currency": cur,
-            "success_manager": CSMS[int(rng.integers(len(CSMS)))],
-            "coupon_percent_off": 20 if coupon_draw[i] < 0.04 else (10 if coupon_draw[i] < 0.10 else 0),
-            "starting_credit": -5000 if balance_draw[i] < 0.05 else 0,  # customer balance (credit)
-            "email_opt_out": bool(optout_draw[i] < 0.05),
-            "platform": platforms[plat_idx[i]],
-            "invoice_prefix": make_id("pfx", seed, i)[4:12].upper(),
-        })
+        customers.append(
+            {
+                "customer_id": cid,
+                "name": company,
+                "email": f"{contact.lower()}.billing@{company.split()[0].lower()}{i}.example",
+                "segment": seg,
+                "region": reg,
+                "currency": cur,
+                "success_manager": CSMS[int(rng.integers(len(CSMS)))],
+                "coupon_percent_off": 20 if coupon_draw[i] < 0.04 else (10 if coupon_draw[i] < 0.10 else 0),
+                "starting_credit": -5000 if balance_draw[i] < 0.05 else 0,  # customer balance (credit)
+                "email_opt_out": bool(optout_draw[i] < 0.05),
+                "platform": platforms[plat_idx[i]],
+                "invoice_prefix": make_id("pfx", seed, i)[4:12].upper(),
+            }
+        )
         for p in range(int(rng.integers(1, 5))):
             dept = DEPARTMENTS[int(rng.integers(len(DEPARTMENTS)))]
-            projects.append({
-                "customer_id": cid,
-                "project": f"proj-{i:04d}-{p}",
-                "department": dept,
-                "tagged": bool(rng.random() > 0.2),  # untagged projects hide their department
-            })
+            projects.append(
+                {
+                    "customer_id": cid,
+                    "project": f"proj-{i:04d}-{p}",
+                    "department": dept,
+                    "tagged": bool(rng.random() > 0.2),  # untagged projects hide their department
+                }
+            )
 
     # ---- catalog: products, meters, prices ---------------------------------
     say("catalog")
     created0 = ts(start - timedelta(days=400))
-    products = [{"product_id": make_id("prod", seed, comp), "component": comp,
-                 "name": comp.replace("_", " ").title(), "created": created0}
-                for comp in (*cat.LICENSED, *cat.METERED)]
+    products = [
+        {
+            "product_id": make_id("prod", seed, comp),
+            "component": comp,
+            "name": comp.replace("_", " ").title(),
+            "created": created0,
+        }
+        for comp in (*cat.LICENSED, *cat.METERED)
+    ]
     prod_by_comp = {p["component"]: p["product_id"] for p in products}
-    meters = [{"meter_id": make_id("mtr", seed, m), "meter_name": m, "display_name": v[0],
-               "event_name": v[1], "aggregation": v[2], "created": created0}
-              for m, v in cat.METERS.items()]
+    meters = [
+        {
+            "meter_id": make_id("mtr", seed, m),
+            "meter_name": m,
+            "display_name": v[0],
+            "event_name": v[1],
+            "aggregation": v[2],
+            "created": created0,
+        }
+        for m, v in cat.METERS.items()
+    ]
     meter_by_name = {m["meter_name"]: m["meter_id"] for m in meters}
     prices = []
     price_index: dict[tuple[str, str, str], dict] = {}
@@ -152,8 +186,14 @@ def generate_world(config: WorldConfig, progress: Callable[[str], None] | None =
                 "billing_scheme": spec.billing_scheme,
                 "unit_amount_decimal": spec.unit_amount_decimal,
                 "tiers_mode": spec.tiers_mode,
-                "tiers_json": json.dumps([{"up_to": t.up_to, "unit_amount_decimal": t.unit_amount_decimal,
-                                           "flat_amount": t.flat_amount} for t in spec.tiers]) if spec.tiers else None,
+                "tiers_json": json.dumps(
+                    [
+                        {"up_to": t.up_to, "unit_amount_decimal": t.unit_amount_decimal, "flat_amount": t.flat_amount}
+                        for t in spec.tiers
+                    ]
+                )
+                if spec.tiers
+                else None,
                 "divide_by": spec.divide_by,
                 "round": spec.round,
                 "meter_id": meter_by_name.get(spec.meter) if spec.meter else None,
@@ -175,8 +215,9 @@ def generate_world(config: WorldConfig, progress: Callable[[str], None] | None =
         if rng.random() < 0.85:
             sub_start = start + timedelta(days=int(rng.integers(0, 28)), hours=int(rng.integers(0, 24)))
         else:
-            sub_start = start + timedelta(days=int(rng.integers(30, max(31, config.days - 10))),
-                                          hours=int(rng.integers(0, 24)))
+            sub_start = start + timedelta(
+                days=int(rng.integers(30, max(31, config.days - 10))), hours=int(rng.integers(0, 24))
+            )
         seats = int(rng.integers(*seats_by_plan[plan_i]))
         sid = make_id("sub", seed, i)
         event_draw = rng.random()
@@ -193,42 +234,79 @@ def generate_world(config: WorldConfig, progress: Callable[[str], None] | None =
         change_at = change_at.replace(microsecond=0)
         commitment = cat.MIN_COMMITMENT[c["currency"]] if (c["segment"] == "enterprise" and plan_i == 2) else None
         sub = {
-            "subscription_id": sid, "customer_id": c["customer_id"], "currency": c["currency"],
-            "created": ts(sub_start), "start": ts(sub_start), "anchor": ts(sub_start),
+            "subscription_id": sid,
+            "customer_id": c["customer_id"],
+            "currency": c["currency"],
+            "created": ts(sub_start),
+            "start": ts(sub_start),
+            "anchor": ts(sub_start),
             "canceled_at": ts(change_at) if kind == "cancel" else None,
             "minimum_commitment": commitment,
-            "plan": cat.PLANS[plan_i if kind not in ("upgrade", "downgrade") else
-                              plan_i + (1 if kind == "upgrade" else -1)],
+            "plan": cat.PLANS[
+                plan_i if kind not in ("upgrade", "downgrade") else plan_i + (1 if kind == "upgrade" else -1)
+            ],
         }
         subs.append(sub)
         segments = [(plan_i, ts(sub_start), ts(change_at) if kind else None)]
         if kind in ("upgrade", "downgrade"):
             new_plan = plan_i + (1 if kind == "upgrade" else -1)
             segments.append((new_plan, ts(change_at), None))
-            changes.append({"subscription_id": sid, "kind": kind, "at": ts(change_at),
-                            "from_plan": cat.PLANS[plan_i], "to_plan": cat.PLANS[new_plan]})
+            changes.append(
+                {
+                    "subscription_id": sid,
+                    "kind": kind,
+                    "at": ts(change_at),
+                    "from_plan": cat.PLANS[plan_i],
+                    "to_plan": cat.PLANS[new_plan],
+                }
+            )
         elif kind == "cancel":
-            changes.append({"subscription_id": sid, "kind": "cancel", "at": ts(change_at),
-                            "from_plan": cat.PLANS[plan_i], "to_plan": None})
+            changes.append(
+                {
+                    "subscription_id": sid,
+                    "kind": "cancel",
+                    "at": ts(change_at),
+                    "from_plan": cat.PLANS[plan_i],
+                    "to_plan": None,
+                }
+            )
         for seg_no, (p_i, s_from, s_to) in enumerate(segments):
             for comp in (*cat.LICENSED, *cat.METERED):
                 price = price_index[(cat.PLANS[p_i], c["currency"], comp)]
                 qty = 1 if comp == "platform" else (seats if comp == "seats" else None)
-                items.append({
-                    "subscription_item_id": make_id("si", seed, i, seg_no, comp),
-                    "subscription_id": sid, "customer_id": c["customer_id"], "price_id": price["price_id"],
-                    "component": comp, "meter_name": price["meter_name"], "quantity": qty,
-                    "valid_from": s_from, "valid_to": s_to, "created": s_from,
-                })
+                items.append(
+                    {
+                        "subscription_item_id": make_id("si", seed, i, seg_no, comp),
+                        "subscription_id": sid,
+                        "customer_id": c["customer_id"],
+                        "price_id": price["price_id"],
+                        "component": comp,
+                        "meter_name": price["meter_name"],
+                        "quantity": qty,
+                        "valid_from": s_from,
+                        "valid_to": s_to,
+                        "created": s_from,
+                    }
+                )
 
     # ---- usage ---------------------------------------------------------------
     say("usage simulation")
     events, faults = _simulate_usage(config, rng, customers, subs, projects, start, as_of, end)
 
-    truth_faults = pl.DataFrame(faults, schema={
-        "kind": pl.String, "customer_id": pl.String, "subscription_id": pl.String, "meter_name": pl.String,
-        "start": pl.Int64, "end": pl.Int64, "magnitude": pl.Float64, "event_id": pl.String,
-        "original_event_id": pl.String})
+    truth_faults = pl.DataFrame(
+        faults,
+        schema={
+            "kind": pl.String,
+            "customer_id": pl.String,
+            "subscription_id": pl.String,
+            "meter_name": pl.String,
+            "start": pl.Int64,
+            "end": pl.Int64,
+            "magnitude": pl.Float64,
+            "event_id": pl.String,
+            "original_event_id": pl.String,
+        },
+    )
 
     tables = {
         "customers": pl.DataFrame(customers),
@@ -241,9 +319,16 @@ def generate_world(config: WorldConfig, progress: Callable[[str], None] | None =
     truth = {
         "faults": truth_faults,
         "projects": pl.DataFrame(projects),
-        "subscription_changes": pl.DataFrame(changes, schema={"subscription_id": pl.String, "kind": pl.String,
-                                                             "at": pl.Int64, "from_plan": pl.String,
-                                                             "to_plan": pl.String}),
+        "subscription_changes": pl.DataFrame(
+            changes,
+            schema={
+                "subscription_id": pl.String,
+                "kind": pl.String,
+                "at": pl.Int64,
+                "from_plan": pl.String,
+                "to_plan": pl.String,
+            },
+        ),
     }
 
     say("platform invoices and payments")
@@ -280,18 +365,36 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
         active_to = sub["canceled_at"] or 2**62
         if sub["canceled_at"] and rng.random() < config.usage_after_cancel_rate:
             stop_after = sub["canceled_at"] + int(rng.integers(2, 15)) * 86400
-            faults.append({"kind": "usage_after_cancel", "customer_id": c["customer_id"],
-                           "subscription_id": sub["subscription_id"], "meter_name": None,
-                           "start": sub["canceled_at"], "end": stop_after, "magnitude": None,
-                           "event_id": None, "original_event_id": None})
+            faults.append(
+                {
+                    "kind": "usage_after_cancel",
+                    "customer_id": c["customer_id"],
+                    "subscription_id": sub["subscription_id"],
+                    "meter_name": None,
+                    "start": sub["canceled_at"],
+                    "end": stop_after,
+                    "magnitude": None,
+                    "event_id": None,
+                    "original_event_id": None,
+                }
+            )
             active_to = stop_after
         silent_from = None
         if rng.random() < config.zero_usage_rate and not sub["canceled_at"]:
             silent_from = (as_of_ts - int(rng.integers(10, 30)) * 86400) // 86400 * 86400
-            faults.append({"kind": "zero_usage", "customer_id": c["customer_id"],
-                           "subscription_id": sub["subscription_id"], "meter_name": None,
-                           "start": silent_from, "end": None, "magnitude": None,
-                           "event_id": None, "original_event_id": None})
+            faults.append(
+                {
+                    "kind": "zero_usage",
+                    "customer_id": c["customer_id"],
+                    "subscription_id": sub["subscription_id"],
+                    "meter_name": None,
+                    "start": silent_from,
+                    "end": None,
+                    "magnitude": None,
+                    "event_id": None,
+                    "original_event_id": None,
+                }
+            )
         active = (hour_ts >= active_from - 3599) & (hour_ts < active_to)
         if silent_from is not None:
             active &= hour_ts < silent_from
@@ -301,10 +404,7 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
             vol = MONTHLY_VOLUME[meter][c["segment"]] * float(rng.lognormal(0, 0.5))
             ev_rate = EVENT_RATE[meter] * config.events_scale
             size = vol / (EVENT_RATE[meter] * 730)
-            if meter == "storage_gb_hours":
-                season = np.ones(hours)
-            else:
-                season = DOW[dow] * hod[hour_of_day]
+            season = np.ones(hours) if meter == "storage_gb_hours" else DOW[dow] * hod[hour_of_day]
             lam = ev_rate * season * np.exp(growth * day_idx) * active
             spike = np.zeros(hours, dtype=bool)
             lo = 14 * 24
@@ -315,27 +415,48 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
                 mag = float(rng.uniform(3, 10))
                 # injected only where it is observable: the surplus must be a handful of events, not
                 # one (a 3x "spike" on 0.3 expected events is indistinguishable from noise by any method)
-                if active[h0:h0 + dur].all() and (mag - 1) * lam[h0:h0 + dur].sum() >= MIN_SPIKE_SURPLUS_EVENTS:
-                    lam[h0:h0 + dur] *= mag
-                    spike[h0:h0 + dur] = True
-                    faults.append({"kind": "spike", "customer_id": c["customer_id"],
-                                   "subscription_id": sub["subscription_id"], "meter_name": meter,
-                                   "start": int(hour_ts[h0]), "end": int(hour_ts[h0] + dur * 3600),
-                                   "magnitude": mag, "event_id": None, "original_event_id": None})
+                if active[h0 : h0 + dur].all() and (mag - 1) * lam[h0 : h0 + dur].sum() >= MIN_SPIKE_SURPLUS_EVENTS:
+                    lam[h0 : h0 + dur] *= mag
+                    spike[h0 : h0 + dur] = True
+                    faults.append(
+                        {
+                            "kind": "spike",
+                            "customer_id": c["customer_id"],
+                            "subscription_id": sub["subscription_id"],
+                            "meter_name": meter,
+                            "start": int(hour_ts[h0]),
+                            "end": int(hour_ts[h0] + dur * 3600),
+                            "magnitude": mag,
+                            "event_id": None,
+                            "original_event_id": None,
+                        }
+                    )
             if rng.random() < config.drop_rate and hi > lo:
                 h0 = int(rng.integers(lo, hi))
                 dur = int(rng.integers(6, 49))
                 mag = float(rng.uniform(0.0, 0.2))
                 # ... and a drop must remove enough events to be seen (longer, up to 48 h, if need be)
-                while dur < 48 and lam[h0:h0 + dur].sum() < MIN_DROP_EVENTS:
+                while dur < 48 and lam[h0 : h0 + dur].sum() < MIN_DROP_EVENTS:
                     dur += 1
-                if (active[h0:h0 + dur].all() and not spike[h0:h0 + dur].any()
-                        and lam[h0:h0 + dur].sum() >= MIN_DROP_EVENTS):
-                    lam[h0:h0 + dur] *= mag
-                    faults.append({"kind": "drop", "customer_id": c["customer_id"],
-                                   "subscription_id": sub["subscription_id"], "meter_name": meter,
-                                   "start": int(hour_ts[h0]), "end": int(hour_ts[h0] + dur * 3600),
-                                   "magnitude": mag, "event_id": None, "original_event_id": None})
+                if (
+                    active[h0 : h0 + dur].all()
+                    and not spike[h0 : h0 + dur].any()
+                    and lam[h0 : h0 + dur].sum() >= MIN_DROP_EVENTS
+                ):
+                    lam[h0 : h0 + dur] *= mag
+                    faults.append(
+                        {
+                            "kind": "drop",
+                            "customer_id": c["customer_id"],
+                            "subscription_id": sub["subscription_id"],
+                            "meter_name": meter,
+                            "start": int(hour_ts[h0]),
+                            "end": int(hour_ts[h0] + dur * 3600),
+                            "magnitude": mag,
+                            "event_id": None,
+                            "original_event_id": None,
+                        }
+                    )
             series_meta.append((c["customer_id"], sub["subscription_id"], meter, c["region"]))
             rates.append(lam)
             sizes.append(size)
@@ -352,8 +473,9 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
     q = size_arr[ev_s] * rng.lognormal(0, 0.35, n_ev)
     meter_of = np.array([m[2] for m in series_meta])
     ev_meter = meter_of[ev_s]
-    qty_milli = np.where(ev_meter == "storage_gb_hours", np.maximum(1, np.round(q * MILLI)),
-                         np.maximum(1, np.round(q)) * MILLI).astype(np.int64)
+    qty_milli = np.where(
+        ev_meter == "storage_gb_hours", np.maximum(1, np.round(q * MILLI)), np.maximum(1, np.round(q)) * MILLI
+    ).astype(np.int64)
     ev_ts = hour_ts[ev_h] + rng.integers(0, 3600, n_ev)
 
     # metadata: project (weighted), endpoint, region; spikes concentrate on one endpoint+region
@@ -383,17 +505,19 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
 
     order = np.lexsort((ev_s, ev_ts))
     seed = config.seed
-    ev = pl.DataFrame({
-        "customer_id": ev_cust[order],
-        "subscription_id": np.array([m[1] for m in series_meta])[ev_s][order],
-        "meter_name": ev_meter[order],
-        "quantity_milli": qty_milli[order],
-        "ts": ev_ts[order],
-        "project": pl.Series(project[order].tolist(), dtype=pl.String),
-        "department": pl.Series(department[order].tolist(), dtype=pl.String),
-        "endpoint": endpoint[order],
-        "region": region[order],
-    })
+    ev = pl.DataFrame(
+        {
+            "customer_id": ev_cust[order],
+            "subscription_id": np.array([m[1] for m in series_meta])[ev_s][order],
+            "meter_name": ev_meter[order],
+            "quantity_milli": qty_milli[order],
+            "ts": ev_ts[order],
+            "project": pl.Series(project[order].tolist(), dtype=pl.String),
+            "department": pl.Series(department[order].tolist(), dtype=pl.String),
+            "endpoint": endpoint[order],
+            "region": region[order],
+        }
+    )
     ev = ev.with_row_index("n").with_columns(
         (pl.lit(f"evt_{seed:04x}_") + pl.col("n").cast(pl.String).str.zfill(9)).alias("event_id"),
         pl.lit(None, dtype=pl.String).alias("duplicate_of"),
@@ -405,12 +529,22 @@ def _simulate_usage(config, rng, customers, subs, projects, start, as_of, end):
         pl.col("event_id").alias("duplicate_of"),
         (pl.col("event_id") + "_r").alias("event_id"),
     )
-    for row in dups.select("customer_id", "subscription_id", "meter_name", "ts", "event_id",
-                           "duplicate_of").iter_rows(named=True):
-        faults.append({"kind": "duplicate", "customer_id": row["customer_id"],
-                       "subscription_id": row["subscription_id"], "meter_name": row["meter_name"],
-                       "start": row["ts"], "end": row["ts"], "magnitude": None,
-                       "event_id": row["event_id"], "original_event_id": row["duplicate_of"]})
+    for row in dups.select("customer_id", "subscription_id", "meter_name", "ts", "event_id", "duplicate_of").iter_rows(
+        named=True
+    ):
+        faults.append(
+            {
+                "kind": "duplicate",
+                "customer_id": row["customer_id"],
+                "subscription_id": row["subscription_id"],
+                "meter_name": row["meter_name"],
+                "start": row["ts"],
+                "end": row["ts"],
+                "magnitude": None,
+                "event_id": row["event_id"],
+                "original_event_id": row["duplicate_of"],
+            }
+        )
     ev = pl.concat([ev, dups]).drop("n")
 
     # landing: a few minutes after the event, or 1-10 days late for a few
@@ -439,20 +573,24 @@ def write_world(world: World, paths: WorldPaths, progress: Callable[[str], None]
     ev = world.events
     # after as_of: kept only as ground truth, aggregated daily for forecast evaluation
     future = ev.filter(pl.col("ts") >= as_of_ts)
-    future_daily = future.with_columns(pl.from_epoch("ts").dt.date().alias("day")).group_by(
-        "customer_id", "subscription_id", "meter_name", "day").agg(
-        pl.col("quantity_milli").sum(), pl.len().alias("events")).sort("customer_id", "meter_name", "day")
+    future_daily = (
+        future.with_columns(pl.from_epoch("ts").dt.date().alias("day"))
+        .group_by("customer_id", "subscription_id", "meter_name", "day")
+        .agg(pl.col("quantity_milli").sum(), pl.len().alias("events"))
+        .sort("customer_id", "meter_name", "day")
+    )
     future_daily.write_parquet(paths.truth / "future_usage_daily.parquet")
     # events that happened before as_of but land after it are not in the inbox yet
     ev.filter((pl.col("ts") < as_of_ts) & (pl.col("landed_at") >= as_of_ts)).write_parquet(
-        paths.truth / "pending_late_events.parquet")
+        paths.truth / "pending_late_events.parquet"
+    )
     ev.filter(pl.col("ts") < as_of_ts).select("event_id", "is_late", "landed_at").write_parquet(
-        paths.truth / "event_landing.parquet")
+        paths.truth / "event_landing.parquet"
+    )
 
     inbox = ev.filter((pl.col("ts") < as_of_ts) & (pl.col("landed_at") < as_of_ts))
     counts = write_inbox(inbox, paths.inbox_dir, say)
-    manifest = {**cfg.to_json(), "events_in_inbox": inbox.height, "inbox_files": counts,
-                "written_at_as_of": cfg.as_of}
+    manifest = {**cfg.to_json(), "events_in_inbox": inbox.height, "inbox_files": counts, "written_at_as_of": cfg.as_of}
     paths.manifest.write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -460,10 +598,16 @@ def write_world(world: World, paths: WorldPaths, progress: Callable[[str], None]
 def usage_file_frame(ev: pl.DataFrame) -> pl.DataFrame:
     """The product's usage log record shape, as written to the inbox."""
     meta = pl.struct(
-        pl.col("project"), pl.col("department"), pl.col("endpoint"), pl.col("region"),
+        pl.col("project"),
+        pl.col("department"),
+        pl.col("endpoint"),
+        pl.col("region"),
     )
     return ev.select(
-        "event_id", "customer_id", "subscription_id", "meter_name",
+        "event_id",
+        "customer_id",
+        "subscription_id",
+        "meter_name",
         (pl.col("quantity_milli").cast(pl.Decimal(38, 3)) / 1000).cast(pl.Decimal(38, 3)).alias("quantity"),
         pl.from_epoch("ts").dt.replace_time_zone("UTC").alias("timestamp"),
         meta.alias("metadata"),
@@ -483,8 +627,9 @@ def write_inbox(ev: pl.DataFrame, inbox_dir: Path, say: Callable[[str], None]) -
         if fmt == "parquet":
             part.write_parquet(out)
         elif fmt == "ndjson":
-            part.with_columns(pl.col("quantity").cast(pl.String),
-                              pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_ndjson(out)
+            part.with_columns(
+                pl.col("quantity").cast(pl.String), pl.col("timestamp", "received_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ).write_ndjson(out)
         else:
             part.with_columns(
                 pl.col("quantity").cast(pl.String),

@@ -98,8 +98,9 @@ def current_period(anchor: int, as_of: int) -> tuple[int, int]:
     return bounds[-2], bounds[-1]
 
 
-def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.DataFrame,
-               rng: np.random.Generator) -> Billing:
+def bill_world(
+    config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.DataFrame, rng: np.random.Generator
+) -> Billing:
     seed = config.seed
     as_of = ts(config.as_of_dt())
     customers = {c["customer_id"]: c for c in tables["customers"].iter_rows(named=True)}
@@ -110,10 +111,12 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
     # meter event summaries: what reached the platform by as_of, per customer x meter x day
     meter_ids = dict(tables["meters"].select("meter_name", "meter_id").iter_rows())
     reached = events.filter((pl.col("ts") < as_of) & (pl.col("landed_at") < as_of))
-    meter_usage = reached.group_by("customer_id", "meter_name", (pl.col("ts") // 86400 * 86400).alias("day_start")) \
-        .agg(pl.col("quantity_milli").sum().alias("value_milli")) \
-        .with_columns(pl.col("meter_name").replace_strict(meter_ids).alias("meter_id")) \
+    meter_usage = (
+        reached.group_by("customer_id", "meter_name", (pl.col("ts") // 86400 * 86400).alias("day_start"))
+        .agg(pl.col("quantity_milli").sum().alias("value_milli"))
+        .with_columns(pl.col("meter_name").replace_strict(meter_ids).alias("meter_id"))
         .sort("meter_id", "customer_id", "day_start")
+    )
 
     # usage per metered item and billing period, counting only what landed before finalization
     boundaries = []
@@ -122,15 +125,20 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
             boundaries.append({"subscription_id": s["subscription_id"], "period_start": b})
     bdf = pl.DataFrame(boundaries).sort("period_start")
     metered = items.filter(pl.col("meter_name").is_not_null()).select(
-        "subscription_item_id", "subscription_id", "meter_name", "valid_from", "valid_to")
-    ev = events.filter(pl.col("ts") < as_of).select("subscription_id", "meter_name", "ts", "landed_at",
-                                                    "quantity_milli")
+        "subscription_item_id", "subscription_id", "meter_name", "valid_from", "valid_to"
+    )
+    ev = events.filter(pl.col("ts") < as_of).select(
+        "subscription_id", "meter_name", "ts", "landed_at", "quantity_milli"
+    )
     ev = ev.join(metered, on=["subscription_id", "meter_name"]).filter(
-        (pl.col("ts") >= pl.col("valid_from")) & (pl.col("valid_to").is_null() | (pl.col("ts") < pl.col("valid_to"))))
-    ev = ev.sort("ts").join_asof(bdf, left_on="ts", right_on="period_start", by="subscription_id",
-                                      check_sortedness=False)
+        (pl.col("ts") >= pl.col("valid_from")) & (pl.col("valid_to").is_null() | (pl.col("ts") < pl.col("valid_to")))
+    )
+    ev = ev.sort("ts").join_asof(
+        bdf, left_on="ts", right_on="period_start", by="subscription_id", check_sortedness=False
+    )
     usage_rows = ev.group_by("subscription_item_id", "period_start").agg(
-        pl.col("quantity_milli").alias("q"), pl.col("landed_at").alias("landed"))
+        pl.col("quantity_milli").alias("q"), pl.col("landed_at").alias("landed")
+    )
     usage: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {
         (r["subscription_item_id"], r["period_start"]): (np.asarray(r["q"]), np.asarray(r["landed"]))
         for r in usage_rows.iter_rows(named=True)
@@ -184,24 +192,44 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                     lo, hi = max(p_start, it["valid_from"]), min(p_end, it["valid_to"] or p_end)
                     if lo >= hi:
                         continue
-                    q_arr, landed = usage.get((it["subscription_item_id"], p_start), (np.zeros(0, np.int64),
-                                                                                      np.zeros(0, np.int64)))
+                    q_arr, landed = usage.get(
+                        (it["subscription_item_id"], p_start), (np.zeros(0, np.int64), np.zeros(0, np.int64))
+                    )
                     on_time = landed < inv_at + FINALIZE_GRACE
                     billed_milli = int(q_arr[on_time].sum()) if q_arr.size else 0
                     qty = Decimal(billed_milli) / 1000
                     price = prices[it["price_id"]]
                     amount = _round(price_amount(price, qty))
                     usage_subtotal += amount
-                    inv_lines.append(_line(seed, inv_id, it, price, qty, amount, lo, hi, False,
-                                           f"{price['component']} usage ({price['plan']})"))
+                    inv_lines.append(
+                        _line(
+                            seed,
+                            inv_id,
+                            it,
+                            price,
+                            qty,
+                            amount,
+                            lo,
+                            hi,
+                            False,
+                            f"{price['component']} usage ({price['plan']})",
+                        )
+                    )
                     # arrived after finalization (and by as_of, so it can be seen): not on this invoice
                     late_milli = int(q_arr[~on_time & (landed < as_of)].sum()) if q_arr.size else 0
                     if late_milli:
-                        late_truth.append({"kind": "late_usage", "invoice_id": inv_id,
-                                           "line_id": inv_lines[-1]["line_id"],
-                                           "subscription_item_id": it["subscription_item_id"],
-                                           "period_start": lo, "period_end": hi, "expected_amount": amount,
-                                           "billed_amount": amount})
+                        late_truth.append(
+                            {
+                                "kind": "late_usage",
+                                "invoice_id": inv_id,
+                                "line_id": inv_lines[-1]["line_id"],
+                                "subscription_item_id": it["subscription_item_id"],
+                                "period_start": lo,
+                                "period_end": hi,
+                                "expected_amount": amount,
+                                "billed_amount": amount,
+                            }
+                        )
                 # prorations of plan changes inside the closing period
                 for t in changes:
                     if not (p_start <= t < p_end) or reason == "subscription_cancel":
@@ -216,21 +244,56 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                             ctx.prec = 50
                             part = full * frac_num / frac_den
                         if it["valid_to"] == t:
-                            inv_lines.append(_line(seed, inv_id, it, price, Decimal(it["quantity"]),
-                                                   -_round(part), t, p_end, True,
-                                                   f"Unused time on {price['component']} ({price['plan']})"))
+                            inv_lines.append(
+                                _line(
+                                    seed,
+                                    inv_id,
+                                    it,
+                                    price,
+                                    Decimal(it["quantity"]),
+                                    -_round(part),
+                                    t,
+                                    p_end,
+                                    True,
+                                    f"Unused time on {price['component']} ({price['plan']})",
+                                )
+                            )
                         elif it["valid_from"] == t:
-                            inv_lines.append(_line(seed, inv_id, it, price, Decimal(it["quantity"]),
-                                                   _round(part), t, p_end, True,
-                                                   f"Remaining time on {price['component']} ({price['plan']})"))
-                if s["minimum_commitment"] and usage_subtotal < s["minimum_commitment"] and reason != "subscription_cancel":
+                            inv_lines.append(
+                                _line(
+                                    seed,
+                                    inv_id,
+                                    it,
+                                    price,
+                                    Decimal(it["quantity"]),
+                                    _round(part),
+                                    t,
+                                    p_end,
+                                    True,
+                                    f"Remaining time on {price['component']} ({price['plan']})",
+                                )
+                            )
+                if (
+                    s["minimum_commitment"]
+                    and usage_subtotal < s["minimum_commitment"]
+                    and reason != "subscription_cancel"
+                ):
                     true_up = s["minimum_commitment"] - usage_subtotal
-                    inv_lines.append({
-                        "line_id": make_id("il", seed, inv_id, "commitment"), "invoice_id": inv_id,
-                        "subscription_item_id": None, "price_id": None, "kind": "invoice_item",
-                        "quantity_milli": 1000, "amount": true_up, "period_start": p_start, "period_end": p_end,
-                        "proration": False, "description": "Minimum commitment true-up",
-                    })
+                    inv_lines.append(
+                        {
+                            "line_id": make_id("il", seed, inv_id, "commitment"),
+                            "invoice_id": inv_id,
+                            "subscription_item_id": None,
+                            "price_id": None,
+                            "kind": "invoice_item",
+                            "quantity_milli": 1000,
+                            "amount": true_up,
+                            "period_start": p_start,
+                            "period_end": p_end,
+                            "proration": False,
+                            "description": "Minimum commitment true-up",
+                        }
+                    )
             # licensed items in advance for the period that starts
             if reason != "subscription_cancel":
                 nxt = bounds[bounds.index(inv_at) + 1] if inv_at in bounds else None
@@ -240,11 +303,24 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
                     price = prices[it["price_id"]]
                     qty = Decimal(it["quantity"])
                     amount = _round(price_amount(price, qty))
-                    inv_lines.append(_line(seed, inv_id, it, price, qty, amount, inv_at, nxt, False,
-                                           f"{price['component']} ({price['plan']})"))
+                    inv_lines.append(
+                        _line(
+                            seed,
+                            inv_id,
+                            it,
+                            price,
+                            qty,
+                            amount,
+                            inv_at,
+                            nxt,
+                            False,
+                            f"{price['component']} ({price['plan']})",
+                        )
+                    )
             if p_start is not None and config.billing_error_rate:
-                inv_lines = _inject_billing_errors(inv_lines, prices, rng, config.billing_error_rate, seed,
-                                                   billing_errors, p_start, p_end)
+                inv_lines = _inject_billing_errors(
+                    inv_lines, prices, rng, config.billing_error_rate, seed, billing_errors, p_start, p_end
+                )
             pct = cust["coupon_percent_off"]
             for ln in inv_lines:
                 ln["discount_amount"] = _round(Decimal(ln["amount"]) * pct / 100) if pct else 0
@@ -266,19 +342,31 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
             status = "paid" if pay["paid_at"] is not None and pay["paid_at"] <= as_of else "open"
             if amount_due <= 0:
                 status = "paid"
-            invoices.append({
-                "invoice_id": inv_id, "customer_id": cid, "subscription_id": sid, "currency": cur,
-                "number": f"{cust['invoice_prefix']}-{cust_seq:04d}", "billing_reason": reason,
-                "created": inv_at, "finalized_at": finalized,
-                "period_start": p_start if p_start is not None else inv_at,
-                "period_end": p_end if p_end is not None else inv_at,
-                "subtotal": subtotal, "total_discount": discount, "total": total,
-                "starting_balance": starting, "ending_balance": balance[cid], "amount_due": amount_due,
-                "amount_paid": amount_due if status == "paid" else 0,
-                "amount_remaining": 0 if status == "paid" else amount_due,
-                "status": status, "attempt_count": pay["attempts_by_as_of"] if amount_due > 0 else 0,
-                "coupon_percent_off": pct,
-            })
+            invoices.append(
+                {
+                    "invoice_id": inv_id,
+                    "customer_id": cid,
+                    "subscription_id": sid,
+                    "currency": cur,
+                    "number": f"{cust['invoice_prefix']}-{cust_seq:04d}",
+                    "billing_reason": reason,
+                    "created": inv_at,
+                    "finalized_at": finalized,
+                    "period_start": p_start if p_start is not None else inv_at,
+                    "period_end": p_end if p_end is not None else inv_at,
+                    "subtotal": subtotal,
+                    "total_discount": discount,
+                    "total": total,
+                    "starting_balance": starting,
+                    "ending_balance": balance[cid],
+                    "amount_due": amount_due,
+                    "amount_paid": amount_due if status == "paid" else 0,
+                    "amount_remaining": 0 if status == "paid" else amount_due,
+                    "status": status,
+                    "attempt_count": pay["attempts_by_as_of"] if amount_due > 0 else 0,
+                    "coupon_percent_off": pct,
+                }
+            )
             lines.extend(inv_lines)
             if amount_due > 0:
                 payments.append({k: v for k, v in pay.items() if k != "outcome"})
@@ -286,17 +374,35 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
             if status == "paid" and total > 0 and rng.random() < 0.02:
                 cn_at = (pay["paid_at"] or finalized) + 2 * 86400
                 if cn_at <= as_of:
-                    credit_notes.append({
-                        "credit_note_id": make_id("cn", seed, inv_id), "invoice_id": inv_id, "customer_id": cid,
-                        "currency": cur, "amount": _round(Decimal(total) / 10), "reason": "product_unsatisfactory",
-                        "created": cn_at, "number": f"{cust['invoice_prefix']}-{cust_seq:04d}-CN-01",
-                    })
+                    credit_notes.append(
+                        {
+                            "credit_note_id": make_id("cn", seed, inv_id),
+                            "invoice_id": inv_id,
+                            "customer_id": cid,
+                            "currency": cur,
+                            "amount": _round(Decimal(total) / 10),
+                            "reason": "product_unsatisfactory",
+                            "created": cn_at,
+                            "number": f"{cust['invoice_prefix']}-{cust_seq:04d}-CN-01",
+                        }
+                    )
 
     line_schema = {
-        "line_id": pl.String, "invoice_id": pl.String, "subscription_item_id": pl.String, "price_id": pl.String,
-        "kind": pl.String, "quantity_milli": pl.Int64, "amount": pl.Int64, "period_start": pl.Int64,
-        "period_end": pl.Int64, "proration": pl.Boolean, "description": pl.String, "discount_amount": pl.Int64,
-        "currency": pl.String, "customer_id": pl.String, "subscription_id": pl.String,
+        "line_id": pl.String,
+        "invoice_id": pl.String,
+        "subscription_item_id": pl.String,
+        "price_id": pl.String,
+        "kind": pl.String,
+        "quantity_milli": pl.Int64,
+        "amount": pl.Int64,
+        "period_start": pl.Int64,
+        "period_end": pl.Int64,
+        "proration": pl.Boolean,
+        "description": pl.String,
+        "discount_amount": pl.Int64,
+        "currency": pl.String,
+        "customer_id": pl.String,
+        "subscription_id": pl.String,
     }
     return Billing(
         tables={
@@ -304,24 +410,52 @@ def bill_world(config: WorldConfig, tables: dict[str, pl.DataFrame], events: pl.
             "invoices": pl.DataFrame(invoices, infer_schema_length=None),
             "invoice_lines": pl.DataFrame(lines, schema=line_schema),
             "payments": pl.DataFrame(payments, infer_schema_length=None),
-            "credit_notes": pl.DataFrame(credit_notes, schema={
-                "credit_note_id": pl.String, "invoice_id": pl.String, "customer_id": pl.String,
-                "currency": pl.String, "amount": pl.Int64, "reason": pl.String, "created": pl.Int64,
-                "number": pl.String}),
+            "credit_notes": pl.DataFrame(
+                credit_notes,
+                schema={
+                    "credit_note_id": pl.String,
+                    "invoice_id": pl.String,
+                    "customer_id": pl.String,
+                    "currency": pl.String,
+                    "amount": pl.Int64,
+                    "reason": pl.String,
+                    "created": pl.Int64,
+                    "number": pl.String,
+                },
+            ),
         },
-        truth={"payment_outcomes": pl.DataFrame(outcomes, infer_schema_length=None),
-               "billing_errors": pl.DataFrame(billing_errors + late_truth, schema={
-                   "kind": pl.String, "invoice_id": pl.String, "line_id": pl.String,
-                   "subscription_item_id": pl.String, "period_start": pl.Int64, "period_end": pl.Int64,
-                   "expected_amount": pl.Int64, "billed_amount": pl.Int64})},
+        truth={
+            "payment_outcomes": pl.DataFrame(outcomes, infer_schema_length=None),
+            "billing_errors": pl.DataFrame(
+                billing_errors + late_truth,
+                schema={
+                    "kind": pl.String,
+                    "invoice_id": pl.String,
+                    "line_id": pl.String,
+                    "subscription_item_id": pl.String,
+                    "period_start": pl.Int64,
+                    "period_end": pl.Int64,
+                    "expected_amount": pl.Int64,
+                    "billed_amount": pl.Int64,
+                },
+            ),
+        },
     )
 
 
 BILLING_ERRORS = ("wrong_tier", "missing_line", "duplicate_line", "proration_error")
 
 
-def _inject_billing_errors(lines: list[dict], prices: dict, rng: np.random.Generator, rate: float, seed: int,
-                           out: list[dict], p_start: int, p_end: int) -> list[dict]:
+def _inject_billing_errors(
+    lines: list[dict],
+    prices: dict,
+    rng: np.random.Generator,
+    rate: float,
+    seed: int,
+    out: list[dict],
+    p_start: int,
+    p_end: int,
+) -> list[dict]:
     """The platform gets an invoice wrong, the way platforms do; each error is recorded as ground truth.
 
     * ``wrong_tier``: a tiered usage line priced with the wrong tier logic (graduated billed as
@@ -334,12 +468,27 @@ def _inject_billing_errors(lines: list[dict], prices: dict, rng: np.random.Gener
     lines = list(lines)
 
     def record(kind, ln, expected, billed):
-        out.append({"kind": kind, "invoice_id": ln["invoice_id"], "line_id": ln["line_id"],
-                    "subscription_item_id": ln["subscription_item_id"], "period_start": ln["period_start"],
-                    "period_end": ln["period_end"], "expected_amount": expected, "billed_amount": billed})
+        out.append(
+            {
+                "kind": kind,
+                "invoice_id": ln["invoice_id"],
+                "line_id": ln["line_id"],
+                "subscription_item_id": ln["subscription_item_id"],
+                "period_start": ln["period_start"],
+                "period_end": ln["period_end"],
+                "expected_amount": expected,
+                "billed_amount": billed,
+            }
+        )
 
-    usage = [ln for ln in lines if ln["price_id"] and prices[ln["price_id"]]["usage_type"] == "metered"
-             and not ln["proration"] and ln["quantity_milli"] > 0]
+    usage = [
+        ln
+        for ln in lines
+        if ln["price_id"]
+        and prices[ln["price_id"]]["usage_type"] == "metered"
+        and not ln["proration"]
+        and ln["quantity_milli"] > 0
+    ]
     if draws[0] < rate:
         tiered = [ln for ln in usage if prices[ln["price_id"]]["billing_scheme"] == "tiered"]
         for ln in tiered:
@@ -376,13 +525,21 @@ def _inject_billing_errors(lines: list[dict], prices: dict, rng: np.random.Gener
     return lines
 
 
-def _line(seed, inv_id, it, price, qty: Decimal, amount: int, start: int, end: int, proration: bool,
-          description: str) -> dict:
+def _line(
+    seed, inv_id, it, price, qty: Decimal, amount: int, start: int, end: int, proration: bool, description: str
+) -> dict:
     return {
         "line_id": make_id("il", seed, inv_id, it["subscription_item_id"], start, proration, amount),
-        "invoice_id": inv_id, "subscription_item_id": it["subscription_item_id"], "price_id": price["price_id"],
-        "kind": "subscription", "quantity_milli": int(qty * 1000), "amount": amount,
-        "period_start": start, "period_end": end, "proration": proration, "description": description,
+        "invoice_id": inv_id,
+        "subscription_item_id": it["subscription_item_id"],
+        "price_id": price["price_id"],
+        "kind": "subscription",
+        "quantity_milli": int(qty * 1000),
+        "amount": amount,
+        "period_start": start,
+        "period_end": end,
+        "proration": proration,
+        "description": description,
     }
 
 
@@ -406,11 +563,22 @@ def _simulate_payment(rng, seed, inv_id, cust, amount_due, finalized, as_of, cur
     status = "succeeded" if paid_now else "requires_payment_method"
     pi = make_id("pi", seed, inv_id)
     return {
-        "payment_id": pi, "invoice_id": inv_id, "customer_id": cust["customer_id"], "currency": cur,
-        "amount": amount_due, "status": status, "created": finalized,
+        "payment_id": pi,
+        "invoice_id": inv_id,
+        "customer_id": cust["customer_id"],
+        "currency": cur,
+        "amount": amount_due,
+        "status": status,
+        "created": finalized,
         "failure_code": None if paid_now and len(by_as_of) == 1 else code,
-        "attempts_by_as_of": len(by_as_of), "paid_at": paid_at if paid_now else None,
-        "outcome": {"invoice_id": inv_id, "payment_id": pi, "final_status": "paid" if paid_at else "uncollectible",
-                    "paid_at": paid_at, "attempts": len(attempts) if paid_at is None else attempts.index(paid_at) + 1,
-                    "failure_code": code},
+        "attempts_by_as_of": len(by_as_of),
+        "paid_at": paid_at if paid_now else None,
+        "outcome": {
+            "invoice_id": inv_id,
+            "payment_id": pi,
+            "final_status": "paid" if paid_at else "uncollectible",
+            "paid_at": paid_at,
+            "attempts": len(attempts) if paid_at is None else attempts.index(paid_at) + 1,
+            "failure_code": code,
+        },
     }

@@ -70,15 +70,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class RecurlyError(Exception):
-    def __init__(self, status: int, type_: str, message: str, params: list | None = None,
-                 headers: dict | None = None):
+    def __init__(self, status: int, type_: str, message: str, params: list | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.type, self.message, self.params, self.headers = status, type_, message, params, headers or {}
 
     def response(self) -> Response:
         body = {"error": {"type": self.type, "message": self.message, "params": self.params or []}}
-        return Response(json.dumps(body), status_code=self.status, media_type="application/json",
-                        headers={**self.headers, "Content-Type": f"{ACCEPT}; charset=utf-8"})
+        return Response(
+            json.dumps(body),
+            status_code=self.status,
+            media_type="application/json",
+            headers={**self.headers, "Content-Type": f"{ACCEPT}; charset=utf-8"},
+        )
 
 
 class RecurlyStore:
@@ -105,8 +108,10 @@ class RecurlyStore:
             self.db.execute("BEGIN")
             for t in ("objects", "idempotency", "meta"):
                 self.db.execute(f"DELETE FROM {t}")
-            rows = [(typ, obj["id"], created, k, acct, parent, R.dumps(obj))
-                    for k, (typ, obj, acct, parent, created) in enumerate(R.render_world(tables, as_of))]
+            rows = [
+                (typ, obj["id"], created, k, acct, parent, R.dumps(obj))
+                for k, (typ, obj, acct, parent, created) in enumerate(R.render_world(tables, as_of))
+            ]
             self.db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?,?)", rows)
             self._seq = len(rows)
             self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)", (fingerprint, str(as_of)))
@@ -125,18 +130,29 @@ class RecurlyStore:
         row = self.db.execute(f"SELECT body FROM objects WHERE type=? AND {where}", (typ, *args)).fetchone()
         return R.loads(row[0]) if row else None
 
-    def put(self, typ: str, obj: dict, account: str | None = None, parent: str | None = None,
-            created: int | None = None) -> None:
+    def put(
+        self, typ: str, obj: dict, account: str | None = None, parent: str | None = None, created: int | None = None
+    ) -> None:
         with self._lock:
             if self.db.execute("SELECT 1 FROM objects WHERE type=? AND id=?", (typ, obj["id"])).fetchone():
                 self.db.execute("UPDATE objects SET body=? WHERE type=? AND id=?", (R.dumps(obj), typ, obj["id"]))
             else:
                 self._seq += 1
-                self.db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?)",
-                                (typ, obj["id"], created or 0, self._seq, account, parent, R.dumps(obj)))
+                self.db.execute(
+                    "INSERT INTO objects VALUES (?,?,?,?,?,?,?)",
+                    (typ, obj["id"], created or 0, self._seq, account, parent, R.dumps(obj)),
+                )
 
-    def page(self, typ: str, *, limit: int, desc: bool, after: tuple[int, int] | None,
-             where: dict[str, str] | None = None, predicate=None) -> tuple[list[dict], tuple[int, int] | None]:
+    def page(
+        self,
+        typ: str,
+        *,
+        limit: int,
+        desc: bool,
+        after: tuple[int, int] | None,
+        where: dict[str, str] | None = None,
+        predicate=None,
+    ) -> tuple[list[dict], tuple[int, int] | None]:
         """Objects in (created, seq) order after the cursor; the next cursor if there are more."""
         sql, args = "SELECT created, seq, body FROM objects WHERE type=?", [typ]
         for col, val in (where or {}).items():
@@ -159,13 +175,15 @@ class RecurlyStore:
         return out, None
 
     def idem_get(self, api_key: str, key: str) -> tuple | None:
-        return self.db.execute("SELECT request, status, body FROM idempotency WHERE api_key=? AND key=?",
-                               (api_key, key)).fetchone()
+        return self.db.execute(
+            "SELECT request, status, body FROM idempotency WHERE api_key=? AND key=?", (api_key, key)
+        ).fetchone()
 
     def idem_put(self, api_key: str, key: str, request: str, status: int, body: str) -> None:
         with self._lock:
-            self.db.execute("INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?)", (api_key, key, request, status,
-                                                                                      body))
+            self.db.execute(
+                "INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?)", (api_key, key, request, status, body)
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -198,14 +216,19 @@ def _new_id(*parts: object) -> str:
 
 def _decimal(value, param: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
-        raise RecurlyError(422, "validation", f"{param} is not a number", [{"param": param, "message": "is not a number"}])
+        raise RecurlyError(
+            422, "validation", f"{param} is not a number", [{"param": param, "message": "is not a number"}]
+        )
     try:
         d = Decimal(str(value))
     except InvalidOperation:
-        raise RecurlyError(422, "validation", f"{param} is not a number",
-                           [{"param": param, "message": "is not a number"}]) from None
+        raise RecurlyError(
+            422, "validation", f"{param} is not a number", [{"param": param, "message": "is not a number"}]
+        ) from None
     if not d.is_finite():
-        raise RecurlyError(422, "validation", f"{param} is not a number", [{"param": param, "message": "is not a number"}])
+        raise RecurlyError(
+            422, "validation", f"{param} is not a number", [{"param": param, "message": "is not a number"}]
+        )
     return d
 
 
@@ -235,16 +258,20 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         accept = request.headers.get("accept", "")
         m = re.search(r"application/vnd\.recurly\.(v[0-9-]+)", accept)
         if not m:
-            raise RecurlyError(406, "invalid_api_version",
-                               f"Please send the versioned Accept header, e.g. 'Accept: {ACCEPT}'.")
+            raise RecurlyError(
+                406, "invalid_api_version", f"Please send the versioned Accept header, e.g. 'Accept: {ACCEPT}'."
+            )
         if m.group(1) != R.API_VERSION:
-            raise RecurlyError(400, "unknown_api_version", f"Unknown API version {m.group(1)!r}; "
-                                                           f"this site serves {R.API_VERSION}.")
+            raise RecurlyError(
+                400, "unknown_api_version", f"Unknown API version {m.group(1)!r}; this site serves {R.API_VERSION}."
+            )
 
     def rate_headers(remaining: float) -> dict[str, str]:
-        return {"X-RateLimit-Limit": str(int(settings.rate_limit_per_second * 300)),
-                "X-RateLimit-Remaining": str(max(0, int(remaining))),
-                "X-RateLimit-Reset": str(int(time.time()) + 300)}
+        return {
+            "X-RateLimit-Limit": str(int(settings.rate_limit_per_second * 300)),
+            "X-RateLimit-Remaining": str(max(0, int(remaining))),
+            "X-RateLimit-Reset": str(int(time.time()) + 300),
+        }
 
     def finish(resp: Response, headers: dict[str, str]) -> Response:
         for k, v in headers.items():
@@ -257,7 +284,7 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         root = request.scope.get("root_path", "")
         path = request.url.path
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         fault = plan.draw(request.method, path) if (plan := settings.faults) else None
         limiter.rate = settings.rate_limit_per_second
         extra = rate_headers(limiter.tokens)
@@ -266,15 +293,23 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
                 try:
                     await fault.before()
                 except StripeError as e:  # the injected 429 / 5xx, in Recurly's words
-                    raise RecurlyError(e.status, "rate_limited" if e.status == 429 else
-                                       ("service_not_available" if e.status == 503 else "internal_server_error"),
-                                       "You made too many API requests." if e.status == 429 else
-                                       "An unexpected error has occurred.", headers=e.headers) from None
+                    raise RecurlyError(
+                        e.status,
+                        "rate_limited"
+                        if e.status == 429
+                        else ("service_not_available" if e.status == 503 else "internal_server_error"),
+                        "You made too many API requests." if e.status == 429 else "An unexpected error has occurred.",
+                        headers=e.headers,
+                    ) from None
             wait = limiter.take()
             if wait:
                 settings.counters["rate_limited"] = settings.counters.get("rate_limited", 0) + 1
-                raise RecurlyError(429, "rate_limited", "You made too many API requests.",
-                                   headers={"Retry-After": str(max(1, round(wait + 0.49)))})
+                raise RecurlyError(
+                    429,
+                    "rate_limited",
+                    "You made too many API requests.",
+                    headers={"Retry-After": str(max(1, round(wait + 0.49)))},
+                )
             write = request.method in ("POST", "PUT", "DELETE")
             api_key = auth(request, write)
             check_accept(request)
@@ -295,16 +330,21 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
                 if prior:
                     req, status, text = prior
                     if req != canon:
-                        raise RecurlyError(400, "bad_request", f"Idempotency key {idem!r} was already used for "
-                                                               "a different request.")
-                    return finish(Response(text, status_code=status, media_type=ACCEPT),
-                                  {**extra, "Idempotency-Key": idem, "Idempotency-Replayed": "true"})
+                        raise RecurlyError(
+                            400, "bad_request", f"Idempotency key {idem!r} was already used for a different request."
+                        )
+                    return finish(
+                        Response(text, status_code=status, media_type=ACCEPT),
+                        {**extra, "Idempotency-Key": idem, "Idempotency-Replayed": "true"},
+                    )
             status, payload = route(request.method, path, params, body)
             text = R.dumps(payload)
             if idem and status < 500:
                 store.idem_put(api_key, idem, canon, status, text)
-            resp = finish(Response(text, status_code=status, media_type=ACCEPT),
-                          {**extra, **({"Idempotency-Key": idem} if idem else {})})
+            resp = finish(
+                Response(text, status_code=status, media_type=ACCEPT),
+                {**extra, **({"Idempotency-Key": idem} if idem else {})},
+            )
             if fault:
                 after = fault.after(resp)  # "applied, then failed"
                 if after is not resp and after.status_code >= 500 and after.body:
@@ -329,11 +369,17 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
             if parts == ["line_items"]:
                 return 200, listing("line_item", path, params, pred=line_filter(params))
             if parts in (["items"], ["plans"], ["measured_units"]):
-                return 200, listing({"items": "item", "plans": "plan", "measured_units": "measured_unit"}[parts[0]],
-                                    path, params)
+                return 200, listing(
+                    {"items": "item", "plans": "plan", "measured_units": "measured_unit"}[parts[0]], path, params
+                )
             if len(parts) == 2 and parts[0] in ("items", "plans", "measured_units", "subscriptions", "transactions"):
-                typ = {"items": "item", "plans": "plan", "measured_units": "measured_unit",
-                       "subscriptions": "subscription", "transactions": "transaction"}[parts[0]]
+                typ = {
+                    "items": "item",
+                    "plans": "plan",
+                    "measured_units": "measured_unit",
+                    "subscriptions": "subscription",
+                    "transactions": "transaction",
+                }[parts[0]]
                 return 200, retrieve(typ, parts[1])
             if len(parts) >= 2 and parts[0] == "accounts":
                 acct = account(parts[1])
@@ -351,9 +397,12 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
                     if note is None or note["account_id"] != acct["id"]:
                         raise not_found("account_note", sub[1])
                     return 200, note
-                kinds = {"subscriptions": ("subscription", state_filter(params)),
-                         "invoices": ("invoice", invoice_filter(params)),
-                         "transactions": ("transaction", None), "line_items": ("line_item", line_filter(params))}
+                kinds = {
+                    "subscriptions": ("subscription", state_filter(params)),
+                    "invoices": ("invoice", invoice_filter(params)),
+                    "transactions": ("transaction", None),
+                    "line_items": ("line_item", line_filter(params)),
+                }
                 if len(sub) == 1 and sub[0] in kinds:
                     typ, pred = kinds[sub[0]]
                     return 200, listing(typ, path, params, where={"account": acct["code"]}, pred=pred)
@@ -368,8 +417,14 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
             if len(parts) == 5 and parts[0] == "subscriptions" and parts[2] == "add_ons" and parts[4] == "usage":
                 sub_obj = retrieve("subscription", parts[1])
                 sao = sub_add_on(sub_obj, parts[3])
-                return 200, listing("usage", path, params, where={"parent": sao}, pred=usage_filter(params),
-                                    sort_field="usage_timestamp")
+                return 200, listing(
+                    "usage",
+                    path,
+                    params,
+                    where={"parent": sao},
+                    pred=usage_filter(params),
+                    sort_field="usage_timestamp",
+                )
         if method == "PUT":
             if len(parts) == 2 and parts[0] == "accounts":
                 return 200, update_custom_fields("account", account(parts[1]), body)
@@ -386,8 +441,9 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         raise RecurlyError(404, "not_found", f"Couldn't find a route for {method} {path}.")
 
     def not_found(typ: str, oid: str) -> RecurlyError:
-        return RecurlyError(404, "not_found", f"Couldn't find {typ.replace('_', ' ').title()} with id = {oid}",
-                            [{"param": f"{typ}_id"}])
+        return RecurlyError(
+            404, "not_found", f"Couldn't find {typ.replace('_', ' ').title()} with id = {oid}", [{"param": f"{typ}_id"}]
+        )
 
     def retrieve(typ: str, oid: str) -> dict:
         obj = None
@@ -419,9 +475,11 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
             return sao["id"]
         if any(a["id"] == aoid for a in sub_obj["add_ons"]):
             return aoid
-        known = store.db.execute("SELECT 1 FROM objects WHERE type IN ('usage', 'line_item') AND "
-                                 "(parent = ? OR json_extract(body, '$.add_on_id') = ?) LIMIT 1",
-                                 (aoid, aoid)).fetchone()
+        known = store.db.execute(
+            "SELECT 1 FROM objects WHERE type IN ('usage', 'line_item') AND "
+            "(parent = ? OR json_extract(body, '$.add_on_id') = ?) LIMIT 1",
+            (aoid, aoid),
+        ).fetchone()
         if not known:
             raise not_found("add_on", aoid)
         return aoid
@@ -436,20 +494,38 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         order = params.get("order", "desc" if default_desc else "asc")
         if order not in ("asc", "desc"):
             raise RecurlyError(400, "bad_request", "order must be asc or desc", [{"param": "order"}])
-        if params.get("sort", "created_at") not in ("created_at", "updated_at", "usage_timestamp", "recorded_timestamp"):
+        if params.get("sort", "created_at") not in (
+            "created_at",
+            "updated_at",
+            "usage_timestamp",
+            "recorded_timestamp",
+        ):
             raise RecurlyError(400, "bad_request", "sort must be created_at or updated_at", [{"param": "sort"}])
         return limit, order == "desc"
 
-    def listing(typ: str, path: str, params: dict, where: dict | None = None, pred=None, default_desc: bool = True,
-                sort_field: str = "created_at") -> dict:
+    def listing(
+        typ: str,
+        path: str,
+        params: dict,
+        where: dict | None = None,
+        pred=None,
+        default_desc: bool = True,
+        sort_field: str = "created_at",
+    ) -> dict:
         limit, desc = limit_order(params, default_desc)
         after = _uncursor(params["cursor"]) if params.get("cursor") else None
         data, more = store.page(typ, limit=limit, desc=desc, after=after, where=where, predicate=pred)
         nxt = None
         if more:
             q = {k: v for k, v in params.items() if k != "cursor"}
-            q.update({"cursor": _cursor(more), "limit": str(limit), "order": "desc" if desc else "asc",
-                      "sort": params.get("sort", sort_field)})
+            q.update(
+                {
+                    "cursor": _cursor(more),
+                    "limit": str(limit),
+                    "order": "desc" if desc else "asc",
+                    "sort": params.get("sort", sort_field),
+                }
+            )
             nxt = path + "?" + "&".join(f"{k}={v}" for k, v in q.items())
         for o in data:
             o.pop("subscription_add_on_id", None)
@@ -464,8 +540,10 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
 
     def invoice_filter(params: dict):
         typ, st = params.get("type"), params.get("state")
-        return lambda o: (not typ or o.get("type") == typ or (typ == "non-legacy" and o.get("type") != "legacy")) \
+        return lambda o: (
+            (not typ or o.get("type") == typ or (typ == "non-legacy" and o.get("type") != "legacy"))
             and (not st or o.get("state") == st)
+        )
 
     def line_filter(params: dict):
         st = params.get("state")
@@ -487,18 +565,26 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
     def merge_fields(obj: dict, fields) -> None:
         if fields is None:
             return
-        if not isinstance(fields, list) or not all(isinstance(f, dict) and isinstance(f.get("name"), str)
-                                                    for f in fields):
-            raise RecurlyError(422, "validation", "custom_fields must be a list of {name, value}",
-                               [{"param": "custom_fields", "message": "is invalid"}])
+        if not isinstance(fields, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) for f in fields
+        ):
+            raise RecurlyError(
+                422,
+                "validation",
+                "custom_fields must be a list of {name, value}",
+                [{"param": "custom_fields", "message": "is invalid"}],
+            )
         cur = {f["name"]: f["value"] for f in obj.get("custom_fields") or []}
         for f in fields:
             if f.get("value") in (None, ""):
                 cur.pop(f["name"], None)  # a null or empty value removes the field
             elif not isinstance(f["value"], str) or len(f["value"]) > 255:
-                raise RecurlyError(422, "validation", f"custom field {f['name']}: value must be a string of at "
-                                                      "most 255 characters",
-                                   [{"param": "custom_fields", "message": "is too long"}])
+                raise RecurlyError(
+                    422,
+                    "validation",
+                    f"custom field {f['name']}: value must be a string of at most 255 characters",
+                    [{"param": "custom_fields", "message": "is too long"}],
+                )
             else:
                 cur[f["name"]] = f["value"]
         obj["custom_fields"] = [{"name": k, "value": v} for k, v in cur.items()]
@@ -515,7 +601,9 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
     def currency_of(body: dict) -> str:
         cur = str(body.get("currency") or "").lower()
         if cur not in MINOR_UNITS:
-            raise RecurlyError(422, "validation", "currency is invalid", [{"param": "currency", "message": "is invalid"}])
+            raise RecurlyError(
+                422, "validation", "currency is invalid", [{"param": "currency", "message": "is invalid"}]
+            )
         return cur
 
     def create_line_item(acct: dict, body: dict) -> dict:
@@ -524,25 +612,58 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         qty = int(body.get("quantity", 1))
         typ = body.get("type", "charge")
         if typ not in ("charge", "credit") or unit <= 0 or qty < 1:
-            raise RecurlyError(422, "validation", "unit_amount must be positive and type charge or credit",
-                               [{"param": "unit_amount", "message": "must be greater than 0"}])
+            raise RecurlyError(
+                422,
+                "validation",
+                "unit_amount must be positive and type charge or credit",
+                [{"param": "unit_amount", "message": "must be greater than 0"}],
+            )
         if unit != unit.quantize(Decimal(1).scaleb(-MINOR_UNITS[cur])):
-            raise RecurlyError(422, "validation", "unit_amount has too many decimal places",
-                               [{"param": "unit_amount", "message": "is invalid"}])
+            raise RecurlyError(
+                422,
+                "validation",
+                "unit_amount has too many decimal places",
+                [{"param": "unit_amount", "message": "is invalid"}],
+            )
         sub_id = body.get("subscription_id")
         if sub_id and store.get("subscription", sub_id) is None:
             raise not_found("subscription", sub_id)
         lid = _new_id(acct["id"], body.get("description"))
         amount = unit * qty * (-1 if typ == "credit" else 1)
-        obj = {"id": lid, "object": "line_item", "uuid": lid * 2, "type": typ, "state": "pending",
-               "account": {k: acct[k] for k in ("id", "object", "code", "email", "company")},
-               "subscription_id": sub_id, "plan_id": None, "plan_code": None, "add_on_id": None, "add_on_code": None,
-               "invoice_id": None, "invoice_number": None, "origin": "one_time" if typ == "charge" else "credit",
-               "credit_reason_code": body.get("credit_reason_code"), "currency": cur.upper(), "amount": amount,
-               "description": body.get("description"), "quantity": qty, "quantity_decimal": str(qty),
-               "unit_amount": unit, "unit_amount_decimal": None, "subtotal": amount, "discount": Decimal(0),
-               "tax": Decimal(0), "proration_rate": None, "refund": False, "custom_fields": [],
-               "start_date": R.iso(now()), "end_date": None, "created_at": R.iso(now()), "updated_at": R.iso(now())}
+        obj = {
+            "id": lid,
+            "object": "line_item",
+            "uuid": lid * 2,
+            "type": typ,
+            "state": "pending",
+            "account": {k: acct[k] for k in ("id", "object", "code", "email", "company")},
+            "subscription_id": sub_id,
+            "plan_id": None,
+            "plan_code": None,
+            "add_on_id": None,
+            "add_on_code": None,
+            "invoice_id": None,
+            "invoice_number": None,
+            "origin": "one_time" if typ == "charge" else "credit",
+            "credit_reason_code": body.get("credit_reason_code"),
+            "currency": cur.upper(),
+            "amount": amount,
+            "description": body.get("description"),
+            "quantity": qty,
+            "quantity_decimal": str(qty),
+            "unit_amount": unit,
+            "unit_amount_decimal": None,
+            "subtotal": amount,
+            "discount": Decimal(0),
+            "tax": Decimal(0),
+            "proration_rate": None,
+            "refund": False,
+            "custom_fields": [],
+            "start_date": R.iso(now()),
+            "end_date": None,
+            "created_at": R.iso(now()),
+            "updated_at": R.iso(now()),
+        }
         merge_fields(obj, body.get("custom_fields"))
         store.put("line_item", obj, account=acct["code"], parent=None, created=now())
         return obj
@@ -556,32 +677,83 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
             raise RecurlyError(422, "validation", "The sandbox refunds by amount (type=amount)", [{"param": "type"}])
         cur = inv["currency"].lower()
         amount = _decimal(body.get("amount"), "amount")
-        prior = [R.loads(b) for (b,) in store.db.execute(
-            "SELECT body FROM objects WHERE type='invoice' AND json_extract(body, '$.type')='credit' "
-            "AND json_extract(body, '$.previous_invoice_id')=?", (inv["id"],))]
+        prior = [
+            R.loads(b)
+            for (b,) in store.db.execute(
+                "SELECT body FROM objects WHERE type='invoice' AND json_extract(body, '$.type')='credit' "
+                "AND json_extract(body, '$.previous_invoice_id')=?",
+                (inv["id"],),
+            )
+        ]
         credited = sum((-Decimal(str(c["total"])) for c in prior), Decimal(0))
         room = Decimal(str(inv["total"])) - credited
         if amount <= 0 or amount > room or amount != amount.quantize(Decimal(1).scaleb(-MINOR_UNITS[cur])):
-            raise RecurlyError(422, "validation", f"amount must be positive and at most {room}",
-                               [{"param": "amount", "message": "is invalid"}])
+            raise RecurlyError(
+                422,
+                "validation",
+                f"amount must be positive and at most {room}",
+                [{"param": "amount", "message": "is invalid"}],
+            )
         cid = _new_id(inv["id"], amount)
         acct = inv["account"]
-        line = {"id": _new_id(cid, "line"), "object": "line_item", "type": "credit", "state": "invoiced",
-                "account": acct, "subscription_id": None, "add_on_id": None, "add_on_code": None, "invoice_id": cid,
-                "original_line_item_invoice_id": inv["id"], "origin": "credit",
-                "credit_reason_code": body.get("credit_reason_code", "general"), "currency": inv["currency"],
-                "amount": -amount, "subtotal": -amount, "discount": Decimal(0), "tax": Decimal(0),
-                "description": f"Refund for invoice {inv['number']}", "quantity": 1, "quantity_decimal": "1",
-                "proration_rate": None, "refund": True, "custom_fields": [], "start_date": R.iso(now()),
-                "end_date": None, "created_at": R.iso(now()), "updated_at": R.iso(now())}
+        line = {
+            "id": _new_id(cid, "line"),
+            "object": "line_item",
+            "type": "credit",
+            "state": "invoiced",
+            "account": acct,
+            "subscription_id": None,
+            "add_on_id": None,
+            "add_on_code": None,
+            "invoice_id": cid,
+            "original_line_item_invoice_id": inv["id"],
+            "origin": "credit",
+            "credit_reason_code": body.get("credit_reason_code", "general"),
+            "currency": inv["currency"],
+            "amount": -amount,
+            "subtotal": -amount,
+            "discount": Decimal(0),
+            "tax": Decimal(0),
+            "description": f"Refund for invoice {inv['number']}",
+            "quantity": 1,
+            "quantity_decimal": "1",
+            "proration_rate": None,
+            "refund": True,
+            "custom_fields": [],
+            "start_date": R.iso(now()),
+            "end_date": None,
+            "created_at": R.iso(now()),
+            "updated_at": R.iso(now()),
+        }
         number = f"{inv['number']}-CR-{len(prior) + 1:02d}"
-        obj = {"id": cid, "object": "invoice", "type": "credit", "origin": "refund", "state": "open",
-               "account": acct, "subscription_ids": inv.get("subscription_ids", []), "previous_invoice_id": inv["id"],
-               "number": number, "currency": inv["currency"], "discount": Decimal(0), "subtotal": -amount,
-               "tax": Decimal(0), "total": -amount, "paid": Decimal(0), "balance": -amount,
-               "customer_notes": body.get("credit_customer_notes"), "line_items": [line],
-               "has_more_line_items": False, "transactions": [], "credit_payments": [], "custom_fields": [],
-               "created_at": R.iso(now()), "updated_at": R.iso(now()), "due_at": R.iso(now()), "closed_at": None}
+        obj = {
+            "id": cid,
+            "object": "invoice",
+            "type": "credit",
+            "origin": "refund",
+            "state": "open",
+            "account": acct,
+            "subscription_ids": inv.get("subscription_ids", []),
+            "previous_invoice_id": inv["id"],
+            "number": number,
+            "currency": inv["currency"],
+            "discount": Decimal(0),
+            "subtotal": -amount,
+            "tax": Decimal(0),
+            "total": -amount,
+            "paid": Decimal(0),
+            "balance": -amount,
+            "customer_notes": body.get("credit_customer_notes"),
+            "line_items": [line],
+            "has_more_line_items": False,
+            "transactions": [],
+            "credit_payments": [],
+            "custom_fields": [],
+            "created_at": R.iso(now()),
+            "updated_at": R.iso(now()),
+            "due_at": R.iso(now()),
+            "closed_at": None,
+        }
         store.put("line_item", line, account=acct["code"], parent=cid, created=now())
         store.put("invoice", obj, account=acct["code"], created=now())
         return obj
@@ -590,15 +762,29 @@ def create_app(store: RecurlyStore, settings: RecurlySettings) -> Starlette:
         amount = _decimal(body.get("amount"), "amount")
         sao = next((a for a in sub_obj["add_ons"] if a["id"] == sao_id), None)
         if sao is None or sao["add_on"]["add_on_type"] != "usage":
-            raise RecurlyError(422, "validation", "Usage can only be recorded on a current usage add-on",
-                               [{"param": "add_on_id"}])
+            raise RecurlyError(
+                422, "validation", "Usage can only be recorded on a current usage add-on", [{"param": "add_on_id"}]
+            )
         at = body.get("usage_timestamp") or R.iso(now())
-        obj = {"id": _new_id(sao_id, at), "object": "usage", "merchant_tag": body.get("merchant_tag"),
-               "amount": amount, "usage_type": "price", "tier_type": sao["tier_type"], "tiers": sao["tiers"],
-               "percentage_tiers": [], "measured_unit_id": sao["add_on"]["measured_unit_id"],
-               "recording_timestamp": body.get("recording_timestamp") or at, "usage_timestamp": at,
-               "usage_percentage": None, "unit_amount": None, "unit_amount_decimal": sao.get("unit_amount_decimal"),
-               "billed_at": None, "created_at": R.iso(now()), "updated_at": R.iso(now())}
+        obj = {
+            "id": _new_id(sao_id, at),
+            "object": "usage",
+            "merchant_tag": body.get("merchant_tag"),
+            "amount": amount,
+            "usage_type": "price",
+            "tier_type": sao["tier_type"],
+            "tiers": sao["tiers"],
+            "percentage_tiers": [],
+            "measured_unit_id": sao["add_on"]["measured_unit_id"],
+            "recording_timestamp": body.get("recording_timestamp") or at,
+            "usage_timestamp": at,
+            "usage_percentage": None,
+            "unit_amount": None,
+            "unit_amount_decimal": sao.get("unit_amount_decimal"),
+            "billed_at": None,
+            "created_at": R.iso(now()),
+            "updated_at": R.iso(now()),
+        }
         store.put("usage", obj, account=sub_obj["account"]["code"], parent=sao_id, created=now())
         return obj
 
@@ -626,10 +812,22 @@ def add_note(store: RecurlyStore, account_code: str, message: str, user: str = "
     """Account notes are written in Recurly's UI (the v3 API only reads them): tests add them here."""
     acct = store.find("account", "json_extract(body, '$.code') = ?", (account_code,))
     t = store.as_of()
-    note = {"id": _new_id(account_code, message), "object": "account_note", "account_id": acct["id"],
-            "user": {"id": R.rid("user", user), "object": "user", "email": f"{user}@sandbox.invalid",
-                     "first_name": user, "last_name": None, "time_zone": "UTC", "created_at": R.iso(t),
-                     "deleted_at": None}, "message": message, "created_at": R.iso(t)}
+    note = {
+        "id": _new_id(account_code, message),
+        "object": "account_note",
+        "account_id": acct["id"],
+        "user": {
+            "id": R.rid("user", user),
+            "object": "user",
+            "email": f"{user}@sandbox.invalid",
+            "first_name": user,
+            "last_name": None,
+            "time_zone": "UTC",
+            "created_at": R.iso(t),
+            "deleted_at": None,
+        },
+        "message": message,
+        "created_at": R.iso(t),
+    }
     store.put("account_note", note, account=account_code, parent=acct["id"], created=t)
     return note
-

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import uvicorn
-
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -56,8 +55,9 @@ class SandboxServer:
         self.settings = settings or SandboxSettings()
         self.facades = _load_facades(world_dir, state_dir)
         self.app = _root_app(create_app(self.store, self.settings), self.facades)
-        self.config = uvicorn.Config(self.app, host=LOOPBACK, port=port, log_level="warning", access_log=False,
-                                     lifespan="off")
+        self.config = uvicorn.Config(
+            self.app, host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="stripe-sandbox", daemon=True)
         self.port = port

@@ -54,5 +54,7 @@ def sink_routes(store: Store) -> list[Route]:
         store.outbox_add("case", case)
         return JSONResponse(case, status_code=201)
 
-    return [Route("/sinks/chat/{path:path}", chat, methods=["POST"]),
-            Route("/sinks/cases", cases, methods=["GET", "POST"])]
+    return [
+        Route("/sinks/chat/{path:path}", chat, methods=["POST"]),
+        Route("/sinks/cases", cases, methods=["GET", "POST"]),
+    ]

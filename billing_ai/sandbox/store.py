@@ -63,13 +63,14 @@ class Store:
             self.db.execute("BEGIN")
             for t in ("objects", "meter_usage", "meter_event_ids", "idempotency", "meta", "outbox"):
                 self.db.execute(f"DELETE FROM {t}")
-            rows = [(typ, obj["id"], self.created_of(typ, obj), k, cust, parent, json.dumps(obj))
-                    for k, (typ, obj, cust, parent) in enumerate(self.render(tables, as_of))]
+            rows = [
+                (typ, obj["id"], self.created_of(typ, obj), k, cust, parent, json.dumps(obj))
+                for k, (typ, obj, cust, parent) in enumerate(self.render(tables, as_of))
+            ]
             self.db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?,?)", rows)
             self._seq = len(rows)
             self.seed_usage(tables, {r[1] for r in rows if r[0] == "customer"})
-            self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)",
-                            (fingerprint, str(as_of)))
+            self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)", (fingerprint, str(as_of)))
             self.db.execute("COMMIT")
         return True
 
@@ -84,8 +85,10 @@ class Store:
     def seed_usage(self, tables: dict[str, pl.DataFrame], customers: set[str]) -> None:
         """The platform's daily meter totals of its own customers (Stripe's meter event summaries)."""
         mu = tables["meter_usage"].filter(pl.col("customer_id").is_in(list(customers)))
-        self.db.executemany("INSERT INTO meter_usage VALUES (?,?,?,?)",
-                            mu.select("meter_id", "customer_id", "day_start", "value_milli").iter_rows())
+        self.db.executemany(
+            "INSERT INTO meter_usage VALUES (?,?,?,?)",
+            mu.select("meter_id", "customer_id", "day_start", "value_milli").iter_rows(),
+        )
 
     def as_of(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key='as_of'").fetchone()
@@ -96,22 +99,32 @@ class Store:
         row = self.db.execute("SELECT body FROM objects WHERE type=? AND id=?", (typ, oid)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put(self, typ: str, obj: dict, customer: str | None = None, parent: str | None = None,
-            created: int | None = None) -> None:
+    def put(
+        self, typ: str, obj: dict, customer: str | None = None, parent: str | None = None, created: int | None = None
+    ) -> None:
         """Insert or replace; ``created`` orders lists when the object has no such field."""
         with self._lock:
             existing = self.db.execute("SELECT seq FROM objects WHERE type=? AND id=?", (typ, obj["id"])).fetchone()
             if existing:
-                self.db.execute("UPDATE objects SET body=? WHERE type=? AND id=?",
-                                (json.dumps(obj), typ, obj["id"]))
+                self.db.execute("UPDATE objects SET body=? WHERE type=? AND id=?", (json.dumps(obj), typ, obj["id"]))
             else:
                 self._seq += 1
-                self.db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?)",
-                                (typ, obj["id"], created or obj.get("created") or 0, self._seq, customer, parent,
-                                 json.dumps(obj)))
+                self.db.execute(
+                    "INSERT INTO objects VALUES (?,?,?,?,?,?,?)",
+                    (typ, obj["id"], created or obj.get("created") or 0, self._seq, customer, parent, json.dumps(obj)),
+                )
 
-    def list(self, typ: str, *, limit: int, starting_after: str | None = None, ending_before: str | None = None,
-             where: dict[str, str] | None = None, predicate=None, newest_first: bool = True) -> tuple[list[dict], bool]:
+    def list(
+        self,
+        typ: str,
+        *,
+        limit: int,
+        starting_after: str | None = None,
+        ending_before: str | None = None,
+        where: dict[str, str] | None = None,
+        predicate=None,
+        newest_first: bool = True,
+    ) -> tuple[list[dict], bool]:
         """A page in Stripe's order (newest first, or oldest first for invoice lines); cursor by id."""
         sql = "SELECT body FROM objects WHERE type=?"
         args: list = [typ]
@@ -150,10 +163,13 @@ class Store:
     def meter_summaries(self, meter_id: str, customer: str, start: int, end: int) -> list[tuple[int, int]]:
         return self.db.execute(
             "SELECT day_start, value_milli FROM meter_usage WHERE meter_id=? AND customer=? "
-            "AND day_start >= ? AND day_start < ? ORDER BY day_start", (meter_id, customer, start, end)).fetchall()
+            "AND day_start >= ? AND day_start < ? ORDER BY day_start",
+            (meter_id, customer, start, end),
+        ).fetchall()
 
-    def record_meter_event(self, identifier: str, meter_id: str, customer: str, at: int, value_milli: int,
-                           created: int) -> bool:
+    def record_meter_event(
+        self, identifier: str, meter_id: str, customer: str, at: int, value_milli: int, created: int
+    ) -> bool:
         """False if the identifier was seen before (Stripe dedups meter events by identifier)."""
         with self._lock:
             try:
@@ -162,7 +178,8 @@ class Store:
                 self.db.execute(
                     "INSERT INTO meter_usage VALUES (?,?,?,?) ON CONFLICT (meter_id, customer, day_start) "
                     "DO UPDATE SET value_milli = value_milli + excluded.value_milli",
-                    (meter_id, customer, at // 86400 * 86400, value_milli))
+                    (meter_id, customer, at // 86400 * 86400, value_milli),
+                )
                 self.db.execute("COMMIT")
                 return True
             except sqlite3.IntegrityError:
@@ -171,13 +188,16 @@ class Store:
 
     # ---- idempotency ---------------------------------------------------------------
     def idem_get(self, api_key: str, key: str) -> tuple | None:
-        return self.db.execute("SELECT method, path, params, status, body FROM idempotency WHERE api_key=? AND key=?",
-                               (api_key, key)).fetchone()
+        return self.db.execute(
+            "SELECT method, path, params, status, body FROM idempotency WHERE api_key=? AND key=?", (api_key, key)
+        ).fetchone()
 
     def idem_put(self, api_key: str, key: str, method: str, path: str, params: str, status: int, body: str) -> None:
         with self._lock:
-            self.db.execute("INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?,?,?)",
-                            (key, api_key, method, path, params, status, body))
+            self.db.execute(
+                "INSERT OR IGNORE INTO idempotency VALUES (?,?,?,?,?,?,?)",
+                (key, api_key, method, path, params, status, body),
+            )
 
     def outbox_add(self, kind: str, body: dict) -> None:
         with self._lock:

@@ -48,8 +48,15 @@ class SandboxSettings:
 
 
 class StripeError(Exception):
-    def __init__(self, status: int, type_: str, message: str, code: str | None = None, param: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.type, self.message, self.code, self.param = status, type_, message, code, param
         self.headers = headers or {}
@@ -122,16 +129,34 @@ class RateLimiter:
 
 
 LISTABLE = {
-    "customers": "customer", "products": "product", "prices": "price", "subscriptions": "subscription",
-    "subscription_items": "subscription_item", "invoices": "invoice", "payment_intents": "payment_intent",
-    "invoice_payments": "invoice_payment", "credit_notes": "credit_note", "invoiceitems": "invoiceitem",
-    "billing/meters": "billing.meter", "quotes": "quote",
+    "customers": "customer",
+    "products": "product",
+    "prices": "price",
+    "subscriptions": "subscription",
+    "subscription_items": "subscription_item",
+    "invoices": "invoice",
+    "payment_intents": "payment_intent",
+    "invoice_payments": "invoice_payment",
+    "credit_notes": "credit_note",
+    "invoiceitems": "invoiceitem",
+    "billing/meters": "billing.meter",
+    "quotes": "quote",
 }
 RETRIEVABLE = {k: v for k, v in LISTABLE.items()}
-NOUN = {"customer": "customer", "product": "product", "price": "price", "subscription": "subscription",
-        "subscription_item": "subscription_item", "invoice": "invoice", "payment_intent": "payment_intent",
-        "invoice_payment": "invoice_payment", "credit_note": "credit_note", "invoiceitem": "invoiceitem",
-        "billing.meter": "billing.meter", "quote": "quote"}
+NOUN = {
+    "customer": "customer",
+    "product": "product",
+    "price": "price",
+    "subscription": "subscription",
+    "subscription_item": "subscription_item",
+    "invoice": "invoice",
+    "payment_intent": "payment_intent",
+    "invoice_payment": "invoice_payment",
+    "credit_note": "credit_note",
+    "invoiceitem": "invoiceitem",
+    "billing.meter": "billing.meter",
+    "quote": "quote",
+}
 # payment failures a retry cannot fix: the sandbox declines a retried payment for these
 HARD_DECLINES = ("expired_card", "lost_card", "stolen_card", "incorrect_number")
 
@@ -146,18 +171,24 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def auth(request: Request, write: bool) -> str:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            raise StripeError(401, "invalid_request_error",
-                              "You did not provide an API key. You need to provide your API key in the "
-                              "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').")
+            raise StripeError(
+                401,
+                "invalid_request_error",
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+            )
         key = header[7:].strip()
         if key in settings.secret_keys:
             return key
         if key in settings.readonly_keys:
             if write:
-                raise StripeError(403, "invalid_request_error",
-                                  "The provided key 'rk_test_****' does not have the required permissions for this "
-                                  "endpoint. Having the 'rak_write' permission would allow this request to continue.",
-                                  code="secret_key_required")
+                raise StripeError(
+                    403,
+                    "invalid_request_error",
+                    "The provided key 'rk_test_****' does not have the required permissions for this "
+                    "endpoint. Having the 'rak_write' permission would allow this request to continue.",
+                    code="secret_key_required",
+                )
             return key
         raise StripeError(401, "invalid_request_error", f"Invalid API Key provided: {key[:8]}****")
 
@@ -171,10 +202,14 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
             wait = limiter.take()
             if wait:
                 settings.counters["rate_limited"] = settings.counters.get("rate_limited", 0) + 1
-                raise StripeError(429, "invalid_request_error",
-                                  "Request rate limit exceeded. Learn more about rate limits here "
-                                  "https://stripe.com/docs/rate-limits.", code="rate_limit",
-                                  headers={"Retry-After": str(max(1, round(wait + 0.49)))})
+                raise StripeError(
+                    429,
+                    "invalid_request_error",
+                    "Request rate limit exceeded. Learn more about rate limits here "
+                    "https://stripe.com/docs/rate-limits.",
+                    code="rate_limit",
+                    headers={"Retry-After": str(max(1, round(wait + 0.49)))},
+                )
             write = request.method in ("POST", "DELETE")
             api_key = auth(request, write)
             params = decode_form(parse_qsl(request.url.query, keep_blank_values=True))
@@ -189,13 +224,19 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 if prior:
                     method, ppath, pparams, status, pbody = prior
                     if (method, ppath, pparams) != (request.method, path, canon):
-                        raise StripeError(400, "idempotency_error",
-                                          "Keys for idempotent requests can only be used with the same parameters "
-                                          "they were first used with. Try using a key other than "
-                                          f"'{idem}' if you meant to execute a different request.")
-                    return Response(pbody, status_code=status, media_type="application/json",
-                                    headers={"Idempotent-Replayed": "true", "Idempotency-Key": idem,
-                                             "Request-Id": request_id()})
+                        raise StripeError(
+                            400,
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same parameters "
+                            "they were first used with. Try using a key other than "
+                            f"'{idem}' if you meant to execute a different request.",
+                        )
+                    return Response(
+                        pbody,
+                        status_code=status,
+                        media_type="application/json",
+                        headers={"Idempotent-Replayed": "true", "Idempotency-Key": idem, "Request-Id": request_id()},
+                    )
             status, payload = route(request.method, path, params)
             text = json.dumps(payload)
             if idem and status < 500:
@@ -217,8 +258,9 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 return 200, list_objects(rest, LISTABLE[rest], params)
             mm = re.fullmatch(r"invoices/([^/]+)/lines", rest)
             if mm:
-                return 200, list_children("line_item", mm.group(1), "invoice", f"/v1/invoices/{mm.group(1)}/lines",
-                                          params)
+                return 200, list_children(
+                    "line_item", mm.group(1), "invoice", f"/v1/invoices/{mm.group(1)}/lines", params
+                )
             mm = re.fullmatch(r"billing/meters/([^/]+)/event_summaries", rest)
             if mm:
                 return 200, meter_event_summaries(mm.group(1), params)
@@ -252,20 +294,29 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def retrieve(typ: str, oid: str) -> dict:
         obj = store.get(typ, oid)
         if obj is None:
-            raise StripeError(404, "invalid_request_error", f"No such {NOUN.get(typ, typ).replace('.', ' ')}: '{oid}'",
-                              code="resource_missing", param="id")
+            raise StripeError(
+                404,
+                "invalid_request_error",
+                f"No such {NOUN.get(typ, typ).replace('.', ' ')}: '{oid}'",
+                code="resource_missing",
+                param="id",
+            )
         return obj
 
     def limit_of(params: dict) -> int:
         try:
             limit = int(params.get("limit", 10))
         except ValueError:
-            raise StripeError(400, "invalid_request_error", "Invalid integer: " + str(params.get("limit")),
-                              param="limit") from None
+            raise StripeError(
+                400, "invalid_request_error", "Invalid integer: " + str(params.get("limit")), param="limit"
+            ) from None
         if not 1 <= limit <= MAX_LIMIT:
-            raise StripeError(400, "invalid_request_error",
-                              f"This value must be greater than or equal to 1 and less than or equal to {MAX_LIMIT}.",
-                              param="limit")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"This value must be greater than or equal to 1 and less than or equal to {MAX_LIMIT}.",
+                param="limit",
+            )
         return limit
 
     def expand(obj: dict, params: dict, top: bool) -> dict:
@@ -286,8 +337,9 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
             where["customer"] = params["customer"]
         if typ == "subscription_item":
             if "subscription" not in params:
-                raise StripeError(400, "invalid_request_error", "Missing required param: subscription.",
-                                  param="subscription")
+                raise StripeError(
+                    400, "invalid_request_error", "Missing required param: subscription.", param="subscription"
+                )
             where["parent"] = params["subscription"]
         if typ in ("invoice_payment", "payment_intent", "credit_note") and "invoice" in params:
             where["parent"] = params["invoice"]
@@ -300,19 +352,34 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
         elif typ == "invoice" and status:
             predicate = lambda o: o["status"] == status  # noqa: E731
         try:
-            objs, more = store.list(typ, limit=limit_of(params), starting_after=params.get("starting_after"),
-                                    ending_before=params.get("ending_before"), where=where, predicate=predicate)
+            objs, more = store.list(
+                typ,
+                limit=limit_of(params),
+                starting_after=params.get("starting_after"),
+                ending_before=params.get("ending_before"),
+                where=where,
+                predicate=predicate,
+            )
         except KeyError as e:
-            raise StripeError(400, "invalid_request_error", f"No such object: '{e.args[0]}'",
-                              code="resource_missing",
-                              param="starting_after" if params.get("starting_after") else "ending_before") from None
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"No such object: '{e.args[0]}'",
+                code="resource_missing",
+                param="starting_after" if params.get("starting_after") else "ending_before",
+            ) from None
         return page(objs, more, f"/v1/{rest}", params)
 
     def list_children(typ: str, parent: str, parent_typ: str, url: str, params: dict) -> dict:
         retrieve(parent_typ, parent)
-        objs, more = store.list(typ, limit=limit_of(params), starting_after=params.get("starting_after"),
-                                ending_before=params.get("ending_before"), where={"parent": parent},
-                                newest_first=False)  # lines come in invoice order
+        objs, more = store.list(
+            typ,
+            limit=limit_of(params),
+            starting_after=params.get("starting_after"),
+            ending_before=params.get("ending_before"),
+            where={"parent": parent},
+            newest_first=False,
+        )  # lines come in invoice order
         return page(objs, more, url, params)
 
     def meter_event_summaries(meter_id: str, params: dict) -> dict:
@@ -322,38 +389,65 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
                 raise StripeError(400, "invalid_request_error", f"Missing required param: {req}.", param=req)
         window = params.get("value_grouping_window")
         if window not in (None, "day"):
-            raise StripeError(400, "invalid_request_error",
-                              "The sandbox serves value_grouping_window=day (or none) only.",
-                              param="value_grouping_window")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "The sandbox serves value_grouping_window=day (or none) only.",
+                param="value_grouping_window",
+            )
         start, end = int(params["start_time"]), int(params["end_time"])
         if start % 86400 or end % 86400:
-            raise StripeError(400, "invalid_request_error",
-                              "start_time and end_time must align with day boundaries.", param="start_time")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "start_time and end_time must align with day boundaries.",
+                param="start_time",
+            )
         rows = store.meter_summaries(meter_id, params["customer"], start, end)
         url = f"/v1/billing/meters/{meter_id}/event_summaries"
         cust = params["customer"]
         if window is None:
             # without a grouping window Stripe returns one summary over the whole range
             total = sum(v for _, v in rows)
-            obj = {"id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{start}_{end}", "object": "billing.meter_event_summary",
-                   "aggregated_value": float(Decimal(total) / 1000), "end_time": end, "livemode": False,
-                   "meter": meter_id, "start_time": start}
+            obj = {
+                "id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{start}_{end}",
+                "object": "billing.meter_event_summary",
+                "aggregated_value": float(Decimal(total) / 1000),
+                "end_time": end,
+                "livemode": False,
+                "meter": meter_id,
+                "start_time": start,
+            }
             return page([obj], False, url, params)
-        objs = [{"id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{d}", "object": "billing.meter_event_summary",
-                 "aggregated_value": float(Decimal(v) / 1000), "end_time": d + 86400, "livemode": False,
-                 "meter": meter_id, "start_time": d} for d, v in rows]
+        objs = [
+            {
+                "id": f"mtrusg_{meter_id[4:]}_{cust[4:]}_{d}",
+                "object": "billing.meter_event_summary",
+                "aggregated_value": float(Decimal(v) / 1000),
+                "end_time": d + 86400,
+                "livemode": False,
+                "meter": meter_id,
+                "start_time": d,
+            }
+            for d, v in rows
+        ]
         objs.sort(key=lambda o: -o["start_time"])  # newest first
         after, before = params.get("starting_after"), params.get("ending_before")
         ids = [o["id"] for o in objs]
         lim = limit_of(params)
         cursor = after or before
         if cursor and cursor not in ids:
-            raise StripeError(400, "invalid_request_error", f"No such object: '{cursor}'", code="resource_missing",
-                              param="starting_after" if after else "ending_before")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"No such object: '{cursor}'",
+                code="resource_missing",
+                param="starting_after" if after else "ending_before",
+            )
         if after:
-            objs = objs[ids.index(after) + 1:]
+            objs = objs[ids.index(after) + 1 :]
         elif before:
-            objs = objs[:ids.index(before)]
+            objs = objs[: ids.index(before)]
             return page(objs[-lim:], len(objs) > lim, url, params)
         return page(objs[:lim], len(objs) > lim, url, params)
 
@@ -362,22 +456,35 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
         payload = params.get("payload") or {}
         meter = next((m for m in store.list("billing.meter", limit=100)[0] if m["event_name"] == name), None)
         if meter is None:
-            raise StripeError(400, "invalid_request_error", f"No active meter found for event_name '{name}'.",
-                              param="event_name")
+            raise StripeError(
+                400, "invalid_request_error", f"No active meter found for event_name '{name}'.", param="event_name"
+            )
         cust = payload.get("stripe_customer_id")
         if not cust or store.get("customer", cust) is None:
-            raise StripeError(400, "invalid_request_error", "No such customer for payload[stripe_customer_id].",
-                              param="payload[stripe_customer_id]")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "No such customer for payload[stripe_customer_id].",
+                param="payload[stripe_customer_id]",
+            )
         try:
             value = Decimal(payload.get("value", ""))
         except InvalidOperation:
-            raise StripeError(400, "invalid_request_error", "payload[value] must be a number.",
-                              param="payload[value]") from None
+            raise StripeError(
+                400, "invalid_request_error", "payload[value] must be a number.", param="payload[value]"
+            ) from None
         at = int(params.get("timestamp") or now())
         ident = params.get("identifier") or make_id("mevt", 0, time.time_ns())
         store.record_meter_event(ident, meter["id"], cust, at, int(value * 1000), now())
-        return {"object": "billing.meter_event", "created": now(), "event_name": name, "identifier": ident,
-                "livemode": False, "payload": payload, "timestamp": at}
+        return {
+            "object": "billing.meter_event",
+            "created": now(),
+            "event_name": name,
+            "identifier": ident,
+            "livemode": False,
+            "payload": payload,
+            "timestamp": at,
+        }
 
     def update_metadata(typ: str, oid: str, params: dict) -> dict:
         obj = retrieve(typ, oid)
@@ -388,8 +495,9 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
             else:
                 meta[k] = v
         if len(meta) > 50:
-            raise StripeError(400, "invalid_request_error", "Invalid metadata: metadata can have at most 50 keys.",
-                              param="metadata")
+            raise StripeError(
+                400, "invalid_request_error", "Invalid metadata: metadata can have at most 50 keys.", param="metadata"
+            )
         obj["metadata"] = meta
         store.put(typ, obj)
         return obj
@@ -397,50 +505,97 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def create_invoice_item(params: dict) -> dict:
         cust = params.get("customer")
         if not cust or store.get("customer", cust) is None:
-            raise StripeError(400, "invalid_request_error", f"No such customer: '{cust}'", code="resource_missing",
-                              param="customer")
+            raise StripeError(
+                400, "invalid_request_error", f"No such customer: '{cust}'", code="resource_missing", param="customer"
+            )
         try:
             amount = int(params["amount"])
         except (KeyError, ValueError):
             raise StripeError(400, "invalid_request_error", "Missing required param: amount.", param="amount") from None
         oid = make_id("ii", 0, cust, time.time_ns())
-        obj = {"id": oid, "object": "invoiceitem", "amount": amount, "currency": params.get("currency", "usd"),
-               "customer": cust, "date": now(), "description": params.get("description"), "discountable": True,
-               "discounts": [], "invoice": None, "livemode": False, "metadata": params.get("metadata") or {},
-               "net_amount": amount, "parent": None, "period": {"start": now(), "end": now()}, "pricing": None,
-               "proration": False, "quantity": 1, "tax_rates": [], "test_clock": None}
+        obj = {
+            "id": oid,
+            "object": "invoiceitem",
+            "amount": amount,
+            "currency": params.get("currency", "usd"),
+            "customer": cust,
+            "date": now(),
+            "description": params.get("description"),
+            "discountable": True,
+            "discounts": [],
+            "invoice": None,
+            "livemode": False,
+            "metadata": params.get("metadata") or {},
+            "net_amount": amount,
+            "parent": None,
+            "period": {"start": now(), "end": now()},
+            "pricing": None,
+            "proration": False,
+            "quantity": 1,
+            "tax_rates": [],
+            "test_clock": None,
+        }
         store.put("invoiceitem", obj, customer=cust, created=now())
         return obj
 
     def create_credit_note(params: dict) -> dict:
         inv = retrieve("invoice", params.get("invoice", ""))
         if inv["status"] not in ("open", "paid"):
-            raise StripeError(400, "invalid_request_error",
-                              "You can only create a credit note for an open or paid invoice.", param="invoice")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "You can only create a credit note for an open or paid invoice.",
+                param="invoice",
+            )
         amount = int(params.get("amount", 0))
         if amount <= 0 or amount > inv["total"]:
-            raise StripeError(400, "invalid_request_error",
-                              "The credit note amount must be positive and at most the invoice total.", param="amount")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "The credit note amount must be positive and at most the invoice total.",
+                param="amount",
+            )
         oid = make_id("cn", 0, inv["id"], time.time_ns())
-        obj = {"id": oid, "object": "credit_note", "amount": amount, "created": now(), "currency": inv["currency"],
-               "customer": inv["customer"], "invoice": inv["id"], "livemode": False,
-               "memo": params.get("memo"), "metadata": params.get("metadata") or {},
-               "number": f"{inv['number']}-CN-X", "reason": params.get("reason"), "status": "issued",
-               "total": amount, "type": "post_payment" if inv["status"] == "paid" else "pre_payment",
-               "lines": {"object": "list", "data": [], "has_more": False, "url": f"/v1/credit_notes/{oid}/lines"}}
+        obj = {
+            "id": oid,
+            "object": "credit_note",
+            "amount": amount,
+            "created": now(),
+            "currency": inv["currency"],
+            "customer": inv["customer"],
+            "invoice": inv["id"],
+            "livemode": False,
+            "memo": params.get("memo"),
+            "metadata": params.get("metadata") or {},
+            "number": f"{inv['number']}-CN-X",
+            "reason": params.get("reason"),
+            "status": "issued",
+            "total": amount,
+            "type": "post_payment" if inv["status"] == "paid" else "pre_payment",
+            "lines": {"object": "list", "data": [], "has_more": False, "url": f"/v1/credit_notes/{oid}/lines"},
+        }
         store.put("credit_note", obj, customer=inv["customer"], parent=inv["id"])
         return obj
 
     def update_invoice_line(invoice_id: str, line_id: str, params: dict) -> dict:
         inv = retrieve("invoice", invoice_id)
         if inv["status"] != "draft":
-            raise StripeError(400, "invalid_request_error",
-                              f"Invoice {invoice_id} is no longer a draft: only draft invoices' lines can be updated.",
-                              code="invoice_not_editable", param="invoice")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Invoice {invoice_id} is no longer a draft: only draft invoices' lines can be updated.",
+                code="invoice_not_editable",
+                param="invoice",
+            )
         line = store.get("line_item", line_id)
         if line is None or line.get("invoice") != invoice_id:
-            raise StripeError(404, "invalid_request_error", f"No such invoice line item: '{line_id}'",
-                              code="resource_missing", param="line_item_id")
+            raise StripeError(
+                404,
+                "invalid_request_error",
+                f"No such invoice line item: '{line_id}'",
+                code="resource_missing",
+                param="line_item_id",
+            )
         if "description" in params:
             line["description"] = params["description"]
         for k, v in (params.get("metadata") or {}).items():
@@ -454,16 +609,25 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def pay_invoice(invoice_id: str) -> tuple[int, dict]:
         inv = retrieve("invoice", invoice_id)
         if inv["status"] != "open":
-            raise StripeError(400, "invalid_request_error", f"Invoice is already {inv['status']}.",
-                              code="invoice_not_open", param="invoice")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"Invoice is already {inv['status']}.",
+                code="invoice_not_open",
+                param="invoice",
+            )
         intents = store.list("payment_intent", limit=100, where={"parent": invoice_id})[0]
         last_error = next((pi["last_payment_error"] for pi in intents if pi.get("last_payment_error")), None)
         inv["attempt_count"] = inv.get("attempt_count", 0) + 1
         inv["attempted"] = True
         if last_error and last_error.get("code") in HARD_DECLINES:
             store.put("invoice", inv)
-            raise StripeError(402, "card_error", f"Your card was declined: {last_error['code'].replace('_', ' ')}.",
-                              code=last_error["code"])
+            raise StripeError(
+                402,
+                "card_error",
+                f"Your card was declined: {last_error['code'].replace('_', ' ')}.",
+                code=last_error["code"],
+            )
         inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0, paid=True)
         inv.setdefault("status_transitions", {})["paid_at"] = now()
         store.put("invoice", inv)
@@ -472,20 +636,29 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def update_subscription_items(sub_id: str, params: dict) -> dict:
         sub = retrieve("subscription", sub_id)
         if sub["status"] == "canceled":
-            raise StripeError(400, "invalid_request_error",
-                              "A canceled subscription can only update its cancellation_details and metadata.",
-                              param="items")
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                "A canceled subscription can only update its cancellation_details and metadata.",
+                param="items",
+            )
         changes = params["items"] if isinstance(params["items"], list) else list(params["items"].values())
         by_id = {it["id"]: it for it in sub["items"]["data"]}
         for change in changes:
             item = by_id.get(change.get("id"))
             if item is None:
-                raise StripeError(400, "invalid_request_error", f"No such subscription item: '{change.get('id')}'",
-                                  code="resource_missing", param="items[0][id]")
+                raise StripeError(
+                    400,
+                    "invalid_request_error",
+                    f"No such subscription item: '{change.get('id')}'",
+                    code="resource_missing",
+                    param="items[0][id]",
+                )
             price = retrieve("price", change.get("price", ""))
             if not price.get("active", True):
-                raise StripeError(400, "invalid_request_error", "The price specified is inactive.",
-                                  param="items[0][price]")
+                raise StripeError(
+                    400, "invalid_request_error", "The price specified is inactive.", param="items[0][price]"
+                )
             item["price"] = {k: v for k, v in price.items() if k != "_tiers"}
             stored = store.get("subscription_item", item["id"])
             if stored is not None:
@@ -499,30 +672,48 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
     def create_quote(params: dict) -> dict:
         cust = params.get("customer")
         if not cust or store.get("customer", cust) is None:
-            raise StripeError(400, "invalid_request_error", f"No such customer: '{cust}'", code="resource_missing",
-                              param="customer")
+            raise StripeError(
+                400, "invalid_request_error", f"No such customer: '{cust}'", code="resource_missing", param="customer"
+            )
         items = params.get("line_items") or []
         items = items if isinstance(items, list) else list(items.values())
         if not items:
-            raise StripeError(400, "invalid_request_error", "Missing required param: line_items.",
-                              param="line_items")
+            raise StripeError(400, "invalid_request_error", "Missing required param: line_items.", param="line_items")
         prices = [retrieve("price", it.get("price", "")) for it in items]
         oid = make_id("qt", 0, cust, time.time_ns())
-        obj = {"id": oid, "object": "quote", "customer": cust, "status": "draft", "created": now(),
-               "currency": prices[0]["currency"], "description": params.get("description"),
-               "header": params.get("header"), "livemode": False, "metadata": params.get("metadata") or {},
-               "line_items": {"object": "list", "data": [
-                   {"id": make_id("li", 0, oid, k), "object": "item", "price": {"id": p["id"]},
-                    "quantity": int(it.get("quantity", 1))} for k, (p, it) in enumerate(zip(prices, items))],
-                   "has_more": False, "url": f"/v1/quotes/{oid}/line_items"},
-               "subscription_data": params.get("subscription_data") or {}}
+        obj = {
+            "id": oid,
+            "object": "quote",
+            "customer": cust,
+            "status": "draft",
+            "created": now(),
+            "currency": prices[0]["currency"],
+            "description": params.get("description"),
+            "header": params.get("header"),
+            "livemode": False,
+            "metadata": params.get("metadata") or {},
+            "line_items": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": make_id("li", 0, oid, k),
+                        "object": "item",
+                        "price": {"id": p["id"]},
+                        "quantity": int(it.get("quantity", 1)),
+                    }
+                    for k, (p, it) in enumerate(zip(prices, items, strict=True))
+                ],
+                "has_more": False,
+                "url": f"/v1/quotes/{oid}/line_items",
+            },
+            "subscription_data": params.get("subscription_data") or {},
+        }
         store.put("quote", obj, customer=cust)
         return obj
 
     from billing_ai.sandbox.sinks import sink_routes
 
-    return Starlette(routes=[*sink_routes(store),
-                             Route("/{path:path}", handler, methods=["GET", "POST", "DELETE"])])
+    return Starlette(routes=[*sink_routes(store), Route("/{path:path}", handler, methods=["GET", "POST", "DELETE"])])
 
 
 def open_store(state_dir: Path, world_dir: Path) -> Store:

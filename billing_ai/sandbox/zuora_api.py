@@ -79,9 +79,12 @@ CATEGORY = {401: 11, 403: 10, 400: 20, 404: 40, 409: 50, 422: 20, 429: 70, 500: 
 @dataclass
 class ZuoraSettings:
     # client_id -> (client_secret, may write)
-    clients: dict[str, tuple[str, bool]] = field(default_factory=lambda: {
-        ZUORA_CLIENT_ID: (ZUORA_CLIENT_SECRET, True),
-        ZUORA_READONLY_CLIENT_ID: (ZUORA_READONLY_CLIENT_SECRET, False)})
+    clients: dict[str, tuple[str, bool]] = field(
+        default_factory=lambda: {
+            ZUORA_CLIENT_ID: (ZUORA_CLIENT_SECRET, True),
+            ZUORA_READONLY_CLIENT_ID: (ZUORA_READONLY_CLIENT_SECRET, False),
+        }
+    )
     rate_limit_per_second: float = 400.0
     token_ttl: float = 3600.0  # seconds a bearer token lives
     write_delay: float = 0.0  # seconds a write stays "in flight" (to show 409 on a concurrent repeat)
@@ -91,19 +94,32 @@ class ZuoraSettings:
 
 
 class ZuoraError(Exception):
-    def __init__(self, status: int, message: str, category: int | None = None, headers: dict | None = None,
-                 object_code: int = 500000):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        category: int | None = None,
+        headers: dict | None = None,
+        object_code: int = 500000,
+    ):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
         self.code = f"{object_code}{(category or CATEGORY.get(status, 60)):02d}"
 
     def body(self) -> dict:
-        return {"success": False, "processId": secrets.token_hex(8).upper(),
-                "reasons": [{"code": self.code, "message": self.message}]}
+        return {
+            "success": False,
+            "processId": secrets.token_hex(8).upper(),
+            "reasons": [{"code": self.code, "message": self.message}],
+        }
 
     def response(self) -> Response:
-        return Response(dumps(self.body()), status_code=self.status, media_type="application/json",
-                        headers={"Zuora-Request-Id": secrets.token_hex(16), **self.headers})
+        return Response(
+            dumps(self.body()),
+            status_code=self.status,
+            media_type="application/json",
+            headers={"Zuora-Request-Id": secrets.token_hex(16), **self.headers},
+        )
 
 
 SCHEMA = """
@@ -145,8 +161,10 @@ class ZuoraStore:
             self.db.execute("BEGIN")
             for t in ("objects", "idempotency", "meta"):
                 self.db.execute(f"DELETE FROM {t}")
-            rows = [(typ, obj["id"], k, acct, parent, dumps(obj))
-                    for k, (typ, obj, acct, parent) in enumerate(render_world(tables, as_of), start=1)]
+            rows = [
+                (typ, obj["id"], k, acct, parent, dumps(obj))
+                for k, (typ, obj, acct, parent) in enumerate(render_world(tables, as_of), start=1)
+            ]
             self.db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?)", rows)
             self.seq = len(rows)
             self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?), ('as_of', ?)", (fingerprint, str(as_of)))
@@ -159,8 +177,9 @@ class ZuoraStore:
 
     def find(self, typ: str, field_name: str, value: str) -> dict | None:
         """The object of ``typ`` whose top-level ``field_name`` is ``value`` (e.g. accountNumber)."""
-        row = self.db.execute(f"SELECT body FROM objects WHERE type=? AND json_extract(body, '$.{field_name}')=?",
-                              (typ, value)).fetchone()
+        row = self.db.execute(
+            f"SELECT body FROM objects WHERE type=? AND json_extract(body, '$.{field_name}')=?", (typ, value)
+        ).fetchone()
         return loads(row[0]) if row else None
 
     def put(self, typ: str, obj: dict, account: str | None = None, parent: str | None = None) -> None:
@@ -169,11 +188,19 @@ class ZuoraStore:
                 self.db.execute("UPDATE objects SET body=? WHERE type=? AND id=?", (dumps(obj), typ, obj["id"]))
             else:
                 self.seq += 1
-                self.db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?)",
-                                (typ, obj["id"], self.seq, account, parent, dumps(obj)))
+                self.db.execute(
+                    "INSERT INTO objects VALUES (?,?,?,?,?,?)", (typ, obj["id"], self.seq, account, parent, dumps(obj))
+                )
 
-    def page(self, typ: str, offset: int, limit: int, account: str | None = None, parent: str | None = None,
-             where: dict[str, str] | None = None) -> tuple[list[dict], bool]:
+    def page(
+        self,
+        typ: str,
+        offset: int,
+        limit: int,
+        account: str | None = None,
+        parent: str | None = None,
+        where: dict[str, str] | None = None,
+    ) -> tuple[list[dict], bool]:
         sql, args = "SELECT body FROM objects WHERE type=?", [typ]
         if account is not None:
             sql += " AND account=?"
@@ -195,18 +222,24 @@ class ZuoraStore:
     def idem_reserve(self, client: str, key: str, method: str, path: str, digest: str) -> tuple | None:
         """None if reserved for this request; else the earlier record (method, path, digest, state, status, body)."""
         with self.lock:
-            row = self.db.execute("SELECT method, path, digest, state, status, body FROM idempotency "
-                                  "WHERE client=? AND key=?", (client, key)).fetchone()
+            row = self.db.execute(
+                "SELECT method, path, digest, state, status, body FROM idempotency WHERE client=? AND key=?",
+                (client, key),
+            ).fetchone()
             if row:
                 return row
-            self.db.execute("INSERT INTO idempotency VALUES (?,?,?,?,?, 'in_flight', NULL, NULL)",
-                            (client, key, method, path, digest))
+            self.db.execute(
+                "INSERT INTO idempotency VALUES (?,?,?,?,?, 'in_flight', NULL, NULL)",
+                (client, key, method, path, digest),
+            )
             return None
 
     def idem_finish(self, client: str, key: str, status: int, body: str) -> None:
         with self.lock:
-            self.db.execute("UPDATE idempotency SET state='done', status=?, body=? WHERE client=? AND key=?",
-                            (status, body, client, key))
+            self.db.execute(
+                "UPDATE idempotency SET state='done', status=?, body=? WHERE client=? AND key=?",
+                (status, body, client, key),
+            )
 
     def idem_release(self, client: str, key: str) -> None:
         with self.lock:
@@ -260,8 +293,9 @@ class ZuoraFacade:
         self.settings = settings or ZuoraSettings()
         self.tokens: dict[str, tuple[str, bool, float]] = {}  # token -> (client_id, may write, expires at)
         self.limiter = RateLimiter(self.settings.rate_limit_per_second)
-        self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "PATCH",
-                                                                               "DELETE"])])
+        self.app = Starlette(
+            routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -280,7 +314,7 @@ class ZuoraFacade:
         path = request.scope["path"]
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         method = request.method
         fault = None
         try:
@@ -296,8 +330,11 @@ class ZuoraFacade:
             wait = self.limiter.take()
             if wait:
                 s.counters["rate_limited"] = s.counters.get("rate_limited", 0) + 1
-                raise ZuoraError(429, "Too many requests: the request rate limit was exceeded",
-                                 headers={"Retry-After": str(max(1, round(wait + 0.49)))})
+                raise ZuoraError(
+                    429,
+                    "Too many requests: the request rate limit was exceeded",
+                    headers={"Retry-After": str(max(1, round(wait + 0.49)))},
+                )
             if path == "/oauth/token" and method == "POST":
                 return self.token(dict(parse_qsl((await request.body()).decode())))
             client, may_write = self.auth(request)
@@ -317,13 +354,17 @@ class ZuoraFacade:
                 if prior:
                     pmethod, ppath, pdigest, state, status, pbody = prior
                     if (pmethod, ppath, pdigest) != (method, path, digest):
-                        raise ZuoraError(422, "The idempotency key was used with a different request",
-                                         category=20)
+                        raise ZuoraError(422, "The idempotency key was used with a different request", category=20)
                     if state == "in_flight":
-                        raise ZuoraError(409, "A request with this idempotency key is still being processed",
-                                         category=50)
-                    return Response(pbody, status_code=status, media_type="application/json",
-                                    headers={"Idempotency-Key": idem, "Zuora-Request-Id": secrets.token_hex(16)})
+                        raise ZuoraError(
+                            409, "A request with this idempotency key is still being processed", category=50
+                        )
+                    return Response(
+                        pbody,
+                        status_code=status,
+                        media_type="application/json",
+                        headers={"Idempotency-Key": idem, "Zuora-Request-Id": secrets.token_hex(16)},
+                    )
                 try:
                     if s.write_delay:
                         await asyncio.sleep(s.write_delay)
@@ -339,13 +380,17 @@ class ZuoraFacade:
             else:
                 status, payload = self.route(method, path, params, body, request)
                 text = dumps(payload)
-            response = Response(text, status_code=status, media_type="application/json",
-                                headers={"Zuora-Request-Id": secrets.token_hex(16),
-                                         **({"Idempotency-Key": idem} if idem else {})})
+            response = Response(
+                text,
+                status_code=status,
+                media_type="application/json",
+                headers={"Zuora-Request-Id": secrets.token_hex(16), **({"Idempotency-Key": idem} if idem else {})},
+            )
             if fault:
                 after = fault.after(response)
-                if after is not response and after.status_code >= 500 and hasattr(after, "body") \
-                        and after.body:  # the plan's 500 body is Stripe's: answer in Zuora's format
+                if (
+                    after is not response and after.status_code >= 500 and hasattr(after, "body") and after.body
+                ):  # the plan's 500 body is Stripe's: answer in Zuora's format
                     return ZuoraError(500, "An internal error occurred").response()
                 return after
             return response
@@ -354,18 +399,30 @@ class ZuoraFacade:
 
     def token(self, form: dict) -> Response:
         if form.get("grant_type") != "client_credentials":
-            return Response(json.dumps({"error": "unsupported_grant_type"}), status_code=400,
-                            media_type="application/json")
+            return Response(
+                json.dumps({"error": "unsupported_grant_type"}), status_code=400, media_type="application/json"
+            )
         client = self.settings.clients.get(form.get("client_id", ""))
         if client is None or not secrets.compare_digest(client[0], form.get("client_secret", "")):
-            return Response(json.dumps({"error": "invalid_client", "error_description": "Bad client credentials"}),
-                            status_code=401, media_type="application/json")
+            return Response(
+                json.dumps({"error": "invalid_client", "error_description": "Bad client credentials"}),
+                status_code=401,
+                media_type="application/json",
+            )
         tok = secrets.token_hex(16)
         self.tokens[tok] = (form["client_id"], client[1], time.monotonic() + self.settings.token_ttl)
-        return Response(json.dumps({"access_token": tok, "token_type": "bearer",
-                                    "expires_in": int(self.settings.token_ttl),
-                                    "scope": "entity.sandbox platform.write" if client[1] else "entity.sandbox",
-                                    "jti": secrets.token_hex(8)}), media_type="application/json")
+        return Response(
+            json.dumps(
+                {
+                    "access_token": tok,
+                    "token_type": "bearer",
+                    "expires_in": int(self.settings.token_ttl),
+                    "scope": "entity.sandbox platform.write" if client[1] else "entity.sandbox",
+                    "jti": secrets.token_hex(8),
+                }
+            ),
+            media_type="application/json",
+        )
 
     def auth(self, request: Request) -> tuple[str, bool]:
         header = request.headers.get("authorization", "")
@@ -391,10 +448,12 @@ class ZuoraFacade:
             if path == "/v1/debitmemos":
                 where = {k: params[k] for k in ("accountNumber", "status") if k in params}
                 return 200, self.v1_page("debit_memo", "debitmemos", params, request, where=where)
-            per_account = {"subscriptions/accounts": ("subscription", "subscriptions"),
-                           "transactions/invoices/accounts": ("invoice", "invoices"),
-                           "transactions/payments/accounts": ("payment", "payments"),
-                           "usage/accounts": ("usage", "usage")}
+            per_account = {
+                "subscriptions/accounts": ("subscription", "subscriptions"),
+                "transactions/invoices/accounts": ("invoice", "invoices"),
+                "transactions/payments/accounts": ("payment", "payments"),
+                "usage/accounts": ("usage", "usage"),
+            }
             m = re.fullmatch(r"/v1/(.+)/([^/]+)", path)
             if m and m.group(1) in per_account:
                 acct = self.account(m.group(2))
@@ -481,8 +540,11 @@ class ZuoraFacade:
         return sub
 
     def invoice(self, key: str) -> dict:
-        inv = (self.store.get("invoice", key) or self.store.find("invoice", "invoiceNumber", key)
-               or self.store.find("invoice", "invoice_id__c", key))
+        inv = (
+            self.store.get("invoice", key)
+            or self.store.find("invoice", "invoiceNumber", key)
+            or self.store.find("invoice", "invoice_id__c", key)
+        )
         if inv is None:
             raise ZuoraError(404, f"Cannot find entity by key: '{key}'.", category=40)
         return inv
@@ -510,18 +572,34 @@ class ZuoraFacade:
             if it.get("invoiceItemId") not in lines:
                 raise ZuoraError(400, f"Invalid invoice item id: {it.get('invoiceItemId')}", category=20)
             total += _money(it.get("amount"), "items.amount")
-        credited = sum((cm["amount"] for cm in self.store.page("credit_memo", 0, 10_000,
-                                                                 where={"referredInvoiceId": inv["id"]})[0]
-                        if cm["status"] != "Canceled"), Decimal(0))
+        credited = sum(
+            (
+                cm["amount"]
+                for cm in self.store.page("credit_memo", 0, 10_000, where={"referredInvoiceId": inv["id"]})[0]
+                if cm["status"] != "Canceled"
+            ),
+            Decimal(0),
+        )
         if credited + total > inv["amount"]:
             raise ZuoraError(400, "The total amount of credit memos cannot exceed the invoice amount", category=30)
         cid = zid("cm", inv["id"], self.store.count("credit_memo"), time.time_ns())
-        memo = {"id": cid, "number": self._next_number("credit_memo", "CM"), "accountId": inv["accountId"],
-                "accountNumber": inv["accountNumber"], "currency": inv["currency"], "amount": total,
-                "unappliedAmount": total, "appliedAmount": Decimal(0), "referredInvoiceId": inv["id"],
-                "reasonCode": body.get("reasonCode") or "Correcting invoice error", "status": "Posted",
-                "memoDate": day(self.now()), "createdDate": iso(self.now()), "postedOn": iso(self.now()),
-                "comment": body.get("comment")}
+        memo = {
+            "id": cid,
+            "number": self._next_number("credit_memo", "CM"),
+            "accountId": inv["accountId"],
+            "accountNumber": inv["accountNumber"],
+            "currency": inv["currency"],
+            "amount": total,
+            "unappliedAmount": total,
+            "appliedAmount": Decimal(0),
+            "referredInvoiceId": inv["id"],
+            "reasonCode": body.get("reasonCode") or "Correcting invoice error",
+            "status": "Posted",
+            "memoDate": day(self.now()),
+            "createdDate": iso(self.now()),
+            "postedOn": iso(self.now()),
+            "comment": body.get("comment"),
+        }
         self.set_custom_fields(memo, {k: v for k, v in body.items() if k.endswith("__c")})
         self.store.put("credit_memo", memo, account=inv["accountNumber"], parent=inv["id"])
         return {**memo, "success": True}
@@ -533,12 +611,28 @@ class ZuoraFacade:
             raise ZuoraError(400, "charges is required", category=22)
         total = sum((_money(c.get("amount"), "charges.amount") for c in charges), Decimal(0))
         mid = zid("dm", acct["id"], self.store.count("debit_memo"), time.time_ns())
-        memo = {"id": mid, "number": self._next_number("debit_memo", "DM"), "accountId": acct["id"],
-                "accountNumber": acct["accountNumber"], "currency": acct["currency"], "amount": total,
-                "balance": total, "status": "Posted", "reasonCode": body.get("reasonCode") or "Charge Dispute",
-                "memoDate": day(self.now()), "createdDate": iso(self.now()), "comment": body.get("comment"),
-                "items": [{"id": zid("dmi", mid, k), "amount": _money(c.get("amount"), "charges.amount"),
-                           "comment": c.get("comment")} for k, c in enumerate(charges)]}
+        memo = {
+            "id": mid,
+            "number": self._next_number("debit_memo", "DM"),
+            "accountId": acct["id"],
+            "accountNumber": acct["accountNumber"],
+            "currency": acct["currency"],
+            "amount": total,
+            "balance": total,
+            "status": "Posted",
+            "reasonCode": body.get("reasonCode") or "Charge Dispute",
+            "memoDate": day(self.now()),
+            "createdDate": iso(self.now()),
+            "comment": body.get("comment"),
+            "items": [
+                {
+                    "id": zid("dmi", mid, k),
+                    "amount": _money(c.get("amount"), "charges.amount"),
+                    "comment": c.get("comment"),
+                }
+                for k, c in enumerate(charges)
+            ],
+        }
         self.set_custom_fields(memo, {k: v for k, v in body.items() if k.endswith("__c")})
         self.store.put("debit_memo", memo, account=acct["accountNumber"])
         return {**memo, "success": True}
@@ -559,8 +653,9 @@ class ZuoraFacade:
             for action in entry.get("orderActions") or []:
                 if action.get("type") == "RemoveProduct":
                     rp_id = (action.get("removeProduct") or {}).get("ratePlanId")
-                    rp = next((r for r in sub["ratePlans"] if r["id"] == rp_id and r["lastChangeType"] != "Remove"),
-                              None)
+                    rp = next(
+                        (r for r in sub["ratePlans"] if r["id"] == rp_id and r["lastChangeType"] != "Remove"), None
+                    )
                     if rp is None:
                         raise ZuoraError(400, f"Invalid rate plan id: {rp_id}", category=20)
                     rp["lastChangeType"] = "Remove"
@@ -575,18 +670,33 @@ class ZuoraFacade:
             self.store.put("subscription", sub)
             changed.append(sub)
         number = self._next_number("order", "O")
-        order = {"id": zid("order", number, time.time_ns()), "orderNumber": number,
-                 "existingAccountNumber": acct["accountNumber"], "orderDate": body.get("orderDate") or day(self.now()),
-                 "status": "Completed", "createdDate": iso(self.now()),
-                 "subscriptions": [{"subscriptionNumber": s["subscriptionNumber"],
-                                    "orderActions": e.get("orderActions")} for s, e in zip(changed, subs)]}
+        order = {
+            "id": zid("order", number, time.time_ns()),
+            "orderNumber": number,
+            "existingAccountNumber": acct["accountNumber"],
+            "orderDate": body.get("orderDate") or day(self.now()),
+            "status": "Completed",
+            "createdDate": iso(self.now()),
+            "subscriptions": [
+                {"subscriptionNumber": s["subscriptionNumber"], "orderActions": e.get("orderActions")}
+                for s, e in zip(changed, subs, strict=True)
+            ],
+        }
         self.set_custom_fields(order, {k: v for k, v in body.items() if k.endswith("__c")})
         for s in changed:
-            self.store.put("order", {**order, "id": order["id"] if s is changed[0] else zid("order", order["id"],
-                                                                                            s["id"])},
-                           account=acct["accountNumber"], parent=s["id"])
-        return {"success": True, "orderNumber": number, "accountNumber": acct["accountNumber"],
-                "status": "Completed", "subscriptionNumbers": [s["subscriptionNumber"] for s in changed]}
+            self.store.put(
+                "order",
+                {**order, "id": order["id"] if s is changed[0] else zid("order", order["id"], s["id"])},
+                account=acct["accountNumber"],
+                parent=s["id"],
+            )
+        return {
+            "success": True,
+            "orderNumber": number,
+            "accountNumber": acct["accountNumber"],
+            "status": "Completed",
+            "subscriptionNumbers": [s["subscriptionNumber"] for s in changed],
+        }
 
     def add_rate_plan(self, sub: dict, prp_id: str, quantity) -> dict:
         for prod in self.store.page("product", 0, 10_000)[0]:
@@ -598,18 +708,37 @@ class ZuoraFacade:
                     raise ZuoraError(400, "The rate plan's currency is not the subscription's", category=30)
                 n = sum(len(r["ratePlanCharges"]) for r in sub["ratePlans"]) + 1
                 number = f"C-{zid('charge', sub['id'], n)[:8].upper()}"
-                rp = {"id": zid("rp", sub["id"], n, prp_id), "productId": prod["id"], "productName": prod["name"],
-                      "productSku": prod["sku"], "productRatePlanId": prp_id, "ratePlanName": prp["name"],
-                      "lastChangeType": "Add",
-                      "ratePlanCharges": [{
-                          "id": zid("rpc", sub["id"], n, prp_id), "number": number, "originalChargeId": None,
-                          "productRatePlanChargeId": ch["id"], "name": ch["name"], "type": ch["type"],
-                          "model": ch["model"], "uom": ch["uom"], "currency": sub["currency"],
-                          "quantity": quantity if ch["type"] == "Recurring" else None,
-                          "price": ch["pricing"][0]["price"], "tiers": ch["pricing"][0]["tiers"],
-                          "billingPeriod": "Month", "effectiveStartDate": day(self.now()), "effectiveEndDate": None,
-                          "effective_start_at__c": iso(self.now()), "effective_end_at__c": None,
-                          "created_at__c": iso(self.now())}]}
+                rp = {
+                    "id": zid("rp", sub["id"], n, prp_id),
+                    "productId": prod["id"],
+                    "productName": prod["name"],
+                    "productSku": prod["sku"],
+                    "productRatePlanId": prp_id,
+                    "ratePlanName": prp["name"],
+                    "lastChangeType": "Add",
+                    "ratePlanCharges": [
+                        {
+                            "id": zid("rpc", sub["id"], n, prp_id),
+                            "number": number,
+                            "originalChargeId": None,
+                            "productRatePlanChargeId": ch["id"],
+                            "name": ch["name"],
+                            "type": ch["type"],
+                            "model": ch["model"],
+                            "uom": ch["uom"],
+                            "currency": sub["currency"],
+                            "quantity": quantity if ch["type"] == "Recurring" else None,
+                            "price": ch["pricing"][0]["price"],
+                            "tiers": ch["pricing"][0]["tiers"],
+                            "billingPeriod": "Month",
+                            "effectiveStartDate": day(self.now()),
+                            "effectiveEndDate": None,
+                            "effective_start_at__c": iso(self.now()),
+                            "effective_end_at__c": None,
+                            "created_at__c": iso(self.now()),
+                        }
+                    ],
+                }
                 sub["ratePlans"].append(rp)
                 return rp
         raise ZuoraError(400, f"Invalid product rate plan id: {prp_id}", category=20)

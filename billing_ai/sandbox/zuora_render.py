@@ -36,9 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 
@@ -103,14 +104,22 @@ def product_rate_plan_charge(p: dict) -> dict:
     tiers = _tiers(p["tiers_json"], cur)
     price = major(p["unit_amount_decimal"], cur) if p["unit_amount_decimal"] is not None else None
     return {
-        "id": zid("prpc", p["price_id"]), "name": p["component"], "type": "Usage" if p["usage_type"] == "metered"
-        else "Recurring", "model": MODEL[(p["billing_scheme"], p["tiers_mode"])],
-        "uom": p["meter_name"], "billingPeriod": "Month", "billingDay": "DefaultFromCustomer",
+        "id": zid("prpc", p["price_id"]),
+        "name": p["component"],
+        "type": "Usage" if p["usage_type"] == "metered" else "Recurring",
+        "model": MODEL[(p["billing_scheme"], p["tiers_mode"])],
+        "uom": p["meter_name"],
+        "billingPeriod": "Month",
+        "billingDay": "DefaultFromCustomer",
         "billingTiming": "IN_ARREARS" if p["usage_type"] == "metered" else "IN_ADVANCE",
         "pricing": [{"currency": cur.upper(), "price": price, "tiers": tiers}],
-        "createdDate": iso(p["created"]), "updatedDate": iso(p["created"]),
-        "price_id__c": p["price_id"], "plan__c": p["plan"], "component__c": p["component"],
-        "lookup_key__c": p["lookup_key"], "meter_id__c": p["meter_id"],
+        "createdDate": iso(p["created"]),
+        "updatedDate": iso(p["created"]),
+        "price_id__c": p["price_id"],
+        "plan__c": p["plan"],
+        "component__c": p["component"],
+        "lookup_key__c": p["lookup_key"],
+        "meter_id__c": p["meter_id"],
         "package_size__c": str(p["divide_by"]) if p["divide_by"] else None,
         "package_rounding__c": p["round"] if p["divide_by"] else None,
     }
@@ -118,34 +127,71 @@ def product_rate_plan_charge(p: dict) -> dict:
 
 def product(p: dict, prices: list[dict]) -> dict:
     return {
-        "id": zid("prod", p["product_id"]), "sku": p["product_id"], "name": p["name"], "description": "",
-        "category": "Base Products", "effectiveStartDate": "2020-01-01", "effectiveEndDate": "2099-12-31",
-        "createdDate": iso(p["created"]), "component__c": p["component"],
-        "productRatePlans": [{
-            "id": zid("prp", pr["price_id"]), "name": f"{pr['plan']} {pr['component']} {pr['currency'].upper()}",
-            "status": "Active", "effectiveStartDate": "2020-01-01", "effectiveEndDate": "2099-12-31",
-            "productRatePlanCharges": [product_rate_plan_charge(pr)]} for pr in prices],
+        "id": zid("prod", p["product_id"]),
+        "sku": p["product_id"],
+        "name": p["name"],
+        "description": "",
+        "category": "Base Products",
+        "effectiveStartDate": "2020-01-01",
+        "effectiveEndDate": "2099-12-31",
+        "createdDate": iso(p["created"]),
+        "component__c": p["component"],
+        "productRatePlans": [
+            {
+                "id": zid("prp", pr["price_id"]),
+                "name": f"{pr['plan']} {pr['component']} {pr['currency'].upper()}",
+                "status": "Active",
+                "effectiveStartDate": "2020-01-01",
+                "effectiveEndDate": "2099-12-31",
+                "productRatePlanCharges": [product_rate_plan_charge(pr)],
+            }
+            for pr in prices
+        ],
     }
 
 
 def unit_of_measure(m: dict) -> dict:
-    return {"id": zid("uom", m["meter_id"]), "uomName": m["event_name"], "displayedAs": m["display_name"],
-            "decimalPlaces": 3, "roundingMode": "UP", "active": True}
+    return {
+        "id": zid("uom", m["meter_id"]),
+        "uomName": m["event_name"],
+        "displayedAs": m["display_name"],
+        "decimalPlaces": 3,
+        "roundingMode": "UP",
+        "active": True,
+    }
 
 
 def account(c: dict, created: int, balance: Decimal) -> dict:
     cur = c["currency"]
     return {
-        "id": zid("acct", c["customer_id"]), "accountNumber": c["customer_id"], "name": c["name"],
-        "currency": cur.upper(), "status": "Active", "billCycleDay": 0, "autoPay": True,
-        "paymentTerm": "Due Upon Receipt", "balance": balance,
+        "id": zid("acct", c["customer_id"]),
+        "accountNumber": c["customer_id"],
+        "name": c["name"],
+        "currency": cur.upper(),
+        "status": "Active",
+        "billCycleDay": 0,
+        "autoPay": True,
+        "paymentTerm": "Due Upon Receipt",
+        "balance": balance,
         # the world's customer balance (negative: credit) is Zuora's credit balance (positive)
         "creditBalance": major(max(0, -c["starting_credit"]), cur),
-        "createdDate": iso(created), "updatedDate": iso(created),
-        "billTo": {"id": zid("contact", c["customer_id"]), "firstName": "Billing", "lastName": c["name"],
-                   "workEmail": c["email"], "workPhone": None, "address1": "1 Sandbox Way", "city": "Springfield",
-                   "state": None, "postalCode": "00000", "country": "United States"},
-        "segment__c": c["segment"], "region__c": c["region"], "success_manager__c": c["success_manager"],
+        "createdDate": iso(created),
+        "updatedDate": iso(created),
+        "billTo": {
+            "id": zid("contact", c["customer_id"]),
+            "firstName": "Billing",
+            "lastName": c["name"],
+            "workEmail": c["email"],
+            "workPhone": None,
+            "address1": "1 Sandbox Way",
+            "city": "Springfield",
+            "state": None,
+            "postalCode": "00000",
+            "country": "United States",
+        },
+        "segment__c": c["segment"],
+        "region__c": c["region"],
+        "success_manager__c": c["success_manager"],
         "email_opt_out__c": "true" if c["email_opt_out"] else "false",
     }
 
@@ -154,38 +200,63 @@ def rate_plan(it: dict, price: dict, product_row: dict, current: bool, sub_end: 
     charge = product_rate_plan_charge(price)
     end = it["valid_to"] if it["valid_to"] is not None else sub_end
     return {
-        "id": zid("rp", it["subscription_item_id"]), "productId": zid("prod", price["product_id"]),
-        "productName": product_row["name"], "productSku": price["product_id"],
-        "productRatePlanId": zid("prp", price["price_id"]), "ratePlanName": f"{price['plan']} {price['component']}",
+        "id": zid("rp", it["subscription_item_id"]),
+        "productId": zid("prod", price["product_id"]),
+        "productName": product_row["name"],
+        "productSku": price["product_id"],
+        "productRatePlanId": zid("prp", price["price_id"]),
+        "ratePlanName": f"{price['plan']} {price['component']}",
         "lastChangeType": None if current else "Remove",
-        "ratePlanCharges": [{
-            "id": zid("rpc", it["subscription_item_id"]), "number": it["subscription_item_id"],
-            "originalChargeId": zid("rpc", it["subscription_item_id"]),
-            "productRatePlanChargeId": charge["id"], "name": charge["name"], "type": charge["type"],
-            "model": charge["model"], "uom": charge["uom"], "currency": price["currency"].upper(),
-            "quantity": Decimal(it["quantity"]) if it["quantity"] is not None else None,
-            "price": charge["pricing"][0]["price"], "tiers": charge["pricing"][0]["tiers"],
-            "billingPeriod": "Month", "effectiveStartDate": day(it["valid_from"]), "effectiveEndDate": day(end),
-            "effective_start_at__c": iso(it["valid_from"]), "effective_end_at__c": iso(end),
-            "created_at__c": iso(it["created"]),
-        }],
+        "ratePlanCharges": [
+            {
+                "id": zid("rpc", it["subscription_item_id"]),
+                "number": it["subscription_item_id"],
+                "originalChargeId": zid("rpc", it["subscription_item_id"]),
+                "productRatePlanChargeId": charge["id"],
+                "name": charge["name"],
+                "type": charge["type"],
+                "model": charge["model"],
+                "uom": charge["uom"],
+                "currency": price["currency"].upper(),
+                "quantity": Decimal(it["quantity"]) if it["quantity"] is not None else None,
+                "price": charge["pricing"][0]["price"],
+                "tiers": charge["pricing"][0]["tiers"],
+                "billingPeriod": "Month",
+                "effectiveStartDate": day(it["valid_from"]),
+                "effectiveEndDate": day(end),
+                "effective_start_at__c": iso(it["valid_from"]),
+                "effective_end_at__c": iso(end),
+                "created_at__c": iso(it["created"]),
+            }
+        ],
     }
 
 
 def subscription(s: dict, acct: dict, rate_plans: list[dict], status: str, period: tuple[int, int]) -> dict:
     return {
-        "id": zid("sub", s["subscription_id"]), "subscriptionNumber": s["subscription_id"],
-        "accountId": acct["id"], "accountNumber": acct["accountNumber"], "accountName": acct["name"],
-        "status": status, "termType": "EVERGREEN", "currency": s["currency"].upper(),
-        "contractEffectiveDate": day(s["start"]), "serviceActivationDate": day(s["start"]),
-        "customerAcceptanceDate": day(s["start"]), "subscriptionStartDate": day(s["start"]),
-        "termStartDate": day(s["start"]), "cancelledDate": day(s["canceled_at"]),
-        "createdDate": iso(s["created"]), "updatedDate": iso(s["created"]),
+        "id": zid("sub", s["subscription_id"]),
+        "subscriptionNumber": s["subscription_id"],
+        "accountId": acct["id"],
+        "accountNumber": acct["accountNumber"],
+        "accountName": acct["name"],
+        "status": status,
+        "termType": "EVERGREEN",
+        "currency": s["currency"].upper(),
+        "contractEffectiveDate": day(s["start"]),
+        "serviceActivationDate": day(s["start"]),
+        "customerAcceptanceDate": day(s["start"]),
+        "subscriptionStartDate": day(s["start"]),
+        "termStartDate": day(s["start"]),
+        "cancelledDate": day(s["canceled_at"]),
+        "createdDate": iso(s["created"]),
+        "updatedDate": iso(s["created"]),
         "plan__c": s["plan"],
         "minimum_commitment__c": str(s["minimum_commitment"]) if s["minimum_commitment"] else None,
-        "started_at__c": iso(s["start"]), "billing_cycle_anchor_at__c": iso(s["anchor"]),
+        "started_at__c": iso(s["start"]),
+        "billing_cycle_anchor_at__c": iso(s["anchor"]),
         "cancelled_at__c": iso(s["canceled_at"]),
-        "current_period_start_at__c": iso(period[0]), "current_period_end_at__c": iso(period[1]),
+        "current_period_start_at__c": iso(period[0]),
+        "current_period_end_at__c": iso(period[1]),
         "ratePlans": rate_plans,
     }
 
@@ -194,18 +265,30 @@ def invoice(inv: dict, acct: dict) -> dict:
     cur = inv["currency"]
     applied = inv["amount_due"] - inv["total"]  # credit balance used (negative) or debit carried
     return {
-        "id": zid("inv", inv["invoice_id"]), "invoiceNumber": inv["number"], "accountId": acct["id"],
-        "accountNumber": acct["accountNumber"], "accountName": acct["name"], "currency": cur.upper(),
-        "invoiceDate": day(inv["created"]), "invoiceTargetDate": day(inv["created"]),
-        "dueDate": day(inv["finalized_at"]), "status": "Posted",
-        "amount": major(inv["total"], cur), "amountWithoutTax": major(inv["total"], cur),
-        "taxAmount": Decimal(0), "balance": major(inv["amount_remaining"], cur),
+        "id": zid("inv", inv["invoice_id"]),
+        "invoiceNumber": inv["number"],
+        "accountId": acct["id"],
+        "accountNumber": acct["accountNumber"],
+        "accountName": acct["name"],
+        "currency": cur.upper(),
+        "invoiceDate": day(inv["created"]),
+        "invoiceTargetDate": day(inv["created"]),
+        "dueDate": day(inv["finalized_at"]),
+        "status": "Posted",
+        "amount": major(inv["total"], cur),
+        "amountWithoutTax": major(inv["total"], cur),
+        "taxAmount": Decimal(0),
+        "balance": major(inv["amount_remaining"], cur),
         "paymentAmount": major(inv["amount_paid"], cur),
         "creditBalanceAdjustmentAmount": major(-applied, cur),
-        "createdDate": iso(inv["created"]), "postedDate": iso(inv["finalized_at"]),
-        "invoice_id__c": inv["invoice_id"], "subscription_number__c": inv["subscription_id"],
-        "billing_reason__c": inv["billing_reason"], "period_start__c": iso(inv["period_start"]),
-        "period_end__c": iso(inv["period_end"]), "starting_balance__c": major(inv["starting_balance"], cur),
+        "createdDate": iso(inv["created"]),
+        "postedDate": iso(inv["finalized_at"]),
+        "invoice_id__c": inv["invoice_id"],
+        "subscription_number__c": inv["subscription_id"],
+        "billing_reason__c": inv["billing_reason"],
+        "period_start__c": iso(inv["period_start"]),
+        "period_end__c": iso(inv["period_end"]),
+        "starting_balance__c": major(inv["starting_balance"], cur),
         "attempt_count__c": str(inv["attempt_count"]),
     }
 
@@ -214,36 +297,60 @@ def invoice_items(ln: dict, inv: dict, price: dict | None) -> list[dict]:
     cur = ln["currency"]
     sub_line = ln["kind"] == "subscription"
     item = {
-        "id": zid("ii", ln["line_id"]), "invoiceId": zid("inv", inv["invoice_id"]),
+        "id": zid("ii", ln["line_id"]),
+        "invoiceId": zid("inv", inv["invoice_id"]),
         "subscriptionName": ln["subscription_id"],
         "subscriptionId": zid("sub", ln["subscription_id"]) if ln["subscription_id"] else None,
         "chargeNumber": ln["subscription_item_id"] if sub_line else None,
         "chargeId": zid("rpc", ln["subscription_item_id"]) if sub_line else None,
         "productRatePlanChargeId": zid("prpc", ln["price_id"]) if ln["price_id"] else None,
-        "chargeName": price["component"] if price else "Adjustment", "chargeDescription": ln["description"],
-        "chargeType": ("Usage" if price and price["usage_type"] == "metered" else "Recurring") if sub_line
+        "chargeName": price["component"] if price else "Adjustment",
+        "chargeDescription": ln["description"],
+        "chargeType": ("Usage" if price and price["usage_type"] == "metered" else "Recurring")
+        if sub_line
         else "OneTime",
-        "processingType": "Charge", "quantity": Decimal(ln["quantity_milli"]) / 1000,
+        "processingType": "Charge",
+        "quantity": Decimal(ln["quantity_milli"]) / 1000,
         "unitOfMeasure": price["meter_name"] if price else None,
-        "chargeAmount": major(ln["amount"], cur), "taxAmount": Decimal(0),
-        "serviceStartDate": day(ln["period_start"]), "serviceEndDate": day(max(ln["period_start"], ln["period_end"] - 1)),
-        "chargeDate": iso(inv["created"]), "appliedToItemId": None,
-        "line_id__c": ln["line_id"], "period_start__c": iso(ln["period_start"]), "period_end__c": iso(ln["period_end"]),
+        "chargeAmount": major(ln["amount"], cur),
+        "taxAmount": Decimal(0),
+        "serviceStartDate": day(ln["period_start"]),
+        "serviceEndDate": day(max(ln["period_start"], ln["period_end"] - 1)),
+        "chargeDate": iso(inv["created"]),
+        "appliedToItemId": None,
+        "line_id__c": ln["line_id"],
+        "period_start__c": iso(ln["period_start"]),
+        "period_end__c": iso(ln["period_end"]),
         "proration__c": "true" if ln["proration"] else "false",
     }
     out = [item]
     if ln["discount_amount"]:
         # Zuora bills a discount as its own item, applied to the item it discounts
-        out.append({**{k: v for k, v in item.items() if not k.endswith("__c")},
-                    "id": zid("iid", ln["line_id"]), "chargeName": "Coupon", "chargeDescription": "Discount",
-                    "chargeNumber": None, "chargeId": None, "productRatePlanChargeId": None,
-                    "chargeType": "Recurring", "processingType": "Discount", "quantity": Decimal(1),
-                    "chargeAmount": major(-ln["discount_amount"], cur), "appliedToItemId": item["id"]})
+        out.append(
+            {
+                **{k: v for k, v in item.items() if not k.endswith("__c")},
+                "id": zid("iid", ln["line_id"]),
+                "chargeName": "Coupon",
+                "chargeDescription": "Discount",
+                "chargeNumber": None,
+                "chargeId": None,
+                "productRatePlanChargeId": None,
+                "chargeType": "Recurring",
+                "processingType": "Discount",
+                "quantity": Decimal(1),
+                "chargeAmount": major(-ln["discount_amount"], cur),
+                "appliedToItemId": item["id"],
+            }
+        )
     return out
 
 
-PAYMENT_STATUS = {"succeeded": "Processed", "requires_payment_method": "Error", "processing": "Processing",
-                  "canceled": "Canceled"}
+PAYMENT_STATUS = {
+    "succeeded": "Processed",
+    "requires_payment_method": "Error",
+    "processing": "Processing",
+    "canceled": "Canceled",
+}
 
 
 def payment(p: dict, acct: dict, inv: dict, number: int) -> dict:
@@ -251,18 +358,33 @@ def payment(p: dict, acct: dict, inv: dict, number: int) -> dict:
     ok = p["status"] == "succeeded"
     code = p["failure_code"]
     return {
-        "id": zid("pay", p["payment_id"]), "number": f"P-{number:08d}", "accountId": acct["id"],
-        "accountNumber": acct["accountNumber"], "currency": cur.upper(), "type": "Electronic",
-        "status": PAYMENT_STATUS[p["status"]], "amount": major(p["amount"], cur),
-        "appliedAmount": major(p["amount"] if ok else 0, cur), "unappliedAmount": Decimal(0),
-        "effectiveDate": day(p["created"]), "createdDate": iso(p["created"]), "submittedOn": iso(p["created"]),
-        "settledOn": iso(p["paid_at"]), "gatewayState": "Settled" if ok else "FailedToSettle",
+        "id": zid("pay", p["payment_id"]),
+        "number": f"P-{number:08d}",
+        "accountId": acct["id"],
+        "accountNumber": acct["accountNumber"],
+        "currency": cur.upper(),
+        "type": "Electronic",
+        "status": PAYMENT_STATUS[p["status"]],
+        "amount": major(p["amount"], cur),
+        "appliedAmount": major(p["amount"] if ok else 0, cur),
+        "unappliedAmount": Decimal(0),
+        "effectiveDate": day(p["created"]),
+        "createdDate": iso(p["created"]),
+        "submittedOn": iso(p["created"]),
+        "settledOn": iso(p["paid_at"]),
+        "gatewayState": "Settled" if ok else "FailedToSettle",
         "gatewayResponseCode": code,
         "gatewayResponse": f"The payment failed: {code.replace('_', ' ')}." if code else "Approved",
         "paymentMethodId": zid("pm", p["customer_id"]),
-        "paidInvoices": [{"invoiceId": zid("inv", inv["invoice_id"]), "invoiceNumber": inv["number"],
-                          "appliedPaymentAmount": major(p["amount"] if ok else 0, cur)}],
-        "payment_id__c": p["payment_id"], "attempt_count__c": str(p["attempts_by_as_of"]),
+        "paidInvoices": [
+            {
+                "invoiceId": zid("inv", inv["invoice_id"]),
+                "invoiceNumber": inv["number"],
+                "appliedPaymentAmount": major(p["amount"] if ok else 0, cur),
+            }
+        ],
+        "payment_id__c": p["payment_id"],
+        "attempt_count__c": str(p["attempts_by_as_of"]),
         "decline_code__c": "generic_decline" if code == "card_declined" else None,
     }
 
@@ -270,22 +392,37 @@ def payment(p: dict, acct: dict, inv: dict, number: int) -> dict:
 def credit_memo(cn: dict, acct: dict) -> dict:
     cur = cn["currency"]
     return {
-        "id": zid("cm", cn["credit_note_id"]), "number": cn["number"], "accountId": acct["id"],
-        "accountNumber": acct["accountNumber"], "currency": cur.upper(), "amount": major(cn["amount"], cur),
-        "unappliedAmount": Decimal(0), "appliedAmount": major(cn["amount"], cur),
-        "referredInvoiceId": zid("inv", cn["invoice_id"]), "reasonCode": cn["reason"], "status": "Posted",
-        "memoDate": day(cn["created"]), "createdDate": iso(cn["created"]), "postedOn": iso(cn["created"]),
-        "comment": None, "credit_note_id__c": cn["credit_note_id"],
+        "id": zid("cm", cn["credit_note_id"]),
+        "number": cn["number"],
+        "accountId": acct["id"],
+        "accountNumber": acct["accountNumber"],
+        "currency": cur.upper(),
+        "amount": major(cn["amount"], cur),
+        "unappliedAmount": Decimal(0),
+        "appliedAmount": major(cn["amount"], cur),
+        "referredInvoiceId": zid("inv", cn["invoice_id"]),
+        "reasonCode": cn["reason"],
+        "status": "Posted",
+        "memoDate": day(cn["created"]),
+        "createdDate": iso(cn["created"]),
+        "postedOn": iso(cn["created"]),
+        "comment": None,
+        "credit_note_id__c": cn["credit_note_id"],
     }
 
 
 def usage(u: dict, acct: dict, meter_name: str, as_of: int) -> dict:
     return {
-        "id": zid("usage", u["meter_id"], u["customer_id"], u["day_start"]), "accountId": acct["id"],
-        "accountNumber": acct["accountNumber"], "unitOfMeasure": meter_name,
-        "quantity": Decimal(u["value_milli"]) / 1000, "startDateTime": iso(u["day_start"]),
-        "endDateTime": iso(u["day_start"] + 86399), "submissionDateTime": iso(min(as_of, u["day_start"] + 86400)),
-        "sourceName": "API", "status": "Processed",
+        "id": zid("usage", u["meter_id"], u["customer_id"], u["day_start"]),
+        "accountId": acct["id"],
+        "accountNumber": acct["accountNumber"],
+        "unitOfMeasure": meter_name,
+        "quantity": Decimal(u["value_milli"]) / 1000,
+        "startDateTime": iso(u["day_start"]),
+        "endDateTime": iso(u["day_start"] + 86399),
+        "submissionDateTime": iso(min(as_of, u["day_start"] + 86400)),
+        "sourceName": "API",
+        "status": "Processed",
     }
 
 
@@ -336,8 +473,12 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
             current = it["valid_from"] <= at and (it["valid_to"] is None or at < it["valid_to"])
             price = prices[it["price_id"]]
             rps.append(rate_plan(it, price, products[price["product_id"]], current, s["canceled_at"]))
-        yield ("subscription", subscription(s, accts[s["customer_id"]], rps, "Cancelled" if canceled else "Active",
-                                            cur), s["customer_id"], None)
+        yield (
+            "subscription",
+            subscription(s, accts[s["customer_id"]], rps, "Cancelled" if canceled else "Active", cur),
+            s["customer_id"],
+            None,
+        )
 
     invs = {}
     for inv in invoices:
@@ -356,8 +497,12 @@ def render_world(tables: dict[str, pl.DataFrame], as_of: int) -> Iterator[tuple[
             yield "payment", payment(p, accts[p["customer_id"]], invs[p["invoice_id"]], n), p["customer_id"], None
     for cn in tables["credit_notes"].iter_rows(named=True):
         if cn["customer_id"] in mine:
-            yield "credit_memo", credit_memo(cn, accts[cn["customer_id"]]), cn["customer_id"], \
-                zid("inv", cn["invoice_id"])
+            yield (
+                "credit_memo",
+                credit_memo(cn, accts[cn["customer_id"]]),
+                cn["customer_id"],
+                zid("inv", cn["invoice_id"]),
+            )
     meter_names = dict(tables["meters"].select("meter_id", "event_name").iter_rows())
     for u in tables["meter_usage"].sort("customer_id", "meter_id", "day_start").iter_rows(named=True):
         if u["customer_id"] in mine:

@@ -45,20 +45,24 @@ class WebhookInbox:
             type TEXT NOT NULL, object_id TEXT, received_at REAL NOT NULL, payload TEXT NOT NULL,
             UNIQUE (platform, event_id))""")
 
-    def append(self, platform: str, event_id: str, type_: str, object_id: str | None, payload: str,
-               received_at: float) -> bool:
+    def append(
+        self, platform: str, event_id: str, type_: str, object_id: str | None, payload: str, received_at: float
+    ) -> bool:
         """True if new; False for a redelivery (already in the inbox)."""
         with self._lock:
-            cur = self.db.execute("INSERT OR IGNORE INTO events (platform, event_id, type, object_id, received_at, "
-                                  "payload) VALUES (?,?,?,?,?,?)",
-                                  (platform, event_id, type_, object_id, received_at, payload))
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO events (platform, event_id, type, object_id, received_at, "
+                "payload) VALUES (?,?,?,?,?,?)",
+                (platform, event_id, type_, object_id, received_at, payload),
+            )
             return cur.rowcount == 1
 
     def after(self, seq: int, limit: int = 500) -> list[dict]:
         cols = ("seq", "platform", "event_id", "type", "object_id", "received_at")
-        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                               (seq, limit)).fetchall()
-        return [dict(zip(cols, r)) for r in rows]
+        rows = self.db.execute(
+            f"SELECT {', '.join(cols)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def close(self) -> None:
         self.db.close()
@@ -76,11 +80,13 @@ class WebhookSecrets:
     @classmethod
     def from_env(cls) -> WebhookSecrets:
         split = lambda v: [s.strip() for s in os.environ.get(v, "").split(",") if s.strip()]  # noqa: E731
-        return cls(stripe=split("STRIPE_WEBHOOK_SECRETS"), recurly=split("RECURLY_WEBHOOK_SECRETS"),
-                   chargebee=(os.environ.get("CHARGEBEE_WEBHOOK_USER", ""),
-                              os.environ.get("CHARGEBEE_WEBHOOK_PASSWORD", "")),
-                   zuora_hmac=os.environ.get("ZUORA_WEBHOOK_SECRET", ""),
-                   zuora_basic=(os.environ.get("ZUORA_WEBHOOK_USER", ""), os.environ.get("ZUORA_WEBHOOK_PASSWORD", "")))
+        return cls(
+            stripe=split("STRIPE_WEBHOOK_SECRETS"),
+            recurly=split("RECURLY_WEBHOOK_SECRETS"),
+            chargebee=(os.environ.get("CHARGEBEE_WEBHOOK_USER", ""), os.environ.get("CHARGEBEE_WEBHOOK_PASSWORD", "")),
+            zuora_hmac=os.environ.get("ZUORA_WEBHOOK_SECRET", ""),
+            zuora_basic=(os.environ.get("ZUORA_WEBHOOK_USER", ""), os.environ.get("ZUORA_WEBHOOK_PASSWORD", "")),
+        )
 
 
 def parse_event(platform: str, body: dict) -> tuple[str, str, str | None]:

@@ -44,12 +44,14 @@ _TARGETS: tuple[tuple[str, str, str], ...] = (
     ("zuora", "Subscription", "subscription"),
 )
 # which core table holds each kind's platform id, and its canonical subscription
-_LOOKUP = {"invoice": ("core.invoices", "platform_invoice_id"),
-           "subscription": ("core.subscriptions", "platform_subscription_id")}
+_LOOKUP = {
+    "invoice": ("core.invoices", "platform_invoice_id"),
+    "subscription": ("core.subscriptions", "platform_subscription_id"),
+}
 
 
 def target_of(platform: str, event_type: str) -> str | None:
-    """"invoice" or "subscription" if the event is about one, else None."""
+    """ "invoice" or "subscription" if the event is about one, else None."""
     return next((kind for p, prefix, kind in _TARGETS if p == platform and event_type.startswith(prefix)), None)
 
 
@@ -65,8 +67,11 @@ def upsert_raw(con, spec: PlatformSpec, fetched: dict[str, list[dict]], landed_a
         wh.run(con, f"DELETE FROM {spec.raw_table(obj)} WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids[obj]])
         for child, (parent, field) in spec.children.items():
             if parent == obj:  # lines the platform no longer has must go with their invoice
-                wh.run(con, f"DELETE FROM {spec.raw_table(child)} WHERE payload->>'{field}' IN "
-                            "(SELECT unnest(?::VARCHAR[]))", [ids[obj]])
+                wh.run(
+                    con,
+                    f"DELETE FROM {spec.raw_table(child)} WHERE payload->>'{field}' IN (SELECT unnest(?::VARCHAR[]))",
+                    [ids[obj]],
+                )
     return {obj: write_raw(con, spec, obj, rows, landed_at, replace=False) for obj, rows in fetched.items()}
 
 
@@ -76,8 +81,12 @@ def core_tables_reading(spec: PlatformSpec, objects: set[str]) -> list[str]:
 
 def subscriptions_of(con, platform: str, kind: str, platform_ids: list[str]) -> list[str]:
     table, column = _LOOKUP[kind]
-    rows = wh.run(con, f"SELECT DISTINCT subscription_id FROM {table} WHERE platform = ? AND {column} IN "
-                       "(SELECT unnest(?::VARCHAR[])) AND subscription_id IS NOT NULL", [platform, platform_ids])
+    rows = wh.run(
+        con,
+        f"SELECT DISTINCT subscription_id FROM {table} WHERE platform = ? AND {column} IN "
+        "(SELECT unnest(?::VARCHAR[])) AND subscription_id IS NOT NULL",
+        [platform, platform_ids],
+    )
     return [r[0] for r in rows]
 
 
@@ -85,8 +94,15 @@ class _RollBack(Exception):
     """Leaves the refresh's transaction without landing it (a blocking check failed)."""
 
 
-def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched: dict[str, list[dict]],
-            now: datetime, settings: ReconcileSettings = ReconcileSettings()) -> dict:
+def refresh(
+    con,
+    spec: PlatformSpec,
+    kind: str,
+    platform_ids: list[str],
+    fetched: dict[str, list[dict]],
+    now: datetime,
+    settings: ReconcileSettings = ReconcileSettings(),
+) -> dict:
     """Raw upsert, core rebuild of the tables that read them and their checks, in one transaction that
     lands only if no blocking check fails (``blocked`` names those: then nothing of the refresh stays,
     and a later refresh cannot publish it); then the rating marts for the affected subscriptions."""
@@ -98,17 +114,30 @@ def refresh(con, spec: PlatformSpec, kind: str, platform_ids: list[str], fetched
             for t in tables:
                 build_core_table(con, t, in_transaction=True)
             checks = {t: evaluate_table(con, t, scope) for t in tables}
-            blocked = [o.rule.name for outcomes in checks.values() for o in outcomes
-                       if o.rule.blocking and not o.passed]
+            blocked = [
+                o.rule.name for outcomes in checks.values() for o in outcomes if o.rule.blocking and not o.passed
+            ]
             if blocked:
                 raise _RollBack
     except _RollBack:
-        return {"raw_rows": {}, "core_tables": tables, "subscriptions": [], "mart_rows": {}, "checks": checks,
-                "blocked": blocked}
+        return {
+            "raw_rows": {},
+            "core_tables": tables,
+            "subscriptions": [],
+            "mart_rows": {},
+            "checks": checks,
+            "blocked": blocked,
+        }
     subs = subscriptions_of(con, spec.name, kind, platform_ids)
     marts = refresh_rating_marts(con, now, subs, settings) if subs else {}
-    return {"raw_rows": written, "core_tables": tables, "subscriptions": subs, "mart_rows": marts,
-            "checks": checks, "blocked": blocked}
+    return {
+        "raw_rows": written,
+        "core_tables": tables,
+        "subscriptions": subs,
+        "mart_rows": marts,
+        "checks": checks,
+        "blocked": blocked,
+    }
 
 
 class RefreshConfig(dg.Config):
@@ -118,31 +147,49 @@ class RefreshConfig(dg.Config):
     events: list[str] = []  # the webhook event ids behind this run (for the record)
 
 
-@dg.op(description="Fetch the objects a webhook named, refresh their raw and core rows, and recompute "
-                   "reconciliation, rated usage and tier positions for their subscriptions only.",
-       required_resource_keys={"warehouse", "settings", *(s.resource_key for s in PLATFORM_SPECS)},
-       pool=WAREHOUSE_POOL)
+@dg.op(
+    description="Fetch the objects a webhook named, refresh their raw and core rows, and recompute "
+    "reconciliation, rated usage and tier positions for their subscriptions only.",
+    required_resource_keys={"warehouse", "settings", *(s.resource_key for s in PLATFORM_SPECS)},
+    pool=WAREHOUSE_POOL,
+)
 def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig):
     spec = SPECS[config.platform]
     platform = getattr(context.resources, spec.resource_key)
     settings = context.resources.settings
     now = settings.clock().now()
     if not platform.enabled:
-        raise dg.Failure(f"{config.platform} is not configured here (its resource has no api_base): a webhook "
-                         f"named {config.kind} {config.ids}, but nothing can be fetched from it")
+        raise dg.Failure(
+            f"{config.platform} is not configured here (its resource has no api_base): a webhook "
+            f"named {config.kind} {config.ids}, but nothing can be fetched from it"
+        )
     conn = platform.connector(settings.pii_key)
     fetched = conn.fetch_objects(config.kind, config.ids)  # HTTP first: no warehouse connection held
     warehouse = context.resources.warehouse
     with warehouse.connect() as con:
         out = refresh(con, spec, config.kind, config.ids, fetched, now)
-        findings = dict(wh.run(con, "SELECT finding, count(*) FROM marts.invoice_reconciliation WHERE "
-                                    "subscription_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
-                               [out["subscriptions"]])) if out["subscriptions"] else {}
+        findings = (
+            dict(
+                wh.run(
+                    con,
+                    "SELECT finding, count(*) FROM marts.invoice_reconciliation WHERE "
+                    "subscription_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+                    [out["subscriptions"]],
+                )
+            )
+            if out["subscriptions"]
+            else {}
+        )
         if not out["blocked"]:
             wh.publish(con, warehouse.path)
-    meta = {"platform": config.platform, "kind": config.kind, "ids": ", ".join(config.ids),
-            "webhook_events": ", ".join(config.events), "subscriptions": ", ".join(out["subscriptions"]),
-            "targeted": True}
+    meta = {
+        "platform": config.platform,
+        "kind": config.kind,
+        "ids": ", ".join(config.ids),
+        "webhook_events": ", ".join(config.events),
+        "subscriptions": ", ".join(out["subscriptions"]),
+        "targeted": True,
+    }
     # yielded, not logged: events logged with context.log_event are dropped when the op then fails
     for t in out["core_tables"]:
         if not out["blocked"]:  # rolled back: nothing was materialized, only checked
@@ -151,21 +198,30 @@ def refresh_named_objects(context: dg.OpExecutionContext, config: RefreshConfig)
             yield check_evaluation(t, o, targeted=True)
     out["checks"] = {o.rule.name: o.violations for outcomes in out["checks"].values() for o in outcomes}
     if out["blocked"]:
-        raise dg.Failure(f"blocking checks failed after refreshing {config.kind} {config.ids}: "
-                         f"{', '.join(out['blocked'])}; nothing of the refresh was kept (raw and core rolled "
-                         "back, marts and snapshot untouched)", metadata={"failed_checks": ", ".join(out["blocked"])},
-                         allow_retries=False)  # the same objects would fail the same way; the nightly run decides
+        raise dg.Failure(
+            f"blocking checks failed after refreshing {config.kind} {config.ids}: "
+            f"{', '.join(out['blocked'])}; nothing of the refresh was kept (raw and core rolled "
+            "back, marts and snapshot untouched)",
+            metadata={"failed_checks": ", ".join(out["blocked"])},
+            allow_retries=False,
+        )  # the same objects would fail the same way; the nightly run decides
     for t, n in out["mart_rows"].items():
         yield dg.AssetMaterialization(
-            asset_key=["marts", t], metadata={**meta, "rows_refreshed": n,
-                                              **({"findings": dg.MetadataValue.json(findings)}
-                                                 if t == "invoice_reconciliation" else {})})
+            asset_key=["marts", t],
+            metadata={
+                **meta,
+                "rows_refreshed": n,
+                **({"findings": dg.MetadataValue.json(findings)} if t == "invoice_reconciliation" else {}),
+            },
+        )
     context.log.info(f"refreshed {config.kind} {config.ids}: {out}")
     yield dg.Output(out)
 
 
-@dg.job(description="A webhook's named invoice or subscription, refreshed without a full run: its raw and "
-                    "core rows, then reconciliation, rated usage and tier positions of its subscription.",
-        tags={"dagster/max_retries": "2"})
+@dg.job(
+    description="A webhook's named invoice or subscription, refreshed without a full run: its raw and "
+    "core rows, then reconciliation, rated usage and tier positions of its subscription.",
+    tags={"dagster/max_retries": "2"},
+)
 def targeted_refresh_job():
     refresh_named_objects()

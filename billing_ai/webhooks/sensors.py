@@ -24,8 +24,19 @@ from billing_ai.webhooks.refresh import target_of, targeted_refresh_job
 
 INBOX_ENV = "BILLING_AI_WEBHOOK_INBOX"
 # event types (any platform's spelling) that should refresh the snapshot
-REFRESH_PREFIXES = ("invoice", "customer", "subscription", "credit_note", "payment", "charge", "account",
-                    "Invoice", "Subscription", "Account", "Payment")
+REFRESH_PREFIXES = (
+    "invoice",
+    "customer",
+    "subscription",
+    "credit_note",
+    "payment",
+    "charge",
+    "account",
+    "Invoice",
+    "Subscription",
+    "Account",
+    "Payment",
+)
 TARGETED = {s.name for s in PLATFORM_SPECS if s.fetches_single_objects}
 
 
@@ -46,27 +57,47 @@ def requests_for(events: list[dict]) -> list[dg.RunRequest]:
     out = []
     for (platform, kind), evs in sorted(targeted.items()):
         ids = sorted({e["object_id"] for e in evs})
-        out.append(dg.RunRequest(
-            job_name=targeted_refresh_job.name,
-            run_key=f"webhook-{platform}-{kind}-{evs[0]['seq']}-{evs[-1]['seq']}",
-            run_config={"ops": {"refresh_named_objects": {"config": {
-                "platform": platform, "kind": kind, "ids": ids,
-                "events": [e["event_id"] for e in evs][:50]}}}},
-            tags={"billing_ai/webhook_count": str(len(evs)), "billing_ai/targets": ",".join(ids)[:1000]}))
+        out.append(
+            dg.RunRequest(
+                job_name=targeted_refresh_job.name,
+                run_key=f"webhook-{platform}-{kind}-{evs[0]['seq']}-{evs[-1]['seq']}",
+                run_config={
+                    "ops": {
+                        "refresh_named_objects": {
+                            "config": {
+                                "platform": platform,
+                                "kind": kind,
+                                "ids": ids,
+                                "events": [e["event_id"] for e in evs][:50],
+                            }
+                        }
+                    }
+                },
+                tags={"billing_ai/webhook_count": str(len(evs)), "billing_ai/targets": ",".join(ids)[:1000]},
+            )
+        )
     if snapshot:
         first, last = snapshot[0]["seq"], snapshot[-1]["seq"]
         ids = ",".join(f"{e['platform']}:{e['event_id']}" for e in snapshot[:20])
-        out.append(dg.RunRequest(job_name="platform_sync_job", run_key=f"webhooks-{first}-{last}",
-                                 tags={"billing_ai/webhook_events": ids[:1000],
-                                       "billing_ai/webhook_count": str(len(snapshot))}))
+        out.append(
+            dg.RunRequest(
+                job_name="platform_sync_job",
+                run_key=f"webhooks-{first}-{last}",
+                tags={"billing_ai/webhook_events": ids[:1000], "billing_ai/webhook_count": str(len(snapshot))},
+            )
+        )
     return out
 
 
 def webhook_sensor(platform_sync_job) -> dg.SensorDefinition:
-    @dg.sensor(jobs=[platform_sync_job, targeted_refresh_job], minimum_interval_seconds=30, name="webhook_events",
-               description="Verified webhook deliveries -> a targeted refresh of each named invoice or "
-                           "subscription, and one platform snapshot run per tick for the rest; keyed by the "
-                           "inbox range read.")
+    @dg.sensor(
+        jobs=[platform_sync_job, targeted_refresh_job],
+        minimum_interval_seconds=30,
+        name="webhook_events",
+        description="Verified webhook deliveries -> a targeted refresh of each named invoice or "
+        "subscription, and one platform snapshot run per tick for the rest; keyed by the "
+        "inbox range read.",
+    )
     def webhook_events(context: dg.SensorEvaluationContext):
         inbox = WebhookInbox(os.environ.get(INBOX_ENV, DEFAULT_INBOX))
         try:

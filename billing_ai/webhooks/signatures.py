@@ -41,8 +41,9 @@ def _fresh(timestamp: float, tolerance: int, now: float | None) -> None:
         raise SignatureError(f"timestamp outside the {tolerance} s tolerance (replayed or clock skew)")
 
 
-def verify_stripe(payload: bytes, header: str | None, secrets: list[str], tolerance: int = 300,
-                  now: float | None = None) -> None:
+def verify_stripe(
+    payload: bytes, header: str | None, secrets: list[str], tolerance: int = 300, now: float | None = None
+) -> None:
     if not header:
         raise SignatureError("no Stripe-Signature header")
     if not secrets:
@@ -64,8 +65,9 @@ def stripe_header(payload: bytes, secret: str, t: int | None = None) -> str:
     return f"t={t},v1={_hmac(secret, f'{t}.'.encode() + payload)}"
 
 
-def verify_recurly(payload: bytes, header: str | None, secrets: list[str], tolerance: int = 300,
-                   now: float | None = None) -> None:
+def verify_recurly(
+    payload: bytes, header: str | None, secrets: list[str], tolerance: int = 300, now: float | None = None
+) -> None:
     if not header:
         raise SignatureError("no recurly-signature header")
     if not secrets:

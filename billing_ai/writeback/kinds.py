@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,10 +34,18 @@ STRIPE_METADATA_MAX_KEYS = 50
 STRIPE_METADATA_KEY_MAX = 40
 STRIPE_METADATA_VALUE_MAX = 500
 
-SUPPORT_CASE_TAGS = ("Billing - Usage Anomaly", "Billing - Invoice Correction", "Billing - Payment Recovery",
-                     "Billing - Tier Crossing")
-EMAIL_TEMPLATES = ("usage_anomaly_heads_up", "tier_crossing_notice", "upgrade_recommendation",
-                   "invoice_correction_notice")
+SUPPORT_CASE_TAGS = (
+    "Billing - Usage Anomaly",
+    "Billing - Invoice Correction",
+    "Billing - Payment Recovery",
+    "Billing - Tier Crossing",
+)
+EMAIL_TEMPLATES = (
+    "usage_anomaly_heads_up",
+    "tier_crossing_notice",
+    "upgrade_recommendation",
+    "invoice_correction_notice",
+)
 
 
 # Subscription items and invoice lines may carry the platform's own id (Recurly mints them: see README,
@@ -175,8 +183,11 @@ KINDS: dict[str, tuple[type[_Params], tuple[str, ...], str]] = {
     "customer_email": (CustomerEmail, ("customer",), "email_sink"),
 }
 
-ID_PATTERNS = {"customer": r"^cus_[A-Za-z0-9_]+$", "subscription": r"^sub_[A-Za-z0-9_]+$",
-               "invoice": r"^in_[A-Za-z0-9_]+$"}
+ID_PATTERNS = {
+    "customer": r"^cus_[A-Za-z0-9_]+$",
+    "subscription": r"^sub_[A-Za-z0-9_]+$",
+    "invoice": r"^in_[A-Za-z0-9_]+$",
+}
 
 
 class Proposal(BaseModel):

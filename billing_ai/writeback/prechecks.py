@@ -52,8 +52,9 @@ class CreditableInvoice:
     credited: Callable[[], int]  # minor units already credited against it (voided credits excluded)
 
 
-def credit_fits(invoice_id: str, invoice: CreditableInvoice | None, amount: int, currency: str,
-                needs: str) -> list[str]:
+def credit_fits(
+    invoice_id: str, invoice: CreditableInvoice | None, amount: int, currency: str, needs: str
+) -> list[str]:
     """A credit goes against an existing invoice the platform lets us credit (``needs`` says which, in
     the platform's words), in its currency, and never beyond what is not credited yet."""
     if invoice is None:
@@ -65,7 +66,9 @@ def credit_fits(invoice_id: str, invoice: CreditableInvoice | None, amount: int,
         return problems
     room = invoice.total - invoice.credited()
     if amount > room:
-        return [f"{format_minor(amount, currency)} is more than the invoice's uncredited {format_minor(room, currency)}"]
+        return [
+            f"{format_minor(amount, currency)} is more than the invoice's uncredited {format_minor(room, currency)}"
+        ]
     return []
 
 
@@ -82,8 +85,16 @@ class TargetPrice:
     currency: str
 
 
-def price_change_allowed(subscription_id: str, item: str, to_price: str, *, on_subscription: bool,
-                         already_current: bool, target: TargetPrice | None, item_currency: str) -> list[str]:
+def price_change_allowed(
+    subscription_id: str,
+    item: str,
+    to_price: str,
+    *,
+    on_subscription: bool,
+    already_current: bool,
+    target: TargetPrice | None,
+    item_currency: str,
+) -> list[str]:
     """An item moves to another price only if the item is on the subscription, the new price is not
     already the item's, exists, is active, and is in the item's currency."""
     if not on_subscription:
@@ -97,12 +108,22 @@ def price_change_allowed(subscription_id: str, item: str, to_price: str, *, on_s
     return []
 
 
-def retry_matches_approval(invoice_id: str, *, open_: bool, status: str, amount_due: int, currency: str,
-                           approved_amount: int, approved_currency: str) -> list[str]:
+def retry_matches_approval(
+    invoice_id: str,
+    *,
+    open_: bool,
+    status: str,
+    amount_due: int,
+    currency: str,
+    approved_amount: int,
+    approved_currency: str,
+) -> list[str]:
     """A payment retry charges exactly what the approver saw: the invoice still open with that amount due."""
     if not open_ or amount_due <= 0:
         return [f"invoice {invoice_id} is {status} with {amount_due} remaining: nothing to retry"]
     if amount_due != approved_amount or currency != approved_currency:
-        return [f"the amount due changed since approval: approved {format_minor(approved_amount, approved_currency)}, "
-                f"now {format_minor(amount_due, currency)}"]
+        return [
+            f"the amount due changed since approval: approved {format_minor(approved_amount, approved_currency)}, "
+            f"now {format_minor(amount_due, currency)}"
+        ]
     return []

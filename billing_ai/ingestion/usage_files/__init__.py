@@ -48,6 +48,22 @@ from billing_ai.ingestion.usage_files.files import FileResult, kept_dir, kept_fi
 from billing_ai.ingestion.usage_files.landing import land_file, land_inbox
 from billing_ai.ingestion.usage_files.readers import Records, batches, parquet_ids, records
 
-__all__ = ["EVENT_DATE", "EVENT_TS", "QUANTITY_TEXT", "FileResult", "Records", "batches", "blank", "ensure_tables",
-           "kept_dir", "kept_files", "land_file", "land_inbox", "parquet_ids", "record_json", "records", "sha256_of",
-           "wide_raw"]
+__all__ = [
+    "EVENT_DATE",
+    "EVENT_TS",
+    "QUANTITY_TEXT",
+    "FileResult",
+    "Records",
+    "batches",
+    "blank",
+    "ensure_tables",
+    "kept_dir",
+    "kept_files",
+    "land_file",
+    "land_inbox",
+    "parquet_ids",
+    "record_json",
+    "records",
+    "sha256_of",
+    "wide_raw",
+]

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-
-
 # `received_at` (optional) is when the product emitted the event to billing and to this log; an
 # event whose billing period was invoiced before it was received is late
-FIELDS = ("event_id", "customer_id", "subscription_id", "meter_name", "quantity", "timestamp", "metadata",
-          "received_at")
+FIELDS = (
+    "event_id",
+    "customer_id",
+    "subscription_id",
+    "meter_name",
+    "quantity",
+    "timestamp",
+    "metadata",
+    "received_at",
+)
 
 
 # the fields raw keeps for a record of a text file (event_id is kept for every record)
@@ -38,9 +43,11 @@ def blank(col: str) -> str:
 
 # A record's fields as text, as received (see records(): a typed value as the text it was always
 # written as): what every check judges, and what a quarantine record shows
-QUANTITY_TEXT = ("coalesce(quantity, CASE quantity_scale " +
-                 " ".join(f"WHEN {s} THEN CAST(CAST(quantity_dec AS DECIMAL(38, {s})) AS VARCHAR)" for s in range(10)) +
-                 " END)")
+QUANTITY_TEXT = (
+    "coalesce(quantity, CASE quantity_scale "
+    + " ".join(f"WHEN {s} THEN CAST(CAST(quantity_dec AS DECIMAL(38, {s})) AS VARCHAR)" for s in range(10))
+    + " END)"
+)
 
 
 TIMESTAMP_TEXT = f"coalesce(\"timestamp\", strftime(ts_typed, '{TS_TEXT}'))"
@@ -62,9 +69,11 @@ EVENT_DATE = "CAST(make_timestamp(epoch_us(event_ts)) AS DATE)"
 def record_json(metadata_json: str = "metadata") -> str:
     """SQL: the quarantine record of a record that is not a line of text: its fields as text, as JSON
     (``metadata_json``: its metadata's JSON text, see Records)."""
-    return (f"CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity := {QUANTITY_TEXT}, "
-            f'"timestamp" := {TIMESTAMP_TEXT}, metadata := CAST({metadata_json} AS VARCHAR), '
-            f"received_at := {RECEIVED_AT_TEXT})) AS VARCHAR)")
+    return (
+        f"CAST(to_json(struct_pack(event_id, customer_id, subscription_id, meter_name, quantity := {QUANTITY_TEXT}, "
+        f'"timestamp" := {TIMESTAMP_TEXT}, metadata := CAST({metadata_json} AS VARCHAR), '
+        f"received_at := {RECEIVED_AT_TEXT})) AS VARCHAR)"
+    )
 
 
 def quote(path: Path | str) -> str:

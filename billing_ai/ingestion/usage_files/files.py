@@ -16,7 +16,6 @@ import duckdb
 from billing_ai import warehouse as wh
 from billing_ai.ingestion.quarantine import QUARANTINE_DDL
 
-
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -35,7 +34,8 @@ CREATE TABLE IF NOT EXISTS raw.usage_landing_rejects (file_id INTEGER, source_ro
 """
 
 
-DDL = """
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS raw.usage_files (
     file_name VARCHAR, sha256 VARCHAR PRIMARY KEY, bytes BIGINT, format VARCHAR, file_day DATE,
     records BIGINT, landed BIGINT, quarantined BIGINT, status VARCHAR, error VARCHAR, landed_at TIMESTAMPTZ,
@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS raw.usage_events (
     file_id INTEGER, source_row BIGINT, event_id VARCHAR, event_ts TIMESTAMPTZ, customer_id VARCHAR,
     subscription_id VARCHAR, meter_name VARCHAR, quantity VARCHAR, "timestamp" VARCHAR, metadata VARCHAR,
     received_at VARCHAR);
-""" + INDEX_DDL + QUARANTINE_DDL
+"""
+    + INDEX_DDL
+    + QUARANTINE_DDL
+)
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -106,7 +109,7 @@ def kept_dir(warehouse_path: str | Path) -> Path:
 
 def kept_dir_of(con: duckdb.DuckDBPyConnection) -> Path | None:
     """Where the warehouse ``con`` is on keeps its files (None: in memory, it keeps none)."""
-    (db,), = wh.run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    ((db,),) = wh.run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     return kept_dir(db) if db else None
 
 
@@ -147,10 +150,13 @@ def kept_files(con: duckdb.DuckDBPyConnection, where: str) -> list[UsageFile]:
     warehouse where it is now (a warehouse moved or restored with its folder of kept files reads them
     there, whatever the ledger's ``stored_path`` says), else at ``stored_path``. Fails if a file whose
     records are read from it (a Parquet file landed narrow) is gone or changed size."""
-    rows = wh.run(con, f"""
+    rows = wh.run(
+        con,
+        f"""
         SELECT stored_path, file_name, sha256, format, CAST(file_day AS VARCHAR), bytes, file_id, landed,
                coalesce(fields_in_raw, format <> 'parquet')
-        FROM raw.usage_files WHERE status = 'landed' AND ({where}) ORDER BY file_id""")
+        FROM raw.usage_files WHERE status = 'landed' AND ({where}) ORDER BY file_id""",
+    )
 
     home = kept_dir_of(con)
 
@@ -158,13 +164,16 @@ def kept_files(con: duckdb.DuckDBPyConnection, where: str) -> list[UsageFile]:
         here = home / _kept_name(sha, name) if home is not None else None
         return here.resolve() if here is not None and here.is_file() else Path(stored or "")
 
-    files = [UsageFile(where_kept(p, sha, name), name, sha, fmt, day, size, file_id, landed, in_raw)
-             for p, name, sha, fmt, day, size, file_id, landed, in_raw in rows]
-    gone = [f.name for f in files
-            if not f.fields_in_raw and not (f.path.is_file() and f.path.stat().st_size == f.size)]
+    files = [
+        UsageFile(where_kept(p, sha, name), name, sha, fmt, day, size, file_id, landed, in_raw)
+        for p, name, sha, fmt, day, size, file_id, landed, in_raw in rows
+    ]
+    gone = [f.name for f in files if not f.fields_in_raw and not (f.path.is_file() and f.path.stat().st_size == f.size)]
     if gone:
-        raise FileNotFoundError(f"raw keeps no intact copy of landed usage files {gone[:5]} (expected beside "
-                                "the warehouse, see usage_files): their records cannot be read")
+        raise FileNotFoundError(
+            f"raw keeps no intact copy of landed usage files {gone[:5]} (expected beside "
+            "the warehouse, see usage_files): their records cannot be read"
+        )
     return files
 
 

@@ -17,11 +17,17 @@ from billing_ai import warehouse as wh
 from billing_ai.ingestion.usage_files.fields import EVENT_TS, FIELDS, TEXT_FIELDS, TS_SAFE, TS_TEXT, ident, quote
 from billing_ai.ingestion.usage_files.files import UsageFile
 
-
 # JSON types a field may have in an NDJSON record (json_type names); NULL/absent is judged later
-JSON_TYPES = {"event_id": ("VARCHAR",), "customer_id": ("VARCHAR",), "subscription_id": ("VARCHAR",),
-              "meter_name": ("VARCHAR",), "quantity": ("VARCHAR", "UBIGINT", "BIGINT", "DOUBLE"),
-              "timestamp": ("VARCHAR",), "metadata": ("OBJECT",), "received_at": ("VARCHAR",)}
+JSON_TYPES = {
+    "event_id": ("VARCHAR",),
+    "customer_id": ("VARCHAR",),
+    "subscription_id": ("VARCHAR",),
+    "meter_name": ("VARCHAR",),
+    "quantity": ("VARCHAR", "UBIGINT", "BIGINT", "DOUBLE"),
+    "timestamp": ("VARCHAR",),
+    "metadata": ("OBJECT",),
+    "received_at": ("VARCHAR",),
+}
 
 
 # read_csv options that keep a bad line (bad encoding, wrong column count) out of the result and in a
@@ -29,7 +35,16 @@ JSON_TYPES = {"event_id": ("VARCHAR",), "customer_id": ("VARCHAR",), "subscripti
 REJECTS = "store_rejects=true, rejects_table='_csv_rejects', rejects_scan='_csv_rejects_scan'"
 
 
-TEMP_TABLES = ("_batch", "_lines", "_line_gaps", "_checked", "_verdicts", "_csv_rejects", "_csv_rejects_scan", "_rejected_lines")
+TEMP_TABLES = (
+    "_batch",
+    "_lines",
+    "_line_gaps",
+    "_checked",
+    "_verdicts",
+    "_csv_rejects",
+    "_csv_rejects_scan",
+    "_rejected_lines",
+)
 
 
 # NDJSON files landed together: their lines are held in memory meanwhile
@@ -38,8 +53,18 @@ NDJSON_BATCH_BYTES = 512 << 20
 
 # Parquet quantity types read typed (as DECIMAL(38, 9)): their text is the value with a fixed number of
 # decimals (DOUBLE's shortest round-trip text, or a decimal of more than 9 decimals, is read as text)
-_EXACT_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                   "UBIGINT", "UHUGEINT")
+_EXACT_INTEGERS = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+)
 
 
 _DECIMAL = re.compile(r"DECIMAL\(\d+,(\d+)\)")
@@ -48,8 +73,11 @@ _DECIMAL = re.compile(r"DECIMAL\(\d+,(\d+)\)")
 def describe(con: duckdb.DuckDBPyConnection, f: UsageFile) -> tuple[tuple[str, str], ...]:
     """The file's columns (name, type) as the landing reads it."""
     p = quote(f.path)
-    src = (f"read_csv('{p}', all_varchar=true, header=true, auto_detect=true, {REJECTS})" if f.fmt == "csv"
-           else f"read_parquet('{p}')")
+    src = (
+        f"read_csv('{p}', all_varchar=true, header=true, auto_detect=true, {REJECTS})"
+        if f.fmt == "csv"
+        else f"read_parquet('{p}')"
+    )
     return tuple((r[0], r[1]) for r in wh.run(con, f"DESCRIBE SELECT * FROM {src}"))
 
 
@@ -70,10 +98,13 @@ def _stage_lines(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> None
     before = 0
     for i, f in enumerate(files):
         wh.run(con, "UPDATE _batch SET lines_before = ? WHERE idx = ?", [before, i])
-        (n,), = wh.run(con, f"""
+        ((n,),) = wh.run(
+            con,
+            f"""
             INSERT INTO _lines SELECT {i}, line
             FROM read_csv('{quote(f.path)}', columns={{'line': 'VARCHAR'}}, header=false, delim='\x1f', quote='',
-                          escape='', auto_detect=false, {REJECTS})""")
+                          escape='', auto_detect=false, {REJECTS})""",
+        )
         before += n
     _line_gaps(con, header_rows=0)
 
@@ -87,14 +118,17 @@ def _line_gaps(con: duckdb.DuckDBPyConnection, header_rows: int) -> bool:
         return False
     # (a row can be rejected for more than one error: counted once; adjacent rejected rows have as many
     # kept rows before them: the last one's count holds)
-    wh.run(con, f"""
+    wh.run(
+        con,
+        f"""
         CREATE OR REPLACE TEMP TABLE _line_gaps AS
         SELECT file_index, line - shift AS kept_before, max(shift) AS shift FROM (
             SELECT b.idx AS file_index, r.line - {header_rows} AS line,
                    row_number() OVER (PARTITION BY b.idx ORDER BY r.line) AS shift
             FROM (SELECT DISTINCT scan_id, file_id, line FROM _csv_rejects) r
             JOIN _csv_rejects_scan s USING (scan_id, file_id) JOIN _batch b ON b.path = s.file_path)
-        GROUP BY ALL""")
+        GROUP BY ALL""",
+    )
     if not wh.run(con, "SELECT 1 FROM _line_gaps LIMIT 1"):
         wh.run(con, "DROP TABLE _line_gaps")
         return False
@@ -106,11 +140,14 @@ def renumber_csv(con: duckdb.DuckDBPyConnection) -> None:
     (bad encoding, wrong column count: quarantined on their own), the rows below them move down to
     their own data row in ``_checked`` (rare: only then is it rewritten)."""
     if _line_gaps(con, header_rows=1):
-        wh.run(con, """
+        wh.run(
+            con,
+            """
             CREATE OR REPLACE TEMP TABLE _checked AS
             SELECT c.* EXCLUDE (idx) REPLACE (c.source_row + coalesce(g.shift, 0) AS source_row)
             FROM (SELECT c.*, b.idx FROM _checked c JOIN _batch b USING (file_id)) c
-            ASOF LEFT JOIN _line_gaps g ON g.file_index = c.idx AND c.source_row > g.kept_before""")
+            ASOF LEFT JOIN _line_gaps g ON g.file_index = c.idx AND c.source_row > g.kept_before""",
+        )
 
 
 def _ndjson_read(gaps: bool = False) -> str:
@@ -118,16 +155,22 @@ def _ndjson_read(gaps: bool = False) -> str:
     unreadable (why a line is no record) and the fields. ``gaps``: some line was rejected (``_line_gaps``)."""
     kept = "SELECT row_number() OVER () AS n, file_index, line FROM _lines"
     if gaps:  # the nearest rejected line above: the last one with fewer kept lines before it than k
-        numbered = (f"SELECT l.file_index, l.k + coalesce(g.shift, 0) AS source_row, l.line FROM ("
-                    f"SELECT l.file_index, l.n - b.lines_before AS k, l.line FROM ({kept}) l "
-                    f"JOIN _batch b ON b.idx = l.file_index) l "
-                    f"ASOF LEFT JOIN _line_gaps g ON g.file_index = l.file_index AND l.k > g.kept_before")
+        numbered = (
+            f"SELECT l.file_index, l.k + coalesce(g.shift, 0) AS source_row, l.line FROM ("
+            f"SELECT l.file_index, l.n - b.lines_before AS k, l.line FROM ({kept}) l "
+            f"JOIN _batch b ON b.idx = l.file_index) l "
+            f"ASOF LEFT JOIN _line_gaps g ON g.file_index = l.file_index AND l.k > g.kept_before"
+        )
     else:
-        numbered = (f"SELECT l.file_index, l.n - b.lines_before AS source_row, l.line FROM ({kept}) l "
-                    f"JOIN _batch b ON b.idx = l.file_index")
-    parsed = ("SELECT b.file_id, l.source_row, l.line, "
-              f"TRY(json_transform(l.line, '{_NDJSON_STRUCTURE}')) AS j "
-              f"FROM ({numbered}) l JOIN _batch b ON b.idx = l.file_index")
+        numbered = (
+            f"SELECT l.file_index, l.n - b.lines_before AS source_row, l.line FROM ({kept}) l "
+            f"JOIN _batch b ON b.idx = l.file_index"
+        )
+    parsed = (
+        "SELECT b.file_id, l.source_row, l.line, "
+        f"TRY(json_transform(l.line, '{_NDJSON_STRUCTURE}')) AS j "
+        f"FROM ({numbered}) l JOIN _batch b ON b.idx = l.file_index"
+    )
     # the JSON types of the fields, read again (json_type) only where a text is suspect
     typed = f"SELECT *, CASE WHEN {_NDJSON_SUSPECT} THEN json_type(line, {_FIELD_PATHS}) END AS t FROM ({parsed})"
     return f"SELECT file_id, source_row, line, {_NDJSON_UNREADABLE} AS unreadable, {_NDJSON_FIELDS} FROM ({typed})"
@@ -148,43 +191,59 @@ _Q = "j['quantity']"
 
 _NDJSON_FIELDS = ", ".join(
     f"CASE WHEN NOT starts_with({_Q}, '\"') THEN CAST({_Q} AS VARCHAR) WHEN contains({_Q}, '\\') "
-    f"THEN json_extract_string({_Q}, '$') ELSE CAST({_Q} AS VARCHAR)[2:-2] END AS quantity" if f == "quantity"
+    f"THEN json_extract_string({_Q}, '$') ELSE CAST({_Q} AS VARCHAR)[2:-2] END AS quantity"
+    if f == "quantity"
     # JSON null reads as the text 'null' (as CAST(line->'metadata' AS VARCHAR)); the parse gives NULL
     # for null and absent alike, so an absent key is told apart only then
     else "CASE WHEN j['metadata'] IS NOT NULL THEN j['metadata'] "
-         "WHEN j IS NULL OR NOT contains(line, '\"metadata\"') THEN NULL "
-         "WHEN json_type(line, 'metadata') = 'NULL' THEN CAST('null' AS JSON) END AS metadata" if f == "metadata"
-    else f"j['{f}'] AS \"{f}\"" for f in FIELDS)
+    "WHEN j IS NULL OR NOT contains(line, '\"metadata\"') THEN NULL "
+    "WHEN json_type(line, 'metadata') = 'NULL' THEN CAST('null' AS JSON) END AS metadata"
+    if f == "metadata"
+    else f"j['{f}'] AS \"{f}\""
+    for f in FIELDS
+)
 
 
 def _maybe_not_text(v: str) -> str:
     """SQL: whether a value read as VARCHAR could be a number's, a boolean's, an object's or an array's
     text (by its first character: { [ t f, or a digit - + . i I n N and a number's text, which has no ':')."""
     c = f"ascii({v})"
-    return (f"CASE WHEN {v} IS NULL THEN false WHEN {c} IN (123, 91) THEN true "
-            f"WHEN {c} IN (116, 102) THEN {v} IN ('true', 'false') "
-            f"WHEN {c} BETWEEN 48 AND 57 OR {c} IN (45, 43, 46, 105, 73, 110, 78) "
-            f"THEN CASE WHEN contains({v}, ':') THEN false ELSE TRY_CAST({v} AS DOUBLE) IS NOT NULL END ELSE false END")
+    return (
+        f"CASE WHEN {v} IS NULL THEN false WHEN {c} IN (123, 91) THEN true "
+        f"WHEN {c} IN (116, 102) THEN {v} IN ('true', 'false') "
+        f"WHEN {c} BETWEEN 48 AND 57 OR {c} IN (45, 43, 46, 105, 73, 110, 78) "
+        f"THEN CASE WHEN contains({v}, ':') THEN false ELSE TRY_CAST({v} AS DOUBLE) IS NOT NULL END ELSE false END"
+    )
 
 
 _NDJSON_SUSPECT = " OR ".join(
-    f"coalesce(left({_Q}, 1) IN ('{{', '[', 't', 'f'), false)" if f == "quantity"
-    else "coalesce(NOT starts_with(j['metadata'], '{'), false)" if f == "metadata" else _maybe_not_text(f"j['{f}']")
-    for f in FIELDS)
+    f"coalesce(left({_Q}, 1) IN ('{{', '[', 't', 'f'), false)"
+    if f == "quantity"
+    else "coalesce(NOT starts_with(j['metadata'], '{'), false)"
+    if f == "metadata"
+    else _maybe_not_text(f"j['{f}']")
+    for f in FIELDS
+)
 
 
 _NDJSON_UNREADABLE = (
     "CASE WHEN CASE WHEN j IS NOT NULL THEN false ELSE NOT json_valid(line) END THEN 'invalid_json' "
     "WHEN CASE WHEN starts_with(line, '{') THEN false ELSE json_type(line) IS DISTINCT FROM 'OBJECT' END "
-    "THEN 'not_an_object' WHEN " +
-    " OR ".join(f"coalesce(t[{i}] NOT IN ('NULL', {', '.join(map(repr, JSON_TYPES[f]))}), false)"
-                for i, f in enumerate(FIELDS, 1)) + " THEN 'wrong_type' END")
+    "THEN 'not_an_object' WHEN "
+    + " OR ".join(
+        f"coalesce(t[{i}] NOT IN ('NULL', {', '.join(map(repr, JSON_TYPES[f]))}), false)"
+        for i, f in enumerate(FIELDS, 1)
+    )
+    + " THEN 'wrong_type' END"
+)
 
 
 def _ndjson_rows(gaps: bool = False) -> str:
     """The records of the batch's NDJSON files: their non-blank lines."""
-    return (f"SELECT * FROM ({_ndjson_read(gaps)}) "
-            "WHERE CASE WHEN line IS NULL THEN false WHEN starts_with(line, '{') THEN true ELSE trim(line) <> '' END")
+    return (
+        f"SELECT * FROM ({_ndjson_read(gaps)}) "
+        "WHERE CASE WHEN line IS NULL THEN false WHEN starts_with(line, '{') THEN true ELSE trim(line) <> '' END"
+    )
 
 
 def _csv_rows(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> str:
@@ -192,11 +251,14 @@ def _csv_rows(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> str:
     selects = []
     for f in files:
         cols = {c for c, _ in describe(con, f)}
-        fields = ", ".join((f'CAST("{c}" AS VARCHAR)' if c in cols else "CAST(NULL AS VARCHAR)") + f' AS "{c}"'
-                           for c in FIELDS)
-        selects.append(f"SELECT {f.file_id} AS file_id, row_number() OVER () AS source_row, {fields}, "
-                       "CAST(NULL AS VARCHAR) AS unreadable "
-                       f"FROM read_csv('{quote(f.path)}', all_varchar=true, header=true, auto_detect=true, {REJECTS})")
+        fields = ", ".join(
+            (f'CAST("{c}" AS VARCHAR)' if c in cols else "CAST(NULL AS VARCHAR)") + f' AS "{c}"' for c in FIELDS
+        )
+        selects.append(
+            f"SELECT {f.file_id} AS file_id, row_number() OVER () AS source_row, {fields}, "
+            "CAST(NULL AS VARCHAR) AS unreadable "
+            f"FROM read_csv('{quote(f.path)}', all_varchar=true, header=true, auto_detect=true, {REJECTS})"
+        )
     return " UNION ALL ".join(selects)
 
 
@@ -208,12 +270,15 @@ def _parquet_rows(files: list[UsageFile], schema: tuple[tuple[str, str], ...], f
     if {"filename", "file_row_number"}.isdisjoint(name.lower() for name, _ in schema):  # (names are case-blind)
         paths = ", ".join(f"'{quote(f.path)}'" for f in files)
         ids = ", ".join(f"('{quote(f.path)}', {f.file_id})" for f in files)
-        return (f"SELECT b.file_id, file_row_number + 1 AS source_row{cols} "
-                f"FROM read_parquet([{paths}], filename=true, file_row_number=true) "
-                f"JOIN (VALUES {ids}) b(path, file_id) ON b.path = filename")
+        return (
+            f"SELECT b.file_id, file_row_number + 1 AS source_row{cols} "
+            f"FROM read_parquet([{paths}], filename=true, file_row_number=true) "
+            f"JOIN (VALUES {ids}) b(path, file_id) ON b.path = filename"
+        )
     return " UNION ALL ".join(  # the files have columns of those names: number the rows ourselves
         f"SELECT {f.file_id} AS file_id, row_number() OVER () AS source_row{cols} FROM read_parquet('{quote(f.path)}')"
-        for f in files)
+        for f in files
+    )
 
 
 def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[UsageFile], with_ts: bool = False) -> str:
@@ -226,8 +291,10 @@ def parquet_ids(con: duckdb.DuckDBPyConnection, files: list[UsageFile], with_ts:
     return f"SELECT file_id, source_row, event_id{f', {EVENT_TS} AS event_ts' if with_ts else ''} FROM ({values})"
 
 
-NO_TYPED = ("CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, CAST(NULL AS UTINYINT) AS quantity_scale, "
-             "CAST(NULL AS TIMESTAMPTZ) AS ts_typed, CAST(NULL AS TIMESTAMPTZ) AS received_ts")
+NO_TYPED = (
+    "CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, CAST(NULL AS UTINYINT) AS quantity_scale, "
+    "CAST(NULL AS TIMESTAMPTZ) AS ts_typed, CAST(NULL AS TIMESTAMPTZ) AS received_ts"
+)
 
 
 def _text_values(rows: str) -> str:
@@ -253,25 +320,33 @@ def parquet_values(rows: str, schema: tuple[tuple[str, str], ...]) -> str:
 
     if scale is not None and scale <= 9:  # as text only when too large for DECIMAL(38, 9)
         dec = "TRY_CAST(quantity AS DECIMAL(38, 9))"
-        quantity = (f"CASE WHEN {dec} IS NULL THEN CAST(quantity AS VARCHAR) END AS quantity, {dec} AS quantity_dec, "
-                    f"CAST(CASE WHEN {dec} IS NOT NULL THEN {scale} END AS UTINYINT) AS quantity_scale")
+        quantity = (
+            f"CASE WHEN {dec} IS NULL THEN CAST(quantity AS VARCHAR) END AS quantity, {dec} AS quantity_dec, "
+            f"CAST(CASE WHEN {dec} IS NOT NULL THEN {scale} END AS UTINYINT) AS quantity_scale"
+        )
     else:
-        quantity = (f"{text('quantity')} AS quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, "
-                    "CAST(NULL AS UTINYINT) AS quantity_scale")
+        quantity = (
+            f"{text('quantity')} AS quantity, CAST(NULL AS DECIMAL(38, 9)) AS quantity_dec, "
+            "CAST(NULL AS UTINYINT) AS quantity_scale"
+        )
     if typed_time("timestamp"):
         ts = 'CAST(NULL AS VARCHAR) AS "timestamp", CAST("timestamp" AS TIMESTAMPTZ) AS ts_typed'
     else:
         ts = f'{text("timestamp")} AS "timestamp", CAST(NULL AS TIMESTAMPTZ) AS ts_typed'
     if typed_time("received_at"):
         recv = "CAST(received_at AS TIMESTAMPTZ)"
-        received = (f"CASE WHEN NOT coalesce({recv} {TS_SAFE}, true) THEN strftime({recv}, '{TS_TEXT}') END "
-                    f"AS received_at, CASE WHEN {recv} {TS_SAFE} THEN {recv} END AS received_ts")
+        received = (
+            f"CASE WHEN NOT coalesce({recv} {TS_SAFE}, true) THEN strftime({recv}, '{TS_TEXT}') END "
+            f"AS received_at, CASE WHEN {recv} {TS_SAFE} THEN {recv} END AS received_ts"
+        )
     else:
         received = f"{text('received_at')} AS received_at, CAST(NULL AS TIMESTAMPTZ) AS received_ts"
     metadata = "metadata" if "metadata" in types else "CAST(NULL AS VARCHAR) AS metadata"
-    return (f"SELECT file_id, source_row, CAST(NULL AS VARCHAR) AS unreadable, "
-            f"{', '.join(f'{text(f)} AS {f}' for f in FIELDS[:4])}, {quantity}, {ts}, {metadata}, {received} "
-            f"FROM ({rows})")
+    return (
+        f"SELECT file_id, source_row, CAST(NULL AS VARCHAR) AS unreadable, "
+        f"{', '.join(f'{text(f)} AS {f}' for f in FIELDS[:4])}, {quantity}, {ts}, {metadata}, {received} "
+        f"FROM ({rows})"
+    )
 
 
 @dataclass(frozen=True)
@@ -280,6 +355,7 @@ class Records:
     one row per record (see above), and SQL over its rows for the metadata, which a typed source holds
     as a value (a Parquet STRUCT): ``metadata_json``, its JSON text (converted where it is used, so
     only for the rows that need it), and :meth:`metadata_values` of some of its keys."""
+
     sql: str
     metadata_json: str = "metadata"
     struct: tuple[tuple[str, str], ...] | None = None  # the STRUCT's fields (name, type)
@@ -294,8 +370,14 @@ class Records:
             extra = f", json_extract_string({self.metadata_json}, {list(keys)!r}) AS m"
             return extra, [f"m[{i}]" for i in range(1, len(keys) + 1)]
         types = dict(self.struct)
-        return "", ["CAST(NULL AS VARCHAR)" if k not in types else f"metadata.{ident(k)}" if types[k] == "VARCHAR"
-                    else f"json_extract_string({self.metadata_json}, {[k]!r})[1]" for k in keys]
+        return "", [
+            "CAST(NULL AS VARCHAR)"
+            if k not in types
+            else f"metadata.{ident(k)}"
+            if types[k] == "VARCHAR"
+            else f"json_extract_string({self.metadata_json}, {[k]!r})[1]"
+            for k in keys
+        ]
 
     def metadata_over(self, limit: str) -> str:
         """SQL: whether the metadata's JSON text is longer than ``limit``. A STRUCT of texts is not when
@@ -303,8 +385,9 @@ class Records:
         exact = f"strlen({self.metadata_json}) > {limit}"
         if self.struct is None or any(t != "VARCHAR" for _, t in self.struct):
             return exact
-        bound = " + ".join(f"{len(json.dumps(k)) + 2} + coalesce(2 + 6 * strlen(metadata.{ident(k)}), 4)"
-                           for k, _ in self.struct)
+        bound = " + ".join(
+            f"{len(json.dumps(k)) + 2} + coalesce(2 + 6 * strlen(metadata.{ident(k)}), 4)" for k, _ in self.struct
+        )
         return f"CASE WHEN 2 + {bound} <= {limit} THEN false ELSE {exact} END"
 
 
@@ -333,10 +416,16 @@ def read_records(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> Reco
 def stage_batch(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> None:
     """The batch's files (``_batch``), and for NDJSON files their lines (``_lines``)."""
     drop_staged(con)
-    wh.run(con, "CREATE TEMP TABLE _batch (idx INTEGER, path VARCHAR, name VARCHAR, sha VARCHAR, file_day DATE, "
-                "file_id INTEGER, lines_before BIGINT)")
-    wh.run(con, "INSERT INTO _batch VALUES " + ", ".join(["(?, ?, ?, ?, CAST(? AS DATE), ?, 0)"] * len(files)),
-           [v for i, f in enumerate(files) for v in (i, str(f.path), f.name, f.sha, f.file_day, f.file_id)])
+    wh.run(
+        con,
+        "CREATE TEMP TABLE _batch (idx INTEGER, path VARCHAR, name VARCHAR, sha VARCHAR, file_day DATE, "
+        "file_id INTEGER, lines_before BIGINT)",
+    )
+    wh.run(
+        con,
+        "INSERT INTO _batch VALUES " + ", ".join(["(?, ?, ?, ?, CAST(? AS DATE), ?, 0)"] * len(files)),
+        [v for i, f in enumerate(files) for v in (i, str(f.path), f.name, f.sha, f.file_day, f.file_id)],
+    )
     if files[0].fmt == "ndjson":
         _stage_lines(con, files)
 
@@ -353,8 +442,11 @@ def records(con: duckdb.DuckDBPyConnection, files: list[UsageFile]) -> Iterator[
     Parquet file's from the file raw keeps (the same rows, the same numbers). Valid inside the block."""
     if files[0].fields_in_raw:
         fields = ", ".join(f'"{f}"' for f in TEXT_FIELDS)
-        yield Records(f"SELECT file_id, source_row, event_id, {fields}, {NO_TYPED}, event_ts FROM raw.usage_events "
-                      f"WHERE file_id IN ({', '.join(str(f.file_id) for f in files)})", in_raw=True)
+        yield Records(
+            f"SELECT file_id, source_row, event_id, {fields}, {NO_TYPED}, event_ts FROM raw.usage_events "
+            f"WHERE file_id IN ({', '.join(str(f.file_id) for f in files)})",
+            in_raw=True,
+        )
         return
     stage_batch(con, files)
     try:

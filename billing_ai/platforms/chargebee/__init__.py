@@ -5,8 +5,17 @@ from billing_ai.platforms.spec import PlatformSpec
 
 SPEC = PlatformSpec(
     name="chargebee",
-    raw_objects=("customers", "items", "item_prices", "subscriptions", "invoices", "invoice_line_items",
-                 "transactions", "credit_notes", "usages"),
+    raw_objects=(
+        "customers",
+        "items",
+        "item_prices",
+        "subscriptions",
+        "invoices",
+        "invoice_line_items",
+        "transactions",
+        "credit_notes",
+        "usages",
+    ),
     core_sources={
         "customers": ("customers",),
         "products": ("items",),

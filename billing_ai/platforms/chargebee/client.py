@@ -23,14 +23,15 @@ under ours. So: ``PlatformHTTP``, the project's one retry / rate-limit policy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP
 from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 
 IDEMPOTENCY_HEADER = "chargebee-idempotency-key"
 
@@ -38,13 +39,29 @@ _PII_TOKENS: dict[str, dict[str, str]] = {
     "customer": {"first_name": "name", "last_name": "name", "company": "name", "email": "email", "phone": "phone"},
 }
 _PII_DROP: dict[str, tuple[str, ...]] = {
-    "customer": ("billing_address", "contacts", "payment_method", "referral_urls", "primary_payment_source_id",
-                 "backup_payment_source_id", "vat_number", "entity_identifiers"),
+    "customer": (
+        "billing_address",
+        "contacts",
+        "payment_method",
+        "referral_urls",
+        "primary_payment_source_id",
+        "backup_payment_source_id",
+        "vat_number",
+        "entity_identifiers",
+    ),
     "subscription": ("shipping_address", "payment_source_id", "referral_info"),
     "invoice": ("billing_address", "shipping_address", "vat_number"),
     "credit_note": ("billing_address", "shipping_address", "vat_number"),
-    "transaction": ("masked_card_number", "iin", "last4", "payment_method_details", "payment_source_id",
-                    "reference_number", "three_d_secure", "id_at_gateway"),
+    "transaction": (
+        "masked_card_number",
+        "iin",
+        "last4",
+        "payment_method_details",
+        "payment_source_id",
+        "reference_number",
+        "three_d_secure",
+        "id_at_gateway",
+    ),
 }
 
 
@@ -80,8 +97,13 @@ _MONEY = {
     "transactions": ("amount",),
     "credit_notes": ("total",),
 }
-_REQUIRED = {"invoices": ("total", "sub_total", "date"), "invoice_line_items": ("amount",),
-             "transactions": ("amount",), "credit_notes": ("total",), "usages": ("quantity", "usage_date")}
+_REQUIRED = {
+    "invoices": ("total", "sub_total", "date"),
+    "invoice_line_items": ("amount",),
+    "transactions": ("amount",),
+    "credit_notes": ("total",),
+    "usages": ("quantity", "usage_date"),
+}
 
 
 def problem(obj_name: str, o: dict) -> tuple[str, str] | None:
@@ -108,14 +130,26 @@ def problem(obj_name: str, o: dict) -> tuple[str, str] | None:
 class ChargebeeConnector:
     """Read-only Chargebee access returning plain, scrubbed dicts."""
 
-    def __init__(self, api_key: str, api_base: str, pii_key: str, requests_per_second: float = 10.0,
-                 page_size: int = 100, policy: RetryPolicy = RetryPolicy()):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        pii_key: str,
+        requests_per_second: float = 10.0,
+        page_size: int = 100,
+        policy: RetryPolicy = RetryPolicy(),
+    ):
         if not api_key:
             raise ValueError("CHARGEBEE_API_KEY is not set")
         # basic auth: the API key is the user name, the password is empty
-        self.http = PlatformHTTP("chargebee", f"{api_base.rstrip('/')}/api/v2", auth=(api_key, ""),
-                                 requests_per_second=requests_per_second, policy=policy,
-                                 idempotency_header=IDEMPOTENCY_HEADER)
+        self.http = PlatformHTTP(
+            "chargebee",
+            f"{api_base.rstrip('/')}/api/v2",
+            auth=(api_key, ""),
+            requests_per_second=requests_per_second,
+            policy=policy,
+            idempotency_header=IDEMPOTENCY_HEADER,
+        )
         self.page_size = min(100, page_size)
         self.pii_key = pii_key
 
@@ -147,16 +181,21 @@ class ChargebeeConnector:
                 if bad:
                     scrub(typ, o, self.pii_key)
                     oid = o.get("id")
-                    out[QUARANTINE_KEY].append(quarantine_row(name, oid if isinstance(oid, str) else None,
-                                                              bad[0], o, bad[1]))
+                    out[QUARANTINE_KEY].append(
+                        quarantine_row(name, oid if isinstance(oid, str) else None, bad[0], o, bad[1])
+                    )
                     continue
                 kept.append(scrub(typ, o, self.pii_key))
             return kept
 
-        for name, typ, params in (("customers", "customer", {}), ("items", "item", {}),
-                                  ("item_prices", "item_price", {}), ("subscriptions", "subscription", {}),
-                                  ("credit_notes", "credit_note", {}),
-                                  ("transactions", "transaction", {"type[is]": "payment"})):
+        for name, typ, params in (
+            ("customers", "customer", {}),
+            ("items", "item", {}),
+            ("item_prices", "item_price", {}),
+            ("subscriptions", "subscription", {}),
+            ("credit_notes", "credit_note", {}),
+            ("transactions", "transaction", {"type[is]": "payment"}),
+        ):
             out[name] = accept(name, typ, self.pages(name, params))
             say(f"chargebee {name}: {len(out[name])}")
         invoices = accept("invoices", "invoice", self.pages("invoices"))
@@ -169,8 +208,9 @@ class ChargebeeConnector:
         out["invoice_line_items"] = accept("invoice_line_items", "line_item", iter(lines))
         # usage records of whole days up to the clock
         end = int(datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp())
-        out["usages"] = accept("usages", "usage", self.pages("usages", {"usage_date[before]": end,
-                                                                        "sort_by[asc]": "usage_date"}))
+        out["usages"] = accept(
+            "usages", "usage", self.pages("usages", {"usage_date[before]": end, "sort_by[asc]": "usage_date"})
+        )
         for name in ("invoices", "invoice_line_items", "usages"):
             say(f"chargebee {name}: {len(out[name])}")
         if out[QUARANTINE_KEY]:

@@ -24,5 +24,10 @@ class ChargebeeResource(dg.ConfigurableResource):
     def connector(self, pii_key: str):
         from billing_ai.platforms.chargebee.client import ChargebeeConnector
 
-        return ChargebeeConnector(api_key=self.api_key, api_base=self.api_base, pii_key=pii_key,
-                                  requests_per_second=self.requests_per_second, page_size=self.page_size)
+        return ChargebeeConnector(
+            api_key=self.api_key,
+            api_base=self.api_base,
+            pii_key=pii_key,
+            requests_per_second=self.requests_per_second,
+            page_size=self.page_size,
+        )

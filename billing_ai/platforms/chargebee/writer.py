@@ -30,18 +30,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.writeback import prechecks as rules
-from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 from billing_ai.platforms.chargebee.client import IDEMPOTENCY_HEADER
 from billing_ai.platforms.http import PlatformHTTP, http_outcome
 from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 
 ITEMS_KEY = "billing_ai_items"
 OPEN_STATUSES = ("payment_due", "not_paid", "posted")
 LIVE_SUBSCRIPTION = ("active", "non_renewing", "in_trial", "future")
 # Stripe's credit note reasons -> Chargebee reason codes
-REASON_CODES = {"duplicate": "other", "order_change": "order_change", "product_unsatisfactory": "product_unsatisfactory"}
+REASON_CODES = {
+    "duplicate": "other",
+    "order_change": "order_change",
+    "product_unsatisfactory": "product_unsatisfactory",
+}
 
 
 def note(mark: dict[str, str]) -> str:
@@ -60,20 +64,33 @@ def _meta(obj: dict) -> dict:
 class ChargebeeWriter:
     """Writes through ``PlatformHTTP``. The key is a secret (``CHARGEBEE_PUSH_API_KEY``), never logged."""
 
-    def __init__(self, api_key: str, api_base: str, requests_per_second: float = 10.0,
-                 policy: RetryPolicy = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=10)):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        requests_per_second: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=10),
+    ):
         if not api_key:
             raise ValueError("CHARGEBEE_PUSH_API_KEY is not set")
-        self.http = PlatformHTTP("chargebee", f"{api_base.rstrip('/')}/api/v2", auth=(api_key, ""),
-                                 requests_per_second=requests_per_second, policy=policy,
-                                 idempotency_header=IDEMPOTENCY_HEADER)
+        self.http = PlatformHTTP(
+            "chargebee",
+            f"{api_base.rstrip('/')}/api/v2",
+            auth=(api_key, ""),
+            requests_per_second=requests_per_second,
+            policy=policy,
+            idempotency_header=IDEMPOTENCY_HEADER,
+        )
 
-    def call(self, method: str, path: str, *, params: dict | None = None, data: dict | None = None,
-             key: str | None = None) -> Any:
+    def call(
+        self, method: str, path: str, *, params: dict | None = None, data: dict | None = None, key: str | None = None
+    ) -> Any:
         """One request (429s waited out and keyed 5xx retried by PlatformHTTP), its failure classified by
         :func:`billing_ai.platforms.http.http_outcome`."""
-        return http_outcome(lambda: self.http.request(method, path, params=params, data=data, idempotency_key=key),
-                            lambda body: f"{_code(body)}: {_msg(body)}")
+        return http_outcome(
+            lambda: self.http.request(method, path, params=params, data=data, idempotency_key=key),
+            lambda body: f"{_code(body)}: {_msg(body)}",
+        )
 
     def read(self, path: str, params: dict | None = None) -> dict | None:
         """A read for a re-check or read-back; a missing object is None."""
@@ -118,12 +135,19 @@ class ChargebeeExecutor:
         cust = self.w.get("customer", customer_id)
         if cust is None or cust.get("deleted"):
             return None
-        return Contact(email=cust.get("email"), email_opt_out=_meta(cust).get("email_opt_out") == "true",
-                       currency=(cust.get("preferred_currency_code") or "").lower() or None)
+        return Contact(
+            email=cust.get("email"),
+            email_opt_out=_meta(cust).get("email_opt_out") == "true",
+            currency=(cust.get("preferred_currency_code") or "").lower() or None,
+        )
 
     def leave_pointer(self, customer_id: str, key: str, mark: dict[str, str]) -> None:
-        self.w.call("POST", "/comments", data={"entity_type": "customer", "entity_id": customer_id,
-                                               "notes": note(mark)}, key=key)
+        self.w.call(
+            "POST",
+            "/comments",
+            data={"entity_type": "customer", "entity_id": customer_id, "notes": note(mark)},
+            key=key,
+        )
 
     # -- helpers
     def _subscription_for(self, customer_id: str, sub_id: str | None) -> dict | None:
@@ -131,8 +155,9 @@ class ChargebeeExecutor:
             sub = self.w.get("subscription", sub_id)
             ok = sub and sub["customer_id"] == customer_id and sub["status"] in LIVE_SUBSCRIPTION
             return sub if ok else None
-        subs = self.w.listing("subscriptions", {"customer_id[is]": customer_id,
-                                                "status[in]": json.dumps(list(LIVE_SUBSCRIPTION))})
+        subs = self.w.listing(
+            "subscriptions", {"customer_id[is]": customer_id, "status[in]": json.dumps(list(LIVE_SUBSCRIPTION))}
+        )
         return subs[0] if subs else None
 
     @staticmethod
@@ -154,22 +179,37 @@ class ChargebeeExecutor:
             obj = cust if p.target_type == "customer" else self.w.get("subscription", tid)
             return rules.exists(p.target_type, tid, obj)
         if kind == "pending_invoice_item":
-            problems = rules.same_currency("customer", tid, cust.get("preferred_currency_code"), params["currency"],
-                                           billed=True)
+            problems = rules.same_currency(
+                "customer", tid, cust.get("preferred_currency_code"), params["currency"], billed=True
+            )
             if problems:
                 return problems
             if self._subscription_for(tid, params.get("subscription")) is None:
                 which = params.get("subscription") or "no subscription"
-                return [f"{which} is not a live subscription of {tid}: Chargebee bills unbilled charges "
-                        "through a subscription"]
+                return [
+                    f"{which} is not a live subscription of {tid}: Chargebee bills unbilled charges "
+                    "through a subscription"
+                ]
         elif kind == "credit_note":
             inv = self.w.get("invoice", tid)
-            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
-                status=inv["status"], creditable=inv["status"] in ("paid", *OPEN_STATUSES),
-                currency=inv["currency_code"], total=inv["total"],
-                credited=lambda: sum(cn["total"] for cn in self.w.listing(
-                    "credit_notes", {"reference_invoice_id[is]": tid}) if cn.get("status") != "voided")),
-                params["amount"], params["currency"], needs="credit notes need a paid or due invoice")
+            return rules.credit_fits(
+                tid,
+                inv
+                and rules.CreditableInvoice(
+                    status=inv["status"],
+                    creditable=inv["status"] in ("paid", *OPEN_STATUSES),
+                    currency=inv["currency_code"],
+                    total=inv["total"],
+                    credited=lambda: sum(
+                        cn["total"]
+                        for cn in self.w.listing("credit_notes", {"reference_invoice_id[is]": tid})
+                        if cn.get("status") != "voided"
+                    ),
+                ),
+                params["amount"],
+                params["currency"],
+                needs="credit notes need a paid or due invoice",
+            )
         elif kind == "subscription_change":
             sub = self.w.get("subscription", tid)
             problems = rules.subscription_live(tid, sub is not None and sub["status"] in LIVE_SUBSCRIPTION)
@@ -178,10 +218,14 @@ class ChargebeeExecutor:
             current = self._item_price_of(sub, params["item"])
             new = self.w.get("item_price", params["to_price"]) if current not in (None, params["to_price"]) else None
             problems = rules.price_change_allowed(
-                tid, params["item"], params["to_price"], on_subscription=current is not None,
+                tid,
+                params["item"],
+                params["to_price"],
+                on_subscription=current is not None,
                 already_current=current == params["to_price"],
                 target=new and rules.TargetPrice(active=new.get("status") == "active", currency=new["currency_code"]),
-                item_currency=sub["currency_code"])
+                item_currency=sub["currency_code"],
+            )
             if problems:
                 return problems
             old = self.w.get("item_price", current)
@@ -196,14 +240,16 @@ class ChargebeeExecutor:
             obj = self.w.get("customer" if p.target_type == "customer" else "subscription", tid)
             meta = _meta(obj or {})
             done = all((meta.get(k) == v) if v != "" else (k not in meta) for k, v in params["metadata"].items())
-            return Applied(tid) if obj and done and str(meta.get(AUDIT_POINTER_KEY, "")).startswith(f"{aid}#") \
-                else None
+            return Applied(tid) if obj and done and str(meta.get(AUDIT_POINTER_KEY, "")).startswith(f"{aid}#") else None
         if kind == "pending_invoice_item":
             sub = self._subscription_for(tid, params.get("subscription"))
             if sub is None:
                 return None
-            found = [c for c in self.w.listing("unbilled_charges", {"subscription_id[is]": sub["id"]})
-                     if _has_pointer(c.get("description"), aid)]
+            found = [
+                c
+                for c in self.w.listing("unbilled_charges", {"subscription_id[is]": sub["id"]})
+                if _has_pointer(c.get("description"), aid)
+            ]
             return Applied(found[0]["id"], found[0]) if found else None
         if kind == "credit_note":
             for cn in self.w.listing("credit_notes", {"reference_invoice_id[is]": tid}):
@@ -238,24 +284,46 @@ class ChargebeeExecutor:
             sub = self._subscription_for(tid, params.get("subscription"))
             if sub is None:
                 raise Permanent(f"{tid} has no live subscription to carry the charge")
-            body = self.w.call("POST", "/unbilled_charges/create", key=key, data={
-                "subscription_id": sub["id"], "currency_code": params["currency"].upper(),
-                "charges[amount][0]": str(params["amount"]),
-                "charges[description][0]": f"{params['description']} [{note(mark)}]"})
+            body = self.w.call(
+                "POST",
+                "/unbilled_charges/create",
+                key=key,
+                data={
+                    "subscription_id": sub["id"],
+                    "currency_code": params["currency"].upper(),
+                    "charges[amount][0]": str(params["amount"]),
+                    "charges[description][0]": f"{params['description']} [{note(mark)}]",
+                },
+            )
             charge = body["unbilled_charges"][0]
-            self.w.call("POST", "/comments", key=key + "-ptr", data={
-                "entity_type": "subscription", "entity_id": sub["id"],
-                "notes": f"{note(mark)}: unbilled charge {charge['id']}"})
+            self.w.call(
+                "POST",
+                "/comments",
+                key=key + "-ptr",
+                data={
+                    "entity_type": "subscription",
+                    "entity_id": sub["id"],
+                    "notes": f"{note(mark)}: unbilled charge {charge['id']}",
+                },
+            )
             return Applied(charge["id"], {"amount": charge["amount"], "currency": charge["currency_code"].lower()})
         if kind == "credit_note":
             inv = self.w.get("invoice", tid)
             if inv is None:
                 raise Permanent(f"invoice {tid} does not exist")
-            body = self.w.call("POST", "/credit_notes", key=key, data={
-                "reference_invoice_id": tid, "total": str(params["amount"]),
-                "type": "refundable" if inv["status"] == "paid" else "adjustment",
-                "reason_code": REASON_CODES[params["reason"]], "customer_notes": params["memo"],
-                "comment": note(mark)})
+            body = self.w.call(
+                "POST",
+                "/credit_notes",
+                key=key,
+                data={
+                    "reference_invoice_id": tid,
+                    "total": str(params["amount"]),
+                    "type": "refundable" if inv["status"] == "paid" else "adjustment",
+                    "reason_code": REASON_CODES[params["reason"]],
+                    "customer_notes": params["memo"],
+                    "comment": note(mark),
+                },
+            )
             cn = body["credit_note"]
             return Applied(cn["id"], {"amount": cn["total"], "status": cn["status"]})
         if kind == "subscription_change":
@@ -269,9 +337,11 @@ class ChargebeeExecutor:
             meta[ITEMS_KEY] = items
             meta.update(mark)
             entry = next(e for e in sub["subscription_items"] if e["item_price_id"] == current)
-            data = {"subscription_items[item_price_id][0]": params["to_price"],
-                    "prorate": "false" if params["proration_behavior"] == "none" else "true",
-                    "meta_data": json.dumps(meta)}
+            data = {
+                "subscription_items[item_price_id][0]": params["to_price"],
+                "prorate": "false" if params["proration_behavior"] == "none" else "true",
+                "meta_data": json.dumps(meta),
+            }
             if entry.get("quantity") is not None:
                 data["subscription_items[quantity][0]"] = str(entry["quantity"])
             if params["proration_behavior"] == "always_invoice":

@@ -10,8 +10,19 @@ from billing_ai.platforms.spec import PlatformSpec
 
 SPEC = PlatformSpec(
     name="recurly",
-    raw_objects=("accounts", "account_balances", "items", "measured_units", "plans", "add_ons", "subscriptions",
-                 "invoices", "line_items", "transactions", "usage"),
+    raw_objects=(
+        "accounts",
+        "account_balances",
+        "items",
+        "measured_units",
+        "plans",
+        "add_ons",
+        "subscriptions",
+        "invoices",
+        "line_items",
+        "transactions",
+        "usage",
+    ),
     core_sources={
         "customers": ("accounts", "account_balances"),
         "products": ("items",),

@@ -28,31 +28,61 @@ only for GETs and writes carrying an ``Idempotency-Key``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
-from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.money import MAX_UNIT_PRICE_PLACES, UnknownCurrencyError, major_to_minor
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP
 from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
+
 API_VERSION = "v2021-02-25"
 ACCEPT = f"application/vnd.recurly.{API_VERSION}"
-MONEY_AMOUNTS = ("amount", "subtotal", "discount", "total", "tax", "paid", "balance", "refundable_amount",
-                 "subtotal_after_discount", "available_credit_amount", "processing_prepayment_amount", "setup_fee")
+MONEY_AMOUNTS = (
+    "amount",
+    "subtotal",
+    "discount",
+    "total",
+    "tax",
+    "paid",
+    "balance",
+    "refundable_amount",
+    "subtotal_after_discount",
+    "available_credit_amount",
+    "processing_prepayment_amount",
+    "setup_fee",
+)
 UNIT_PRICES = ("unit_amount", "unit_amount_decimal")
 
 _PII_TOKENS = {"email": "email", "company": "name", "first_name": "name", "last_name": "name", "username": "name"}
 _PII_DROP = {
-    "account": ("address", "billing_info", "shipping_addresses", "hosted_login_token", "cc_emails", "vat_number",
-                "external_accounts"),
+    "account": (
+        "address",
+        "billing_info",
+        "shipping_addresses",
+        "hosted_login_token",
+        "cc_emails",
+        "vat_number",
+        "external_accounts",
+    ),
     "invoice": ("address", "shipping_address", "vat_number", "billing_info_id"),
-    "transaction": ("billing_address", "payment_method", "ip_address_v4", "ip_address_country",
-                    "gateway_response_values", "gateway_reference", "gateway_approval_code", "fraud_info",
-                    "payment_gateway", "customer_message"),
+    "transaction": (
+        "billing_address",
+        "payment_method",
+        "ip_address_v4",
+        "ip_address_country",
+        "gateway_response_values",
+        "gateway_reference",
+        "gateway_approval_code",
+        "fraud_info",
+        "payment_gateway",
+        "customer_message",
+    ),
     "line_item": ("shipping_address",),
     "subscription": ("shipping", "billing_info_id"),
 }
@@ -89,7 +119,9 @@ def normalize(obj: Any, key: str) -> Any:
                 continue
             minor = _money(v, cur, f)
             if minor != minor.to_integral_value():
-                raise BadRecord("bad_money", f"{f}={_plain(Decimal(str(v)))} {cur} is not a whole number of minor units")
+                raise BadRecord(
+                    "bad_money", f"{f}={_plain(Decimal(str(v)))} {cur} is not a whole number of minor units"
+                )
             out[f"{f}_minor"] = int(minor)
         for f in UNIT_PRICES:
             v = out.get(f)
@@ -97,8 +129,9 @@ def normalize(obj: Any, key: str) -> Any:
                 continue
             minor = _money(v, cur, f).normalize()
             if -minor.as_tuple().exponent > MAX_UNIT_PRICE_PLACES:
-                raise BadRecord("bad_unit_price", f"{f}={v} {cur}: more than {MAX_UNIT_PRICE_PLACES} decimal "
-                                                  "places in minor units")
+                raise BadRecord(
+                    "bad_unit_price", f"{f}={v} {cur}: more than {MAX_UNIT_PRICE_PLACES} decimal places in minor units"
+                )
             out[f"{f}_minor"] = _plain(minor)
     return {k: normalize(v, key) for k, v in out.items()}
 
@@ -122,12 +155,27 @@ def _decimal_json(response: httpx.Response) -> None:
 class RecurlyConnector:
     """Read-only Recurly access returning plain, scrubbed dicts with exact minor-unit money."""
 
-    def __init__(self, api_key: str, api_base: str, pii_key: str, requests_per_second: float = 20.0,
-                 page_size: int = 200, policy: RetryPolicy = RetryPolicy(), timeout: float = 30.0):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        pii_key: str,
+        requests_per_second: float = 20.0,
+        page_size: int = 200,
+        policy: RetryPolicy = RetryPolicy(),
+        timeout: float = 30.0,
+    ):
         if not api_key:
             raise ValueError("RECURLY_API_KEY is not set")
-        self.http = PlatformHTTP("recurly", api_base, auth=(api_key, ""), headers={"Accept": ACCEPT},
-                                 requests_per_second=requests_per_second, policy=policy, timeout=timeout)
+        self.http = PlatformHTTP(
+            "recurly",
+            api_base,
+            auth=(api_key, ""),
+            headers={"Accept": ACCEPT},
+            requests_per_second=requests_per_second,
+            policy=policy,
+            timeout=timeout,
+        )
         self.http.http.event_hooks["response"].append(_decimal_json)
         self.page_size = page_size
         self.pii_key = pii_key
@@ -161,8 +209,11 @@ class RecurlyConnector:
                 raise BadRecord("missing_code", "an account without its merchant code")
             return normalize(raw, self.pii_key)
         except BadRecord as e:
-            self.quarantine.append(quarantine_row(obj_name, rid if isinstance(rid, str) else None, e.reason,
-                                                  _safe(raw, self.pii_key), e.detail))
+            self.quarantine.append(
+                quarantine_row(
+                    obj_name, rid if isinstance(rid, str) else None, e.reason, _safe(raw, self.pii_key), e.detail
+                )
+            )
             return None
 
     def collect(self, obj_name: str, raws, id_field: str = "id") -> list[dict]:
@@ -175,11 +226,19 @@ class RecurlyConnector:
         out: dict[str, list[dict]] = {}
         out["accounts"] = self.collect("accounts", self.pages("/accounts"))
         out["account_balances"] = self.collect(
-            "account_balances", ({"id": a["id"], **self.get(f"/accounts/{a['id']}/balance")} for a in out["accounts"]))
-        for name, path in (("items", "/items"), ("measured_units", "/measured_units"), ("plans", "/plans"),
-                           ("subscriptions", "/subscriptions"), ("transactions", "/transactions")):
+            "account_balances", ({"id": a["id"], **self.get(f"/accounts/{a['id']}/balance")} for a in out["accounts"])
+        )
+        for name, path in (
+            ("items", "/items"),
+            ("measured_units", "/measured_units"),
+            ("plans", "/plans"),
+            ("subscriptions", "/subscriptions"),
+            ("transactions", "/transactions"),
+        ):
             out[name] = self.collect(name, self.pages(path))
-        out["add_ons"] = self.collect("add_ons", (a for p in out["plans"] for a in self.pages(f"/plans/{p['id']}/add_ons")))
+        out["add_ons"] = self.collect(
+            "add_ons", (a for p in out["plans"] for a in self.pages(f"/plans/{p['id']}/add_ons"))
+        )
         invoices, lines = [], []
         for raw in self.pages("/invoices"):
             embedded = raw.pop("line_items", None) if isinstance(raw, dict) else None
@@ -206,16 +265,22 @@ class RecurlyConnector:
         for s in snap["subscriptions"]:
             add_ons[s["id"]] = {a["id"] for a in s.get("add_ons") or [] if a["add_on"]["code"] in usage_codes}
         for ln in snap["line_items"]:
-            if ln.get("origin") == "add_on" and ln.get("add_on_code") in usage_codes and ln.get("subscription_id") \
-                    in add_ons and ln.get("add_on_id"):
+            if (
+                ln.get("origin") == "add_on"
+                and ln.get("add_on_code") in usage_codes
+                and ln.get("subscription_id") in add_ons
+                and ln.get("add_on_id")
+            ):
                 add_ons[ln["subscription_id"]].add(ln["add_on_id"])
         day = datetime(now.year, now.month, now.day, tzinfo=UTC)
         end = (day - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         out = []
         for sub_id, ids in add_ons.items():
             for ao in sorted(ids):
-                raws = self.pages(f"/subscriptions/{sub_id}/add_ons/{ao}/usage",
-                                  {"sort": "usage_timestamp", "end_time": end, "billing_status": "all"})
+                raws = self.pages(
+                    f"/subscriptions/{sub_id}/add_ons/{ao}/usage",
+                    {"sort": "usage_timestamp", "end_time": end, "billing_status": "all"},
+                )
                 for u in self.collect("usage", raws):
                     u["subscription_id"], u["subscription_add_on_id"] = sub_id, ao
                     out.append(u)

@@ -24,5 +24,10 @@ class RecurlyResource(dg.ConfigurableResource):
     def connector(self, pii_key: str):
         from billing_ai.platforms.recurly.client import RecurlyConnector
 
-        return RecurlyConnector(api_key=self.api_key, api_base=self.api_base, pii_key=pii_key,
-                                requests_per_second=self.requests_per_second, page_size=self.page_size)
+        return RecurlyConnector(
+            api_key=self.api_key,
+            api_base=self.api_base,
+            pii_key=pii_key,
+            requests_per_second=self.requests_per_second,
+            page_size=self.page_size,
+        )

@@ -26,13 +26,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.writeback import prechecks as rules
-from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 from billing_ai.money import major_to_minor, minor_unit_exponent
 from billing_ai.platforms.http import PlatformHTTP, http_outcome
 from billing_ai.platforms.recurly.client import ACCEPT, _decimal_json
 from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 
 CUSTOM_FIELD_MAX = 255
 
@@ -52,22 +52,36 @@ def _minor(value: Any, currency: str) -> int:
 class RecurlyWriter:
     """Writes through PlatformHTTP. The key is a secret (``RECURLY_PUSH_API_KEY``), never logged."""
 
-    def __init__(self, api_key: str, api_base: str, requests_per_second: float = 20.0,
-                 policy: RetryPolicy = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=10)):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        requests_per_second: float = 20.0,
+        policy: RetryPolicy = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=10),
+    ):
         if not api_key:
             raise ValueError("RECURLY_PUSH_API_KEY is not set")
-        self.http = PlatformHTTP("recurly", api_base, auth=(api_key, ""), headers={"Accept": ACCEPT},
-                                 requests_per_second=requests_per_second, policy=policy)
+        self.http = PlatformHTTP(
+            "recurly",
+            api_base,
+            auth=(api_key, ""),
+            headers={"Accept": ACCEPT},
+            requests_per_second=requests_per_second,
+            policy=policy,
+        )
         self.http.http.event_hooks["response"].append(_decimal_json)
         self._ids: dict[str, dict[str, str]] = {}
 
-    def call(self, method: str, path: str, body: dict | None = None, key: str | None = None,
-             params: dict | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: dict | None = None, key: str | None = None, params: dict | None = None
+    ) -> Any:
         """One request (429s waited out by PlatformHTTP), its failure classified by
         :func:`billing_ai.platforms.http.http_outcome`."""
         headers = {"Idempotency-Key": key} if key else None
-        return http_outcome(lambda: self.http.request(method, path, json=body, params=params, headers=headers),
-                            lambda b: f"{_error_type(b)}: {_message(b)}")
+        return http_outcome(
+            lambda: self.http.request(method, path, json=body, params=params, headers=headers),
+            lambda b: f"{_error_type(b)}: {_message(b)}",
+        )
 
     def read(self, path: str, params: dict | None = None) -> Any:
         return none_if_missing(lambda: self.call("GET", path, params=params))
@@ -132,12 +146,17 @@ class RecurlyExecutor:
             return None
         bal = self.w.read(f"/accounts/{acct['id']}/balance") or {}
         cur = ((bal.get("balances") or [{}])[0].get("currency") or "").lower() or None
-        return Contact(email=acct.get("email"), email_opt_out=_fields(acct).get("email_opt_out") == "true",
-                       currency=cur)
+        return Contact(
+            email=acct.get("email"), email_opt_out=_fields(acct).get("email_opt_out") == "true", currency=cur
+        )
 
     def leave_pointer(self, customer_id: str, key: str, mark: dict[str, str]) -> None:
-        self.w.call("PUT", f"/accounts/code-{customer_id}",
-                    {"custom_fields": [{"name": k, "value": v} for k, v in mark.items()]}, key)
+        self.w.call(
+            "PUT",
+            f"/accounts/code-{customer_id}",
+            {"custom_fields": [{"name": k, "value": v} for k, v in mark.items()]},
+            key,
+        )
 
     # -- re-check against the platform's state now
     def precheck(self, p: Proposal) -> list[str]:
@@ -156,29 +175,45 @@ class RecurlyExecutor:
                 return [f"Recurly custom field values hold at most {CUSTOM_FIELD_MAX} characters: {long}"]
         elif kind == "pending_invoice_item":
             contact = self.contact(tid)
-            problems = rules.same_currency("customer", tid, contact and contact.currency, params["currency"],
-                                           billed=True)
+            problems = rules.same_currency(
+                "customer", tid, contact and contact.currency, params["currency"], billed=True
+            )
             if problems or not params.get("subscription"):
                 return problems
             sub = self.w.subscription(params["subscription"])
-            return rules.live_subscription_of(params["subscription"], tid,
-                                              live=sub is not None and sub["state"] not in ("expired", "failed"),
-                                              owner=sub and sub["account"]["code"])
+            return rules.live_subscription_of(
+                params["subscription"],
+                tid,
+                live=sub is not None and sub["state"] not in ("expired", "failed"),
+                owner=sub and sub["account"]["code"],
+            )
         elif kind == "credit_note":
             inv = self.w.invoice(tid)
             if inv is not None and inv.get("type") != "charge":
                 inv = None  # a credit invoice is not something to credit
             cur = inv and inv["currency"].lower()
-            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
-                status=inv["state"], creditable=inv["state"] in ("paid", "past_due", "pending", "processing"),
-                currency=cur, total=_minor(inv["total"], cur),
-                credited=lambda: sum(-_minor(c["total"], cur) for c in self._credits(inv))),
-                params["amount"], params["currency"], needs="credits need an open or paid invoice")
+            return rules.credit_fits(
+                tid,
+                inv
+                and rules.CreditableInvoice(
+                    status=inv["state"],
+                    creditable=inv["state"] in ("paid", "past_due", "pending", "processing"),
+                    currency=cur,
+                    total=_minor(inv["total"], cur),
+                    credited=lambda: sum(-_minor(c["total"], cur) for c in self._credits(inv)),
+                ),
+                params["amount"],
+                params["currency"],
+                needs="credits need an open or paid invoice",
+            )
         return []
 
     def _credits(self, inv: dict) -> list[dict]:
-        return [c for c in self.w.listing(f"/accounts/{inv['account']['id']}/invoices", {"type": "credit"})
-                if c.get("previous_invoice_id") == inv["id"] and c.get("state") != "voided"]
+        return [
+            c
+            for c in self.w.listing(f"/accounts/{inv['account']['id']}/invoices", {"type": "credit"})
+            if c.get("previous_invoice_id") == inv["id"] and c.get("state") != "voided"
+        ]
 
     # -- read back: is the change already there? (after an unknown outcome)
     def read_back(self, p: Proposal) -> Applied | None:
@@ -189,14 +224,21 @@ class RecurlyExecutor:
             done = all((f.get(k) == v) if v != "" else (k not in f) for k, v in params["metadata"].items())
             return Applied(tid) if obj and done else None
         if kind == "pending_invoice_item":
-            found = [li for li in self.w.listing(f"/accounts/code-{tid}/line_items")
-                     if str(_fields(li).get(AUDIT_POINTER_KEY, "")).startswith(f"{aid}#")]
-            return Applied(found[0]["id"], {"amount": _minor(found[0]["amount"], found[0]["currency"])}) \
-                if found else None
+            found = [
+                li
+                for li in self.w.listing(f"/accounts/code-{tid}/line_items")
+                if str(_fields(li).get(AUDIT_POINTER_KEY, "")).startswith(f"{aid}#")
+            ]
+            return (
+                Applied(found[0]["id"], {"amount": _minor(found[0]["amount"], found[0]["currency"])}) if found else None
+            )
         if kind == "credit_note":
             inv = self.w.invoice(tid)
-            found = [c for c in self._credits(inv) if f"{AUDIT_POINTER_KEY}={aid}#" in (c.get("customer_notes") or "")] \
-                if inv else []
+            found = (
+                [c for c in self._credits(inv) if f"{AUDIT_POINTER_KEY}={aid}#" in (c.get("customer_notes") or "")]
+                if inv
+                else []
+            )
             return Applied(found[0]["id"], {"number": found[0].get("number")}) if found else None
         return None
 
@@ -216,9 +258,14 @@ class RecurlyExecutor:
             return Applied(tid, {"custom_fields": len(obj.get("custom_fields") or [])})
         if kind == "pending_invoice_item":
             cur = params["currency"]
-            body = {"currency": cur.upper(), "unit_amount": _major(params["amount"], cur), "quantity": 1,
-                    "type": "charge", "description": params["description"],
-                    "custom_fields": [{"name": k, "value": v} for k, v in mark.items()]}
+            body = {
+                "currency": cur.upper(),
+                "unit_amount": _major(params["amount"], cur),
+                "quantity": 1,
+                "type": "charge",
+                "description": params["description"],
+                "custom_fields": [{"name": k, "value": v} for k, v in mark.items()],
+            }
             if params.get("subscription"):
                 body["subscription_id"] = self.w.recurly_id("subscription", params["subscription"])
             obj = self.w.call("POST", f"/accounts/code-{tid}/line_items", body, key)
@@ -228,8 +275,16 @@ class RecurlyExecutor:
             if iid is None:
                 raise Permanent(f"invoice {tid} does not exist")
             notes = f"{params['memo']}\n{AUDIT_POINTER_KEY}={mark[AUDIT_POINTER_KEY]}"
-            obj = self.w.call("POST", f"/invoices/{iid}/refund",
-                              {"type": "amount", "amount": _major(params["amount"], params["currency"]),
-                               "refund_method": "credit_first", "credit_customer_notes": notes}, key)
+            obj = self.w.call(
+                "POST",
+                f"/invoices/{iid}/refund",
+                {
+                    "type": "amount",
+                    "amount": _major(params["amount"], params["currency"]),
+                    "refund_method": "credit_first",
+                    "credit_customer_notes": notes,
+                },
+                key,
+            )
             return Applied(obj["id"], {"number": obj.get("number"), "state": obj.get("state")})
         raise Permanent(f"no executor for kind {kind!r}")

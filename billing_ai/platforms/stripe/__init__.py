@@ -4,8 +4,18 @@ from billing_ai.platforms.spec import PlatformSpec
 
 SPEC = PlatformSpec(
     name="stripe",
-    raw_objects=("customers", "products", "prices", "meters", "subscriptions", "invoices", "invoice_lines",
-                 "payment_intents", "credit_notes", "meter_event_summaries"),
+    raw_objects=(
+        "customers",
+        "products",
+        "prices",
+        "meters",
+        "subscriptions",
+        "invoices",
+        "invoice_lines",
+        "payment_intents",
+        "credit_notes",
+        "meter_event_summaries",
+    ),
     core_sources={
         "customers": ("customers",),
         "products": ("products",),

@@ -17,15 +17,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from functools import partial
+from typing import Any
 
 import stripe
 
 from billing_ai.pii import tokenize
-from billing_ai.platforms.retry import (RateLimited, RateLimiter, RetryPolicy, Transient, call_with_retries,
-                                        retry_after_seconds)
+from billing_ai.platforms.retry import (
+    RateLimited,
+    RateLimiter,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+    retry_after_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +44,25 @@ _PII_TOKENS: dict[str, dict[str, str]] = {
 }
 _PII_DROP: dict[str, tuple[str, ...]] = {
     "customer": ("address", "shipping", "sources", "default_source", "tax_ids", "invoice_settings"),
-    "invoice": ("customer_address", "customer_shipping", "customer_tax_ids", "shipping_details",
-                "default_payment_method", "default_source", "account_name"),
-    "payment_intent": ("payment_method", "payment_method_options", "shipping", "client_secret", "source",
-                       "receipt_email", "latest_charge", "payment_details"),
+    "invoice": (
+        "customer_address",
+        "customer_shipping",
+        "customer_tax_ids",
+        "shipping_details",
+        "default_payment_method",
+        "default_source",
+        "account_name",
+    ),
+    "payment_intent": (
+        "payment_method",
+        "payment_method_options",
+        "shipping",
+        "client_secret",
+        "source",
+        "receipt_email",
+        "latest_charge",
+        "payment_details",
+    ),
 }
 
 
@@ -66,12 +89,21 @@ def _exact(value) -> str:
 class StripeConnector:
     """Read-only Stripe access returning plain, scrubbed dicts."""
 
-    def __init__(self, api_key: str, api_base: str, pii_key: str, max_network_retries: int = 3,
-                 requests_per_second: float = 20.0, page_size: int = 100, policy: RetryPolicy = RetryPolicy()):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        pii_key: str,
+        max_network_retries: int = 3,
+        requests_per_second: float = 20.0,
+        page_size: int = 100,
+        policy: RetryPolicy = RetryPolicy(),
+    ):
         if not api_key:
             raise ValueError("STRIPE_API_KEY is not set")
-        self.client = stripe.StripeClient(api_key, base_addresses={"api": api_base},
-                                          max_network_retries=max_network_retries)
+        self.client = stripe.StripeClient(
+            api_key, base_addresses={"api": api_base}, max_network_retries=max_network_retries
+        )
         self.limiter = RateLimiter(requests_per_second, burst=max(1, int(requests_per_second)))
         self.page_size = page_size
         self.policy = policy
@@ -101,12 +133,12 @@ class StripeConnector:
         try:
             return call_with_retries(attempt, self.policy, retry_transient=True)
         except (RateLimited, Transient) as e:
-            raise e.__cause__ or e
+            raise e.__cause__ or e  # noqa: B904 -- the SDK's own error, unchanged: callers know that type
 
     def _pages(self, list_fn: Callable[[dict], Any], params: dict) -> Iterator[dict]:
         params = {**params, "limit": self.page_size}
         while True:
-            page = self.call(lambda: list_fn(params))
+            page = self.call(partial(list_fn, params))
             data = page.data
             for obj in data:
                 yield scrub(obj.to_dict(for_json=True), self.pii_key)
@@ -152,8 +184,16 @@ class StripeConnector:
         """Every object ingestion needs, as scrubbed dicts (``SPEC.raw_objects``). HTTP only."""
         say = log or (lambda _m: None)
         out: dict[str, list[dict]] = {}
-        for name in ("customers", "products", "prices", "meters", "subscriptions", "invoices", "payment_intents",
-                     "credit_notes"):
+        for name in (
+            "customers",
+            "products",
+            "prices",
+            "meters",
+            "subscriptions",
+            "invoices",
+            "payment_intents",
+            "credit_notes",
+        ):
             out[name] = list(getattr(self, name)())
             say(f"stripe {name}: {len(out[name])}")
         out["invoice_lines"] = [ln for inv in out["invoices"] for ln in self.invoice_lines(inv)]
@@ -185,13 +225,14 @@ class StripeConnector:
         for oid in ids:
             try:
                 if kind == "invoice":
-                    inv = scrub(self.call(lambda: self.client.v1.invoices.retrieve(oid)).to_dict(for_json=True),
-                                self.pii_key)
+                    inv = scrub(
+                        self.call(partial(self.client.v1.invoices.retrieve, oid)).to_dict(for_json=True), self.pii_key
+                    )
                     out.setdefault("invoice_lines", []).extend(self.invoice_lines(inv))
                     inv.pop("lines", None)
                     out.setdefault("invoices", []).append(inv)
                 elif kind == "subscription":
-                    sub = self.call(lambda: self.client.v1.subscriptions.retrieve(oid)).to_dict(for_json=True)
+                    sub = self.call(partial(self.client.v1.subscriptions.retrieve, oid)).to_dict(for_json=True)
                     out.setdefault("subscriptions", []).append(scrub(sub, self.pii_key))
                 else:
                     raise ValueError(f"cannot fetch {kind!r} objects from Stripe one by one")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import stripe
 
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
-from billing_ai.writeback import prechecks as rules
-from billing_ai.writeback.outcomes import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
 from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries, retry_after_seconds
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
 
 
 def _has_pointer(obj: dict, action_id: str) -> bool:
@@ -20,12 +22,19 @@ def _has_pointer(obj: dict, action_id: str) -> bool:
 class StripeWriter:
     """Writes through the official SDK. The key is a secret (``STRIPE_PUSH_API_KEY``), never logged."""
 
-    def __init__(self, api_key: str, api_base: str, max_network_retries: int = 2, requests_per_second: float = 20.0,
-                 policy: RetryPolicy = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=10)):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        max_network_retries: int = 2,
+        requests_per_second: float = 20.0,
+        policy: RetryPolicy = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=10),
+    ):
         if not api_key:
             raise ValueError("STRIPE_PUSH_API_KEY is not set")
-        self.client = stripe.StripeClient(api_key, base_addresses={"api": api_base},
-                                          max_network_retries=max_network_retries)
+        self.client = stripe.StripeClient(
+            api_key, base_addresses={"api": api_base}, max_network_retries=max_network_retries
+        )
         self.limiter = RateLimiter(requests_per_second)
         self.policy = policy
 
@@ -51,8 +60,9 @@ class StripeWriter:
         except (stripe.AuthenticationError, stripe.PermissionError):
             raise  # configuration, not the action's fault: the run fails and the action stays approved
         except stripe.StripeError as e:  # 400, 402, 404, idempotency: the platform said no
-            raise Permanent(f"{e.http_status} {getattr(e, 'code', None) or ''}: {e.user_message or e}".strip(),
-                            status=e.http_status) from e
+            raise Permanent(
+                f"{e.http_status} {getattr(e, 'code', None) or ''}: {e.user_message or e}".strip(), status=e.http_status
+            ) from e
 
     def read(self, fn: Callable[[], Any]) -> dict | None:
         """A read for a re-check or read-back; a missing object is None."""
@@ -74,7 +84,7 @@ class StripeWriter:
     def listing(self, fn: Callable[[dict], Any], params: dict) -> list[dict]:
         out, params = [], {**params, "limit": 100}
         while True:
-            page = self.call(lambda: fn(params))
+            page = self.call(partial(fn, params))
             out += page["data"]
             if not page["has_more"] or not page["data"]:
                 return out
@@ -86,8 +96,17 @@ class StripeExecutor:
     """Re-check, read back and apply the platform kinds against Stripe (the sinks live in the router)."""
 
     platform = "stripe"
-    kinds = frozenset({"metadata_update", "invoice_line_description", "pending_invoice_item", "credit_note",
-                       "tier_upgrade_quote", "subscription_change", "payment_retry"})
+    kinds = frozenset(
+        {
+            "metadata_update",
+            "invoice_line_description",
+            "pending_invoice_item",
+            "credit_note",
+            "tier_upgrade_quote",
+            "subscription_change",
+            "payment_retry",
+        }
+    )
 
     def __init__(self, stripe_writer: StripeWriter):
         self.s = stripe_writer
@@ -98,9 +117,11 @@ class StripeExecutor:
         cust = self.s.customer(customer_id)
         if cust is None or cust.get("deleted"):
             return None
-        return Contact(email=cust.get("email"),
-                       email_opt_out=(cust.get("metadata") or {}).get("email_opt_out") == "true",
-                       currency=cust.get("currency"))
+        return Contact(
+            email=cust.get("email"),
+            email_opt_out=(cust.get("metadata") or {}).get("email_opt_out") == "true",
+            currency=cust.get("currency"),
+        )
 
     def leave_pointer(self, customer_id: str, key: str, mark: dict[str, str]) -> None:
         self.s.call(lambda: self.v1.customers.update(customer_id, {"metadata": mark}, {"idempotency_key": key}))
@@ -121,8 +142,9 @@ class StripeExecutor:
             keys |= {k for k, v in params["metadata"].items() if v != ""}
             keys -= {k for k, v in params["metadata"].items() if v == ""}
             if len(keys) > STRIPE_METADATA_MAX_KEYS:
-                return [f"{p.target_type} would have {len(keys)} metadata keys; Stripe allows "
-                        f"{STRIPE_METADATA_MAX_KEYS}"]
+                return [
+                    f"{p.target_type} would have {len(keys)} metadata keys; Stripe allows {STRIPE_METADATA_MAX_KEYS}"
+                ]
         elif kind == "invoice_line_description":
             inv = self.s.invoice(tid)
             if inv is None:
@@ -134,17 +156,32 @@ class StripeExecutor:
             if problems or not params.get("subscription"):
                 return problems
             sub = self.s.subscription(params["subscription"])
-            return rules.live_subscription_of(params["subscription"], tid,
-                                              live=sub is not None and sub["status"] != "canceled",
-                                              owner=sub and sub["customer"])
+            return rules.live_subscription_of(
+                params["subscription"],
+                tid,
+                live=sub is not None and sub["status"] != "canceled",
+                owner=sub and sub["customer"],
+            )
         elif kind == "credit_note":
             inv = self.s.invoice(tid)
-            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
-                status=inv["status"], creditable=inv["status"] in ("open", "paid"), currency=inv["currency"],
-                total=inv["total"],
-                credited=lambda: sum(cn["amount"] for cn in self.s.listing(self.v1.credit_notes.list, {"invoice": tid})
-                                     if cn.get("status") != "void")),
-                params["amount"], params["currency"], needs="credit notes need an open or paid invoice")
+            return rules.credit_fits(
+                tid,
+                inv
+                and rules.CreditableInvoice(
+                    status=inv["status"],
+                    creditable=inv["status"] in ("open", "paid"),
+                    currency=inv["currency"],
+                    total=inv["total"],
+                    credited=lambda: sum(
+                        cn["amount"]
+                        for cn in self.s.listing(self.v1.credit_notes.list, {"invoice": tid})
+                        if cn.get("status") != "void"
+                    ),
+                ),
+                params["amount"],
+                params["currency"],
+                needs="credit notes need an open or paid invoice",
+            )
         elif kind in ("tier_upgrade_quote", "subscription_change"):
             sub_id = params["subscription"] if kind == "tier_upgrade_quote" else tid
             sub = self.s.subscription(sub_id)
@@ -156,18 +193,27 @@ class StripeExecutor:
             item = next((i for i in sub["items"]["data"] if i["id"] == params["item"]), None)
             price = self.s.price(params["to_price"]) if item is not None else None
             return rules.price_change_allowed(
-                sub_id, params["item"], params["to_price"], on_subscription=item is not None,
+                sub_id,
+                params["item"],
+                params["to_price"],
+                on_subscription=item is not None,
                 already_current=item is not None and item["price"]["id"] == params["to_price"],
                 target=price and rules.TargetPrice(active=price.get("active", True), currency=price["currency"]),
-                item_currency=item["price"]["currency"] if item else "")
+                item_currency=item["price"]["currency"] if item else "",
+            )
         elif kind == "payment_retry":
             inv = self.s.invoice(tid)
             if inv is None:
                 return rules.exists("invoice", tid, None)
-            return rules.retry_matches_approval(tid, open_=inv["status"] == "open", status=inv["status"],
-                                                amount_due=inv["amount_remaining"], currency=inv["currency"],
-                                                approved_amount=params["amount_due"],
-                                                approved_currency=params["currency"])
+            return rules.retry_matches_approval(
+                tid,
+                open_=inv["status"] == "open",
+                status=inv["status"],
+                amount_due=inv["amount_remaining"],
+                currency=inv["currency"],
+                approved_amount=params["amount_due"],
+                approved_currency=params["currency"],
+            )
         return []
 
     # -- read back: is the change already there? (after an unknown outcome)
@@ -210,30 +256,63 @@ class StripeExecutor:
             obj = self.s.call(lambda: svc.update(tid, {"metadata": {**params["metadata"], **mark}}, opts))
             return Applied(tid, {"metadata_keys": len(obj.get("metadata") or {})})
         if kind == "invoice_line_description":
-            obj = self.s.call(lambda: self.v1.invoices.line_items.update(
-                tid, params["line_id"], {"description": params["description"], "metadata": mark}, opts))
+            obj = self.s.call(
+                lambda: self.v1.invoices.line_items.update(
+                    tid, params["line_id"], {"description": params["description"], "metadata": mark}, opts
+                )
+            )
             return Applied(obj["id"], {"description": obj.get("description")})
         if kind == "pending_invoice_item":
-            body = {"customer": tid, "amount": params["amount"], "currency": params["currency"],
-                    "description": params["description"], "metadata": mark}
+            body = {
+                "customer": tid,
+                "amount": params["amount"],
+                "currency": params["currency"],
+                "description": params["description"],
+                "metadata": mark,
+            }
             if params.get("subscription"):
                 body["subscription"] = params["subscription"]
             obj = self.s.call(lambda: self.v1.invoice_items.create(body, opts))
             return Applied(obj["id"], {"amount": obj["amount"], "currency": obj["currency"]})
         if kind == "credit_note":
-            obj = self.s.call(lambda: self.v1.credit_notes.create(
-                {"invoice": tid, "amount": params["amount"], "reason": params["reason"], "memo": params["memo"],
-                 "metadata": mark}, opts))
+            obj = self.s.call(
+                lambda: self.v1.credit_notes.create(
+                    {
+                        "invoice": tid,
+                        "amount": params["amount"],
+                        "reason": params["reason"],
+                        "memo": params["memo"],
+                        "metadata": mark,
+                    },
+                    opts,
+                )
+            )
             return Applied(obj["id"], {"amount": obj["amount"], "status": obj.get("status")})
         if kind == "tier_upgrade_quote":
-            obj = self.s.call(lambda: self.v1.quotes.create(
-                {"customer": tid, "line_items": [{"price": params["to_price"], "quantity": 1}],
-                 "description": f"Upgrade of {params['item']} to {params['to_price']}", "metadata": mark}, opts))
+            obj = self.s.call(
+                lambda: self.v1.quotes.create(
+                    {
+                        "customer": tid,
+                        "line_items": [{"price": params["to_price"], "quantity": 1}],
+                        "description": f"Upgrade of {params['item']} to {params['to_price']}",
+                        "metadata": mark,
+                    },
+                    opts,
+                )
+            )
             return Applied(obj["id"], {"status": obj.get("status")})
         if kind == "subscription_change":
-            obj = self.s.call(lambda: self.v1.subscriptions.update(
-                tid, {"items": [{"id": params["item"], "price": params["to_price"]}],
-                      "proration_behavior": params["proration_behavior"], "metadata": mark}, opts))
+            obj = self.s.call(
+                lambda: self.v1.subscriptions.update(
+                    tid,
+                    {
+                        "items": [{"id": params["item"], "price": params["to_price"]}],
+                        "proration_behavior": params["proration_behavior"],
+                        "metadata": mark,
+                    },
+                    opts,
+                )
+            )
             return Applied(tid, {"status": obj.get("status")})
         if kind == "payment_retry":
             obj = self.s.call(lambda: self.v1.invoices.pay(tid, {}, opts))
@@ -241,5 +320,3 @@ class StripeExecutor:
             self.s.call(lambda: self.v1.invoices.update(tid, {"metadata": mark}, {"idempotency_key": key + "-ptr"}))
             return Applied(tid, {"status": obj.get("status"), "amount_paid": obj.get("amount_paid")})
         raise Permanent(f"no executor for kind {kind!r}")
-
-

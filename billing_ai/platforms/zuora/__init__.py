@@ -10,8 +10,18 @@ from billing_ai.platforms.spec import PlatformSpec
 
 SPEC = PlatformSpec(
     name="zuora",
-    raw_objects=("accounts", "products", "product_rate_plan_charges", "units_of_measure", "subscriptions",
-                 "invoices", "invoice_items", "payments", "credit_memos", "usage"),
+    raw_objects=(
+        "accounts",
+        "products",
+        "product_rate_plan_charges",
+        "units_of_measure",
+        "subscriptions",
+        "invoices",
+        "invoice_items",
+        "payments",
+        "credit_memos",
+        "usage",
+    ),
     core_sources={
         "customers": ("accounts",),
         "products": ("products",),

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
-from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 from billing_ai.money import MoneyTypeError, UnknownCurrencyError, major_to_minor, to_decimal
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP, PlatformHTTPError
 from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, retry_after_seconds
+from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
 
 
 class MalformedMoney(ValueError):
@@ -52,8 +53,9 @@ class ExactJSONTransport(httpx.BaseTransport):
         except ValueError:
             return r
         headers = [(k, v) for k, v in r.headers.items() if k.lower() not in ("content-length", "content-encoding")]
-        return httpx.Response(r.status_code, headers=headers, content=text.encode(), request=request,
-                              extensions=r.extensions)
+        return httpx.Response(
+            r.status_code, headers=headers, content=text.encode(), request=request, extensions=r.extensions
+        )
 
     def close(self) -> None:
         self.inner.close()
@@ -72,8 +74,11 @@ class ZuoraAuth(httpx.Auth):
         self.fetched = 0  # tokens fetched (stats)
 
     def _token_request(self) -> httpx.Request:
-        return httpx.Request("POST", self.url, data={"client_id": self.client_id, "client_secret": self.client_secret,
-                                                     "grant_type": "client_credentials"})
+        return httpx.Request(
+            "POST",
+            self.url,
+            data={"client_id": self.client_id, "client_secret": self.client_secret, "grant_type": "client_credentials"},
+        )
 
     def _take(self, r: httpx.Response) -> None:
         if r.status_code == 429:
@@ -101,15 +106,23 @@ class ZuoraAuth(httpx.Auth):
 class ZuoraHTTP(PlatformHTTP):
     """:class:`PlatformHTTP` with the OAuth auth, the exact-decimal transport and Zuora's ``success: false``."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, requests_per_second: float = 10.0,
-                 policy: RetryPolicy = RetryPolicy(), timeout: float = 30.0):
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        requests_per_second: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(),
+        timeout: float = 30.0,
+    ):
         if not client_id or not client_secret:
             raise ValueError("ZUORA_CLIENT_ID / ZUORA_CLIENT_SECRET are not set")
         super().__init__("zuora", base_url, requests_per_second=requests_per_second, policy=policy, timeout=timeout)
         self.auth = ZuoraAuth(base_url, client_id, client_secret)
         self.http.close()
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), auth=self.auth, timeout=timeout,
-                                 transport=ExactJSONTransport())
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"), auth=self.auth, timeout=timeout, transport=ExactJSONTransport()
+        )
 
     def request(self, method: str, path: str, **kw) -> Any:
         body = super().request(method, path, **kw)
@@ -160,8 +173,7 @@ def convert_money(obj_type: str, obj: dict, currency: str | None = None) -> None
             cur = _cur(p, "pricing")
             p["price_minor"] = to_minor(p.get("price"), cur, "pricing.price", whole=False)
             for t in p.get("tiers") or []:
-                t["price_minor"] = to_minor(t.get("price"), cur, "tiers.price",
-                                            whole=t.get("priceFormat") == "FlatFee")
+                t["price_minor"] = to_minor(t.get("price"), cur, "tiers.price", whole=t.get("priceFormat") == "FlatFee")
     elif obj_type == "invoices":
         cur = _cur(obj, "invoice")
         for f in ("amount", "balance", "paymentAmount", "creditBalanceAdjustmentAmount", "starting_balance__c"):
@@ -177,15 +189,24 @@ def convert_money(obj_type: str, obj: dict, currency: str | None = None) -> None
 
 
 # ---- PII -------------------------------------------------------------------------------------------
-_CONTACT_TOKENS = {"firstName": "name", "lastName": "name", "nickname": "name", "workEmail": "email",
-                   "personalEmail": "email", "workPhone": "phone", "mobilePhone": "phone", "homePhone": "phone"}
+_CONTACT_TOKENS = {
+    "firstName": "name",
+    "lastName": "name",
+    "nickname": "name",
+    "workEmail": "email",
+    "personalEmail": "email",
+    "workPhone": "phone",
+    "mobilePhone": "phone",
+    "homePhone": "phone",
+}
 _CONTACT_DROP = ("address1", "address2", "city", "state", "postalCode", "country", "county", "zipCode", "fax")
 
 
 def scrub(obj_type: str, obj: dict, key: str) -> dict:
     """Tokenize names, e-mails and phones; drop addresses and payment-method references. In place."""
-    if obj_type in ("accounts", "subscriptions", "invoices") and obj.get("name" if obj_type == "accounts"
-                                                                         else "accountName"):
+    if obj_type in ("accounts", "subscriptions", "invoices") and obj.get(
+        "name" if obj_type == "accounts" else "accountName"
+    ):
         f = "name" if obj_type == "accounts" else "accountName"
         obj[f] = tokenize(obj[f], key, "name")
     for contact in ("billTo", "soldTo", "billToContact", "soldToContact"):
@@ -209,10 +230,19 @@ def _day_start(now: datetime) -> str:
 class ZuoraConnector:
     """Read-only Zuora access returning plain, scrubbed dicts (``SPEC.raw_objects``)."""
 
-    def __init__(self, api_base: str, client_id: str, client_secret: str, pii_key: str,
-                 requests_per_second: float = 10.0, page_size: int = 40, policy: RetryPolicy = RetryPolicy()):
-        self.http = ZuoraHTTP(api_base, client_id, client_secret, requests_per_second=requests_per_second,
-                              policy=policy)
+    def __init__(
+        self,
+        api_base: str,
+        client_id: str,
+        client_secret: str,
+        pii_key: str,
+        requests_per_second: float = 10.0,
+        page_size: int = 40,
+        policy: RetryPolicy = RetryPolicy(),
+    ):
+        self.http = ZuoraHTTP(
+            api_base, client_id, client_secret, requests_per_second=requests_per_second, policy=policy
+        )
         self.page_size = page_size
         self.pii_key = pii_key
 
@@ -244,8 +274,15 @@ class ZuoraConnector:
                 return
             params = {**params, "cursor": body["nextPage"]}
 
-    def _accept(self, out: dict[str, list[dict]], bad: list[dict], obj_type: str, obj: Any, key_field: str = "id",
-                currency: str | None = None) -> bool:
+    def _accept(
+        self,
+        out: dict[str, list[dict]],
+        bad: list[dict],
+        obj_type: str,
+        obj: Any,
+        key_field: str = "id",
+        currency: str | None = None,
+    ) -> bool:
         """Land ``obj`` in ``out`` (money converted, PII scrubbed) or quarantine it in ``bad`` with the reason."""
         record_key = obj.get(key_field) if isinstance(obj, dict) else None
         if not isinstance(obj, dict) or not obj.get("id") or not isinstance(obj.get("id"), str):
@@ -268,8 +305,9 @@ class ZuoraConnector:
         quarantine (the nightly snapshot records it); the nightly snapshot settles both."""
         if kind not in ("invoice", "subscription"):
             raise ValueError(f"cannot fetch {kind!r} objects from Zuora one by one")
-        out: dict[str, list[dict]] = {"invoices": [], "invoice_items": []} if kind == "invoice" else \
-            {"subscriptions": []}
+        out: dict[str, list[dict]] = (
+            {"invoices": [], "invoice_items": []} if kind == "invoice" else {"subscriptions": []}
+        )
         bad: list[dict] = []
         for oid in ids:
             try:
@@ -291,9 +329,21 @@ class ZuoraConnector:
     # ---- the snapshot ingestion lands --------------------------------------------------------------
     def fetch_snapshot(self, now: datetime, log: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
         say = log or (lambda _m: None)
-        out: dict[str, list[dict]] = {k: [] for k in (
-            "accounts", "products", "product_rate_plan_charges", "units_of_measure", "subscriptions", "invoices",
-            "invoice_items", "payments", "credit_memos", "usage")}
+        out: dict[str, list[dict]] = {
+            k: []
+            for k in (
+                "accounts",
+                "products",
+                "product_rate_plan_charges",
+                "units_of_measure",
+                "subscriptions",
+                "invoices",
+                "invoice_items",
+                "payments",
+                "credit_memos",
+                "usage",
+            )
+        }
         bad: list[dict] = []
 
         def accept(obj_type: str, obj: Any, key_field: str = "id", currency: str | None = None) -> bool:
@@ -308,8 +358,12 @@ class ZuoraConnector:
             for prp in plans:
                 for ch in prp.get("productRatePlanCharges") or []:
                     if isinstance(ch, dict):
-                        ch.update(productId=p["id"], productRatePlanId=prp.get("id"),
-                                  productRatePlanName=prp.get("name"), productRatePlanStatus=prp.get("status"))
+                        ch.update(
+                            productId=p["id"],
+                            productRatePlanId=prp.get("id"),
+                            productRatePlanName=prp.get("name"),
+                            productRatePlanStatus=prp.get("status"),
+                        )
                     accept("product_rate_plan_charges", ch)
         for u in self.http.request("GET", "/settings/units-of-measure").get("unitsOfMeasure") or []:
             accept("units_of_measure", u, "uomName")

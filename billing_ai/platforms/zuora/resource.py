@@ -24,6 +24,11 @@ class ZuoraResource(dg.ConfigurableResource):
     def connector(self, pii_key: str):
         from billing_ai.platforms.zuora.client import ZuoraConnector
 
-        return ZuoraConnector(api_base=self.api_base, client_id=self.client_id, client_secret=self.client_secret,
-                              pii_key=pii_key, requests_per_second=self.requests_per_second,
-                              page_size=self.page_size)
+        return ZuoraConnector(
+            api_base=self.api_base,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            pii_key=pii_key,
+            requests_per_second=self.requests_per_second,
+            page_size=self.page_size,
+        )

@@ -26,14 +26,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
-from billing_ai.writeback import prechecks as rules
-from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 from billing_ai.money import format_minor, minor_unit_exponent
 from billing_ai.platforms.http import http_outcome
 from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.zuora.client import ZuoraHTTP, to_minor
+from billing_ai.writeback import prechecks as rules
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
+from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
 
 POINTER_FIELD = AUDIT_POINTER_KEY + "__c"
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -54,19 +53,29 @@ class ZuoraExecutor:
     platform = "zuora"
     kinds = frozenset({"metadata_update", "pending_invoice_item", "credit_note", "subscription_change"})
 
-    def __init__(self, api_base: str, client_id: str, client_secret: str, requests_per_second: float = 10.0,
-                 policy: RetryPolicy = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=10)):
-        self.http = ZuoraHTTP(api_base, client_id, client_secret, requests_per_second=requests_per_second,
-                              policy=policy)
+    def __init__(
+        self,
+        api_base: str,
+        client_id: str,
+        client_secret: str,
+        requests_per_second: float = 10.0,
+        policy: RetryPolicy = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=10),
+    ):
+        self.http = ZuoraHTTP(
+            api_base, client_id, client_secret, requests_per_second=requests_per_second, policy=policy
+        )
 
     # ---- requests ------------------------------------------------------------------------------------
-    def call(self, method: str, path: str, *, json: dict | None = None, params: dict | None = None,
-             key: str | None = None) -> dict:
+    def call(
+        self, method: str, path: str, *, json: dict | None = None, params: dict | None = None, key: str | None = None
+    ) -> dict:
         """One request: 429s and (keyed or read) 5xx retried by PlatformHTTP; 4xx -> Permanent;
         still failing, a dropped connection, or 409 (the same key still in flight) -> Unknown."""
         return http_outcome(
             lambda: self.http.request(method, path, json=json, params=params, idempotency_key=key) or {},
-            lambda body: f"zuora: {_reason(body)}", unknown_statuses=frozenset({409}))
+            lambda body: f"zuora: {_reason(body)}",
+            unknown_statuses=frozenset({409}),
+        )
 
     def read(self, path: str, params: dict | None = None) -> dict | None:
         return none_if_missing(lambda: self.call("GET", path, params=params))
@@ -113,9 +122,11 @@ class ZuoraExecutor:
         acct = self.account(customer_id)
         if acct is None:
             return None
-        return Contact(email=acct["billTo"].get("workEmail") or acct["billTo"].get("personalEmail"),
-                       email_opt_out=acct.get("email_opt_out__c") == "true",
-                       currency=str(acct.get("currency") or "").lower() or None)
+        return Contact(
+            email=acct["billTo"].get("workEmail") or acct["billTo"].get("personalEmail"),
+            email_opt_out=acct.get("email_opt_out__c") == "true",
+            currency=str(acct.get("currency") or "").lower() or None,
+        )
 
     def leave_pointer(self, customer_id: str, key: str, mark: dict[str, str]) -> None:
         self.call("PUT", f"/v1/accounts/{customer_id}", json={f"{k}__c": v for k, v in mark.items()})
@@ -136,24 +147,39 @@ class ZuoraExecutor:
             if bad:
                 return [f"metadata keys {bad} cannot be Zuora custom field names (<key>__c)"]
         elif kind == "pending_invoice_item":
-            problems = rules.same_currency("customer", tid, str(acct.get("currency") or ""), params["currency"],
-                                           billed=True)
+            problems = rules.same_currency(
+                "customer", tid, str(acct.get("currency") or ""), params["currency"], billed=True
+            )
             if problems or not params.get("subscription"):
                 return problems
             sub = self.subscription(params["subscription"])
-            return rules.live_subscription_of(params["subscription"], tid,
-                                              live=sub is not None and sub.get("status") == "Active",
-                                              owner=sub and sub.get("accountNumber"))
+            return rules.live_subscription_of(
+                params["subscription"],
+                tid,
+                live=sub is not None and sub.get("status") == "Active",
+                owner=sub and sub.get("accountNumber"),
+            )
         elif kind == "credit_note":
             inv = self.invoice(tid)
             cur = inv and str(inv["currency"]).lower()
-            return rules.credit_fits(tid, inv and rules.CreditableInvoice(
-                status=str(inv.get("status")), creditable=inv.get("status") == "Posted", currency=cur,
-                total=to_minor(inv["amount"], cur, "invoice.amount"),
-                credited=lambda: sum(to_minor(cm["amount"], cur, "creditMemo.amount") for cm in self.listing(
-                    "/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
-                    if cm.get("status") != "Canceled")),
-                params["amount"], params["currency"], needs="credit memos need a posted invoice")
+            return rules.credit_fits(
+                tid,
+                inv
+                and rules.CreditableInvoice(
+                    status=str(inv.get("status")),
+                    creditable=inv.get("status") == "Posted",
+                    currency=cur,
+                    total=to_minor(inv["amount"], cur, "invoice.amount"),
+                    credited=lambda: sum(
+                        to_minor(cm["amount"], cur, "creditMemo.amount")
+                        for cm in self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
+                        if cm.get("status") != "Canceled"
+                    ),
+                ),
+                params["amount"],
+                params["currency"],
+                needs="credit memos need a posted invoice",
+            )
         elif kind == "subscription_change":
             if params["proration_behavior"] != "create_prorations":
                 return [f"proration_behavior {params['proration_behavior']!r}: a Zuora order prorates by itself"]
@@ -164,11 +190,17 @@ class ZuoraExecutor:
             found = self.current_charge(sub, params["item"])
             target = self.catalog_charge(params["to_price"]) if found is not None else None
             return rules.price_change_allowed(
-                tid, params["item"], params["to_price"], on_subscription=found is not None,
+                tid,
+                params["item"],
+                params["to_price"],
+                on_subscription=found is not None,
                 already_current=bool(found and target and found[1].get("productRatePlanChargeId") == target[1]["id"]),
-                target=target and rules.TargetPrice(active=target[0].get("status") == "Active",
-                                                    currency=target[1]["pricing"][0]["currency"]),
-                item_currency=str(sub.get("currency") or ""))
+                target=target
+                and rules.TargetPrice(
+                    active=target[0].get("status") == "Active", currency=target[1]["pricing"][0]["currency"]
+                ),
+                item_currency=str(sub.get("currency") or ""),
+            )
         return []
 
     # ---- read back: is the change already there? -------------------------------------------------------
@@ -178,17 +210,27 @@ class ZuoraExecutor:
             obj = self.account(tid) if p.target_type == "customer" else self.subscription(tid)
             if not obj:
                 return None
-            done = all((obj.get(f"{k}__c") == v) if v != "" else obj.get(f"{k}__c") is None
-                       for k, v in params["metadata"].items())
+            done = all(
+                (obj.get(f"{k}__c") == v) if v != "" else obj.get(f"{k}__c") is None
+                for k, v in params["metadata"].items()
+            )
             return Applied(tid) if done and _has_pointer(obj, aid) else None
         if kind == "pending_invoice_item":
-            found = [m for m in self.listing("/v1/debitmemos", "debitmemos", {"accountNumber": tid})
-                     if _has_pointer(m, aid)]
+            found = [
+                m for m in self.listing("/v1/debitmemos", "debitmemos", {"accountNumber": tid}) if _has_pointer(m, aid)
+            ]
             return Applied(found[0]["number"], {"id": found[0]["id"]}) if found else None
         if kind == "credit_note":
             inv = self.invoice(tid)
-            found = [m for m in self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
-                     if _has_pointer(m, aid)] if inv else []
+            found = (
+                [
+                    m
+                    for m in self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
+                    if _has_pointer(m, aid)
+                ]
+                if inv
+                else []
+            )
             return Applied(found[0]["number"], {"id": found[0]["id"]}) if found else None
         if kind == "subscription_change":
             found = [o for o in self.listing(f"/v1/orders/subscription/{tid}", "orders") if _has_pointer(o, aid)]
@@ -205,14 +247,19 @@ class ZuoraExecutor:
             return Applied(tid, {"custom_fields": len(params["metadata"]) + 1})
         if kind == "pending_invoice_item":
             cur = params["currency"]
-            body = {"accountNumber": tid, "reasonCode": "Charge Dispute", "comment": params["description"],
-                    "charges": [{"amount": to_major(params["amount"], cur), "comment": params["description"]}],
-                    **mark}
+            body = {
+                "accountNumber": tid,
+                "reasonCode": "Charge Dispute",
+                "comment": params["description"],
+                "charges": [{"amount": to_major(params["amount"], cur), "comment": params["description"]}],
+                **mark,
+            }
             if params.get("subscription"):
                 body["subscription_number__c"] = params["subscription"]
             memo = self.call("POST", "/v1/debitmemos", json=body, key=key)
-            return Applied(memo.get("number"), {"id": memo.get("id"), "amount": str(memo.get("amount")),
-                                                "currency": cur})
+            return Applied(
+                memo.get("number"), {"id": memo.get("id"), "amount": str(memo.get("amount")), "currency": cur}
+            )
         if kind == "credit_note":
             inv = self.invoice(tid)
             if inv is None:
@@ -229,22 +276,40 @@ class ZuoraExecutor:
                     left -= take
             if left > 0:
                 raise Permanent(f"invoice {tid} has no charge items to credit {format_minor(left, cur)} against")
-            memo = self.call("POST", f"/v1/creditmemos/invoice/{inv['id']}", key=key, json={
-                "reasonCode": params["reason"], "comment": params["memo"], "items": items, **mark})
-            return Applied(memo.get("number"), {"id": memo.get("id"), "amount": str(memo.get("amount")),
-                                                "status": memo.get("status")})
+            memo = self.call(
+                "POST",
+                f"/v1/creditmemos/invoice/{inv['id']}",
+                key=key,
+                json={"reasonCode": params["reason"], "comment": params["memo"], "items": items, **mark},
+            )
+            return Applied(
+                memo.get("number"),
+                {"id": memo.get("id"), "amount": str(memo.get("amount")), "status": memo.get("status")},
+            )
         if kind == "subscription_change":
             sub = self.subscription(tid)
             found = self.current_charge(sub or {}, params["item"])
             target = self.catalog_charge(params["to_price"])
             if sub is None or found is None or target is None:
                 raise Permanent(f"subscription {tid}, item {params['item']} or price {params['to_price']} is gone")
-            order = self.call("POST", "/v1/orders", key=key, json={
-                "existingAccountNumber": sub["accountNumber"],
-                "subscriptions": [{"subscriptionNumber": tid, "orderActions": [
-                    {"type": "RemoveProduct", "removeProduct": {"ratePlanId": found[0]["id"]}},
-                    {"type": "AddProduct", "addProduct": {"productRatePlanId": target[0]["id"]}}]}],
-                **mark})
+            order = self.call(
+                "POST",
+                "/v1/orders",
+                key=key,
+                json={
+                    "existingAccountNumber": sub["accountNumber"],
+                    "subscriptions": [
+                        {
+                            "subscriptionNumber": tid,
+                            "orderActions": [
+                                {"type": "RemoveProduct", "removeProduct": {"ratePlanId": found[0]["id"]}},
+                                {"type": "AddProduct", "addProduct": {"productRatePlanId": target[0]["id"]}},
+                            ],
+                        }
+                    ],
+                    **mark,
+                },
+            )
             return Applied(order.get("orderNumber"), {"status": order.get("status")})
         raise Permanent(f"no Zuora executor for kind {kind!r}")
 
