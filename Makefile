@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test dev bench install clean generate serve
+.PHONY: run test test-quick lint dev bench install clean generate serve
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,19 @@ PLATFORMS ?= stripe
 run: $(STAMP)
 	$(BIN)/billing-ai run --platforms $(PLATFORMS)
 
-## The whole test suite.
-test: $(STAMP)
-	$(BIN)/pytest -q
+## Everything: lint, format, the import contracts, then the whole suite in parallel (the wheel test included).
+## Tests of one module run on one worker (--dist loadscope): a module's shared fixtures are built once.
+test: lint
+	$(BIN)/pytest -q -n auto --dist loadscope
+
+## The inner loop: no world warehouse, no emulator, no bench (tests marked slow; see billing_ai_tests/conftest.py).
+test-quick: $(STAMP)
+	$(BIN)/pytest -q -n auto --dist loadscope -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## Sandbox + Dagster UI (http://127.0.0.1:3000) with every asset materializable.
 dev: $(STAMP)

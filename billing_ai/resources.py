@@ -23,6 +23,9 @@ DEFAULT_INBOX = "data/inbox/usage"
 # instance gives it one slot (dagster.yaml): DuckDB allows a single writer.
 WAREHOUSE_POOL = "warehouse"
 
+# A failed run is retried (run_retries in dagster.yaml); writes are idempotent, so a retry never double-counts.
+RUN_RETRIES = {"dagster/max_retries": "2"}
+
 
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file. Open it only while talking to DuckDB."""

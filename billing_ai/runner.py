@@ -141,6 +141,7 @@ def materialize_all(
 ) -> None:
     """Materialize every asset: platform snapshot, then all usage days as one run."""
     from billing_ai import definitions as d
+    from billing_ai import pipeline
 
     resources = dict(resources or d.default_resources())
     if "actions" not in resources:  # the action ledger beside the warehouse, unless configured
@@ -152,15 +153,15 @@ def materialize_all(
         )
     instance = instance or dg.DagsterInstance.ephemeral()
     t = time.monotonic()
-    res = dg.materialize(d.PLATFORM_ASSETS, resources=resources, instance=instance, run_config=QUIET)
+    res = dg.materialize(pipeline.PLATFORM_ASSETS, resources=resources, instance=instance, run_config=QUIET)
     assert res.success
     say(f"platform_sync: {time.monotonic() - t:.1f}s")
     first = config.start_dt().date()
     last = config.as_of_dt().date()
     t = time.monotonic()
     res = dg.materialize(
-        [*d.USAGE_ASSETS, *d.PLATFORM_ASSETS],
-        selection=d.USAGE_ASSETS,
+        [*pipeline.USAGE_ASSETS, *pipeline.PLATFORM_ASSETS],
+        selection=pipeline.USAGE_ASSETS,
         resources=resources,
         instance=instance,
         run_config=QUIET,
@@ -174,7 +175,7 @@ def materialize_all(
     t = time.monotonic()
     run_config = {**QUIET, "ops": {"rating_marts": {"config": reconciliation_tolerance or {}}}}
     res = dg.materialize(
-        [*d.ANALYTICS_ASSETS, *d.PUBLISH_ASSETS],
+        [*pipeline.ANALYTICS_ASSETS, *pipeline.PUBLISH_ASSETS],
         resources=resources,
         instance=instance,
         run_config=run_config,
@@ -192,11 +193,12 @@ def materialize_all(
 
 def evaluate_all(resources: dict, instance: dg.DagsterInstance | None = None) -> dict:
     """Materialize the evaluation assets (ground truth needed) and return their metadata."""
-    from billing_ai import definitions as d
+    from billing_ai import pipeline
+    from billing_ai.evaluation.assets import EVALUATION_ASSETS
 
     res = dg.materialize(
-        [*d.EVALUATION_ASSETS, *d.ANALYTICS_ASSETS],
-        selection=d.EVALUATION_ASSETS,
+        [*EVALUATION_ASSETS, *pipeline.ANALYTICS_ASSETS],
+        selection=EVALUATION_ASSETS,
         resources=resources,
         instance=instance or dg.DagsterInstance.ephemeral(),
         run_config=QUIET,

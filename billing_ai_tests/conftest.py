@@ -4,7 +4,8 @@ Fixtures here are meant to be reused across test modules; keep each one
 small, documented, and cheap. Add new fixtures in their own section below.
 
 World fixtures
-    ``tiny_world``  (session)   a small deterministic synthetic world on disk
+    ``tiny_world``      (session)   a small deterministic synthetic world on disk
+    ``tiny_warehouse``  (run)       every asset of it materialized, built once and shared by all workers
 
 Sandbox fixtures
     ``sandbox``     (function)  a running Stripe emulator over ``tiny_world``
@@ -13,15 +14,48 @@ Sandbox fixtures
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from billing_ai.sandbox.generator import World, generate_world, write_world
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai.sandbox.world import WorldConfig, WorldPaths
+
+# ---------------------------------------------------------------------------
+# The quick lane (make test-quick): everything but what is marked slow
+# ---------------------------------------------------------------------------
+
+#: Fixtures that materialize a whole world's warehouse, start an emulator or build the wheel: a test that
+#: uses one (directly or through another fixture) is slow. Tests slow for other reasons carry the mark.
+SLOW_FIXTURES = frozenset(
+    {
+        "tiny_warehouse",
+        "sandbox",
+        "server",
+        "zsandbox",
+        "mixed_warehouse",
+        "twin_warehouses",
+        "recurly_warehouse",
+        "zuora_warehouse",
+        "error_world",
+        "wheel",
+    }
+)
+SLOW_MODULES = frozenset({"test_benches", "test_concurrency", "test_crash_safety"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 # ---------------------------------------------------------------------------
 # World fixtures
@@ -134,19 +168,39 @@ def pipeline_resources(
     }
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder ``build`` fills once per test run, shared by every pytest-xdist worker: the first worker to
+    need it builds it under a file lock, the others wait and reuse it. Without xdist, once per session."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # each worker's base temp is a folder of the run's
+    root, done = base / name, base / f"{name}.built"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            build(root)
+            done.touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_warehouse(tiny_world: GeneratedWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A warehouse with every asset of ``tiny_world`` materialized (small pages, so the SDK pages a lot).
+    """A warehouse with every asset of ``tiny_world`` materialized (small pages, so the SDK pages a lot),
+    built once per test run and shared by every worker (the world is deterministic: each worker's
+    ``tiny_world`` is the same world). Its action ledger is ``ops/`` beside it.
 
     Read-only for tests: copy the file (``shutil.copy``) before changing anything.
     """
-    from billing_ai.runner import materialize_all
 
-    tmp = tmp_path_factory.mktemp("tiny_warehouse")
-    with SandboxServer(tiny_world.paths.world_dir, tmp / "state") as server:
-        res = pipeline_resources(server.url, tmp / "warehouse.duckdb", tiny_world, page_size=7)
-        materialize_all(tiny_world.config, resources=res, say=lambda m: None)
-    return tmp / "warehouse.duckdb"
+    def build(root: Path) -> None:
+        from billing_ai.runner import materialize_all
+
+        with SandboxServer(tiny_world.paths.world_dir, root / "state") as server:
+            res = pipeline_resources(server.url, root / "warehouse.duckdb", tiny_world, page_size=7)
+            materialize_all(tiny_world.config, resources=res, say=lambda m: None)
+
+    return built_once(tmp_path_factory, "tiny_warehouse", build) / "warehouse.duckdb"
 
 
 # ---------------------------------------------------------------------------
@@ -167,3 +221,34 @@ CREATE TABLE core.price_tiers (
     price_id VARCHAR, platform VARCHAR, tier_index INTEGER, up_to DECIMAL(38, 9),
     unit_amount_decimal DECIMAL(38, 12), flat_amount BIGINT);
 """
+
+
+# ---------------------------------------------------------------------------
+# ASGI apps (the webhook receiver) in-process
+# ---------------------------------------------------------------------------
+
+
+class ASGIClient:
+    """Requests to an ASGI app in this process, through httpx's own ASGI transport (what
+    ``starlette.testclient`` does, without the httpx version it now asks for)."""
+
+    def __init__(self, app, base_url: str = "http://testserver"):
+        self.app, self.base_url = app, base_url
+
+    def request(self, method: str, url: str, **kwargs):
+        import asyncio
+
+        import httpx
+
+        async def send():
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url=self.base_url) as client:
+                return await client.request(method, url, **kwargs)
+
+        return asyncio.run(send())
+
+    def get(self, url: str, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)

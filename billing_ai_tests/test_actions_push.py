@@ -348,7 +348,7 @@ def test_cli_list_approve_reject_and_audit_verify(env, tmp_path):
 
 # ---- Dagster: the proposals asset, ops tables, the approval job, the sensor and the push job ----------------
 def test_nightly_proposals_ops_tables_launchpad_sensor_and_push(tiny_warehouse, tiny_world, sandbox, tmp_path):
-    from billing_ai.definitions import ANALYTICS_ASSETS
+    from billing_ai.pipeline import ANALYTICS_ASSETS
     from billing_ai_tests.conftest import pipeline_resources
 
     path = tmp_path / "w.duckdb"

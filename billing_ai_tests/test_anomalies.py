@@ -290,10 +290,10 @@ def test_nightly_asset_and_an_hourly_spike_flagged_within_one_run(tiny_warehouse
     import dagster as dg
 
     from billing_ai import warehouse as wh
-    from billing_ai.anomalies.assets import usage_anomalies
+    from billing_ai.anomalies.assets import HOURLY_ANOMALY_ASSETS, usage_anomalies
     from billing_ai.clock import parse_instant
-    from billing_ai.definitions import ANALYTICS_ASSETS, HOURLY_ANOMALY_ASSETS, PLATFORM_ASSETS, USAGE_ASSETS
     from billing_ai.ingestion.usage_assets import raw_usage_events
+    from billing_ai.pipeline import ANALYTICS_ASSETS, PLATFORM_ASSETS, USAGE_ASSETS
     from billing_ai.resources import PipelineSettings
     from billing_ai_tests.conftest import TEST_PII_KEY, pipeline_resources
 

@@ -172,7 +172,7 @@ def test_malformed_objects_are_quarantined_with_their_reason(server, cb_world, t
     served = len(store.list("transaction", limit=10_000)[0])
     res = pipeline_resources(server.url, tmp_path / "wh.duckdb", cb_world, page_size=50)
     res["stripe"] = StripeResource(api_key="unused", api_base="")  # a Chargebee-only deployment
-    from billing_ai import definitions as d
+    from billing_ai import pipeline as d
 
     result = dg.materialize(d.PLATFORM_ASSETS, resources=res, raise_on_error=True)
     meta = {

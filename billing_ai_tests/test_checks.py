@@ -12,8 +12,8 @@ import pytest
 
 from billing_ai import warehouse as wh
 from billing_ai.clock import PARTITION_START, parse_instant
-from billing_ai.definitions import PLATFORM_ASSETS
 from billing_ai.ingestion.checks import RULES, Scope, evaluate
+from billing_ai.pipeline import PLATFORM_ASSETS
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai_tests.conftest import pipeline_resources
 
@@ -251,6 +251,7 @@ def test_reconciliation_reports_leakage_in_units(con, scope):
         wh.run(con, "ROLLBACK")
 
 
+@pytest.mark.slow  # materializes a world end to end
 def test_a_failing_blocking_check_stops_downstream(tiny_world, tmp_path):
     """A subscription pointing at an unknown customer fails core.subscriptions' blocking check;
     subscription items (which depend on it) are not built in that run."""

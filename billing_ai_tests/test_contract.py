@@ -65,8 +65,10 @@ def built(tiny_warehouse, tiny_world, tmp_path_factory):
     tables only their own jobs build, materialized through their assets on a copy of it."""
     import dagster as dg
 
+    from billing_ai.anomalies.assets import HOURLY_ANOMALY_ASSETS
     from billing_ai.clock import parse_instant
-    from billing_ai.definitions import ANALYTICS_ASSETS, HOURLY_ANOMALY_ASSETS, SELECTION_ASSETS
+    from billing_ai.forecasting.assets import SELECTION_ASSETS
+    from billing_ai.pipeline import ANALYTICS_ASSETS
 
     columns, views, pks = _read_schema(tiny_warehouse)
     path = tmp_path_factory.mktemp("contract") / "warehouse.duckdb"

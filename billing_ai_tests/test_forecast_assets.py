@@ -12,8 +12,8 @@ from billing_ai_tests.conftest import pipeline_resources
 
 
 def test_forecasts_tier_projections_and_proposals(tiny_warehouse, tiny_world, tmp_path):
-    from billing_ai.definitions import ANALYTICS_ASSETS, SELECTION_ASSETS
-    from billing_ai.forecasting.assets import forecast_proposals_asset, usage_forecasts
+    from billing_ai.forecasting.assets import SELECTION_ASSETS, forecast_proposals_asset, usage_forecasts
+    from billing_ai.pipeline import ANALYTICS_ASSETS
     from billing_ai.rating.engine import rate
     from billing_ai.rating.plans import load_plans
 

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from billing_ai import warehouse as wh
-from billing_ai.definitions import PLATFORM_ASSETS, USAGE_ASSETS
+from billing_ai.pipeline import PLATFORM_ASSETS, USAGE_ASSETS
 from billing_ai.platforms.stripe.client import StripeConnector
 from billing_ai.resources import WarehouseResource
 from billing_ai.sandbox.server import SandboxServer
@@ -123,6 +123,7 @@ def test_late_events_are_kept_and_flagged(pipeline):
     assert late > 0
 
 
+@pytest.mark.slow  # materializes a world end to end
 def test_replaying_a_partition_changes_nothing(tiny_world, tmp_path):
     with SandboxServer(tiny_world.paths.world_dir, tmp_path / "state") as server:
         res = resources_for(server.url, tmp_path / "w.duckdb", tiny_world)

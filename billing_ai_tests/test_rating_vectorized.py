@@ -197,6 +197,7 @@ def shared_con():
     con.close()
 
 
+@pytest.mark.slow  # 200 generated catalogs rated in SQL and by the engine
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(catalog=catalogs(), rule=st.sampled_from(["half_up", "half_even"]))
 def test_sql_rating_equals_the_engine(shared_con, catalog, rule):

@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from billing_ai import warehouse as wh
-from billing_ai.definitions import ANALYTICS_ASSETS, PUBLISH_ASSETS
 from billing_ai.evaluation.reconciliation import evaluate_reconciliation
+from billing_ai.pipeline import ANALYTICS_ASSETS, PUBLISH_ASSETS
 from billing_ai.rating.engine import rate
 from billing_ai.rating.plans import load_plans
 from billing_ai.resources import WarehouseResource

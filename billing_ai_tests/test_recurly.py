@@ -316,7 +316,7 @@ def test_two_platforms_minting_the_same_id_do_not_collide(recurly_warehouse, tin
 
 # ---- assets through Dagster ------------------------------------------------------------------------------------
 def test_raw_and_core_assets_materialize_with_the_recurly_resource(server, recurly_world, tmp_path):
-    from billing_ai import definitions as d
+    from billing_ai import pipeline as d
 
     store = server.facades["recurly"].store
     acct = store.find("account", "1=1", ())

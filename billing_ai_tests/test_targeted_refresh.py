@@ -8,7 +8,6 @@ import shutil
 
 import dagster as dg
 import pytest
-from starlette.testclient import TestClient
 
 from billing_ai import warehouse as wh
 from billing_ai.rating.reconcile import refresh_rating_marts
@@ -16,7 +15,7 @@ from billing_ai.sandbox.server import SandboxServer
 from billing_ai.webhooks import signatures as sig
 from billing_ai.webhooks.receiver import WebhookInbox, WebhookSecrets, create_app
 from billing_ai.webhooks.refresh import target_of, upsert_raw
-from billing_ai_tests.conftest import pipeline_resources
+from billing_ai_tests.conftest import ASGIClient, pipeline_resources
 
 MARTS = {
     "rated_usage": "subscription_item_id, period_start",
@@ -106,7 +105,7 @@ def test_scoped_refresh_reproduces_the_full_build_for_those_subscriptions(wareho
 def test_a_signed_invoice_webhook_refreshes_that_invoice_without_a_full_run(
     warehouse_copy, tiny_world, tmp_path, monkeypatch
 ):
-    from billing_ai.definitions import platform_sync_job
+    from billing_ai.pipeline import platform_sync_job
     from billing_ai.webhooks.sensors import webhook_sensor
 
     con = wh.connect(warehouse_copy)
@@ -135,7 +134,7 @@ def test_a_signed_invoice_webhook_refreshes_that_invoice_without_a_full_run(
     inbox_path = tmp_path / "inbox.sqlite"
     inbox = WebhookInbox(inbox_path)
     now = 1_800_000_000
-    client = TestClient(create_app(inbox, WebhookSecrets(stripe=["whsec_t"]), clock=lambda: now))
+    client = ASGIClient(create_app(inbox, WebhookSecrets(stripe=["whsec_t"]), clock=lambda: now))
     body = json.dumps(
         {
             "id": "evt_new_invoice",

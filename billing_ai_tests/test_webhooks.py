@@ -8,11 +8,12 @@ import json
 
 import dagster as dg
 import pytest
-from starlette.testclient import TestClient
 
+from billing_ai.pipeline import platform_sync_job
 from billing_ai.webhooks import signatures as sig
 from billing_ai.webhooks.receiver import WebhookInbox, WebhookSecrets, create_app
 from billing_ai.webhooks.sensors import requests_for, webhook_sensor
+from billing_ai_tests.conftest import ASGIClient
 
 NOW = 1_790_000_000
 BODY = json.dumps({"id": "evt_1", "type": "invoice.created", "data": {"object": {"id": "in_1"}}}).encode()
@@ -56,7 +57,7 @@ def test_recurly_chargebee_zuora():
 def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch):
     inbox = WebhookInbox(tmp_path / "inbox.sqlite")
     secrets = WebhookSecrets(stripe=["whsec_a"], chargebee=("cb", "pw"))
-    client = TestClient(create_app(inbox, secrets, clock=lambda: NOW))
+    client = ASGIClient(create_app(inbox, secrets, clock=lambda: NOW))
     headers = {"Stripe-Signature": sig.stripe_header(BODY, "whsec_a", NOW), "Content-Type": "application/json"}
     assert client.post("/webhooks/stripe", content=BODY, headers=headers).json() == {
         "received": True,
@@ -85,8 +86,6 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
         ("chargebee", "ev_cb_1", "subscription_changed", "sub_cb"),
     ]
     monkeypatch.setenv("BILLING_AI_WEBHOOK_INBOX", str(tmp_path / "inbox.sqlite"))
-    from billing_ai.definitions import platform_sync_job
-
     webhook_events = webhook_sensor(platform_sync_job)
     ctx = dg.build_sensor_context(cursor=None)
     reqs = webhook_events(ctx)
@@ -109,14 +108,16 @@ def test_receiver_verifies_dedups_and_the_sensor_runs_once(tmp_path, monkeypatch
         "events": ["ev_cb_1"],
     }
     snap = requests_for(
-        [{"seq": 9, "platform": "chargebee", "event_id": "e9", "type": "customer_changed", "object_id": "cus_1"}]
+        [{"seq": 9, "platform": "chargebee", "event_id": "e9", "type": "customer_changed", "object_id": "cus_1"}],
+        platform_sync_job,
     )
     assert [(r.job_name, r.run_key) for r in snap] == [("platform_sync_job", "webhooks-9-9")]
     assert ctx.cursor == str(last)
     assert isinstance(webhook_events(dg.build_sensor_context(cursor=str(last))), dg.SkipReason)  # read once
     assert (
         requests_for(
-            [{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available", "object_id": None}]
+            [{"seq": 5, "platform": "stripe", "event_id": "e", "type": "balance.available", "object_id": None}],
+            platform_sync_job,
         )
         == []
     )
@@ -127,7 +128,7 @@ def test_out_of_order_deliveries_refresh_the_object_once_from_its_current_state(
     and one targeted run refreshes the invoice by fetching it as it is now, so arrival order cannot
     leave an older version in the warehouse."""
     inbox = WebhookInbox(tmp_path / "inbox.sqlite")
-    client = TestClient(create_app(inbox, WebhookSecrets(stripe=["whsec_a"]), clock=lambda: NOW))
+    client = ASGIClient(create_app(inbox, WebhookSecrets(stripe=["whsec_a"]), clock=lambda: NOW))
     for evt, typ, created in (("evt_2", "invoice.finalized", NOW), ("evt_1", "invoice.created", NOW - 60)):
         body = json.dumps(
             {"id": evt, "type": typ, "created": created, "data": {"object": {"id": "in_7", "object": "invoice"}}}
@@ -136,7 +137,7 @@ def test_out_of_order_deliveries_refresh_the_object_once_from_its_current_state(
         assert client.post("/webhooks/stripe", content=body, headers=headers).status_code == 200
     events = inbox.after(0)
     assert [e["event_id"] for e in events] == ["evt_2", "evt_1"]  # kept in arrival order
-    reqs = requests_for(events)
+    reqs = requests_for(events, platform_sync_job)
     assert len(reqs) == 1 and reqs[0].job_name == "targeted_refresh_job"
     config = reqs[0].run_config["ops"]["refresh_named_objects"]["config"]
     assert config["ids"] == ["in_7"] and config["events"] == ["evt_2", "evt_1"]

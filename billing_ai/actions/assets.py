@@ -23,12 +23,13 @@ from billing_ai.actions.ledger import Ledger, read_heads
 from billing_ai.actions.proposers import FINDINGS_SQL, proposals_from_reconciliation
 from billing_ai.actions.push import Executor, Sinks, push_action
 from billing_ai.actions.resources import ActionsResource
-from billing_ai.metadata import markdown_preview
+from billing_ai.ingestion.publish import PUBLISHED_WAREHOUSE
+from billing_ai.metadata import check_owners, markdown_preview
 from billing_ai.platforms.chargebee.writer import ChargebeeExecutor, ChargebeeWriter
 from billing_ai.platforms.recurly.writer import RecurlyExecutor, RecurlyWriter
 from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.platforms.zuora.writer import ZuoraExecutor
-from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
+from billing_ai.resources import RUN_RETRIES, WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
 
 class PushResource(dg.ConfigurableResource):
@@ -126,7 +127,7 @@ def reconciliation_proposals(
 PROPOSERS = [
     dg.AssetKey(["ledger", "reconciliation_proposals"]),
     dg.AssetKey(["ledger", "forecast_proposals"]),
-    dg.AssetKey(["marts", "usage_anomalies"]),
+    dg.AssetKey(["ledger", "anomaly_proposals"]),
 ]
 
 OPS_TABLES = {
@@ -193,6 +194,7 @@ def verify_warehouse_audit_log(con, heads: list[dict] = ()) -> audit.Verdict:
             blocking=True,
             description="The warehouse copy of the audit log verifies row by row and "
             "against the chain heads recorded outside it.",
+            metadata=check_owners("actions"),
         )
     ],
     pool=WAREHOUSE_POOL,
@@ -301,7 +303,7 @@ def push_approved_action(
 
 @dg.job(
     description="Push one approved action (config: action_id). Started by the push_approved_actions sensor.",
-    tags={"dagster/max_retries": "2"},
+    tags=RUN_RETRIES,
 )
 def push_action_job():
     push_approved_action()
@@ -328,8 +330,16 @@ def push_approved_actions(actions: ActionsResource):
     ]
 
 
+ops_sync_job = dg.define_asset_job(
+    "ops_sync_job",
+    # the published snapshot by key: it is built from every core/marts/ops asset (billing_ai.pipeline)
+    selection=dg.AssetSelection.assets(ops_tables) | dg.AssetSelection.assets(PUBLISHED_WAREHOUSE),
+    description="Take approvals and push outcomes from the action ledger into the ops tables, then publish.",
+)
+
+
 @dg.sensor(
-    job_name="ops_sync_job",
+    job=ops_sync_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="When the ledger's audit chain grew, copy it into the warehouse at the next pooled step.",

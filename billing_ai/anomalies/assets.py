@@ -1,4 +1,5 @@
-"""Dagster assets over the anomaly detectors: the nightly table, the hourly partitions, proposals."""
+"""Dagster assets over the anomaly detectors: the nightly table and the hourly partitions, and the proposals
+made from each (assets of their own, in the ledger)."""
 
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,26 +42,12 @@ def detect_window(con, now: datetime, history_days: int = HISTORY_DAYS) -> pl.Da
     return flags.with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("detected_at"))
 
 
-def _propose(
-    con, flags: pl.DataFrame, since: datetime, now: datetime, actions: ActionsResource, run_id: str
-) -> dict[str, int]:
-    recent = flags.filter(pl.col("is_anomaly") & (pl.col("ts") >= since))
-    if recent.height == 0:
-        return {"new": 0, "existing": 0}
-    eps = episodes(recent, "1h")
-    policy, ledger = actions.policy(), actions.ledger()
-    counts = ledger.propose(proposals_from_anomalies(eps, con.sql(CUSTOMERS_SQL).pl(), policy, now), policy, now)
-    ledger.record_head(Path(actions.heads_file), run_id)
-    return counts
-
-
-def _metadata(flags: pl.DataFrame, counts: dict) -> dict:
+def _metadata(flags: pl.DataFrame) -> dict:
     by_kind = flags.filter(pl.col("is_anomaly")).group_by("kind").len().sort("kind").rows()
     return {
         "dagster/row_count": flags.height,
         "anomalies": int(flags["is_anomaly"].sum() or 0),
         "by_kind": dg.MetadataValue.json(dict(by_kind)),
-        **{f"proposals_{k}": v for k, v in counts.items() if k in ("new", "existing", "invalid")},
         "preview": markdown_preview(
             flags.filter(pl.col("is_anomaly")).select(
                 "customer_id", "meter_name", "ts", "kind", "score", "observed", "expected", "root_cause"
@@ -69,57 +56,46 @@ def _metadata(flags: pl.DataFrame, counts: dict) -> dict:
     }
 
 
+USAGE_ANOMALIES = dg.AssetKey(["marts", "usage_anomalies"])
+USAGE_ANOMALIES_HOURLY = dg.AssetKey(["marts", "usage_anomalies_hourly"])
+DETECTOR_INPUTS = [
+    dg.AssetKey(["core", "usage_events"]),
+    dg.AssetKey(["core", "subscriptions"]),
+    dg.AssetKey(["core", "customers"]),
+]
+
+
 @dg.asset(
-    key=["marts", "usage_anomalies"],
-    deps=[
-        dg.AssetKey(["core", "usage_events"]),
-        dg.AssetKey(["core", "subscriptions"]),
-        dg.AssetKey(["core", "customers"]),
-    ],
+    key=USAGE_ANOMALIES,
+    deps=DETECTOR_INPUTS,
     group_name="anomalies",
     pool=WAREHOUSE_POOL,
-    description="Nightly: flagged usage buckets (hourly grain) over the last six weeks; each confident anomaly "
-    "of the last week is proposed as a support case, a success-manager message and a heads-up.",
+    description="Nightly: flagged usage buckets (hourly grain) over the last six weeks, with evidence and a "
+    "root-cause hint; candidates below the alert bar are kept for context.",
 )
-def usage_anomalies(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    settings: PipelineSettings,
-    actions: ActionsResource,
-) -> dg.MaterializeResult:
+def usage_anomalies(warehouse: WarehouseResource, settings: PipelineSettings) -> dg.MaterializeResult:
     now = settings.clock().now()
     with warehouse.connect() as con:
         flags = detect_window(con, now)
         with wh.transaction(con):
             wh.run(con, f"CREATE OR REPLACE TABLE marts.usage_anomalies ({COLUMNS_DDL})")
             wh.write_frame(con, "marts.usage_anomalies", flags)
-        counts = _propose(con, flags, now - timedelta(days=PROPOSE_DAYS), now, actions, context.run.run_id)
-    return dg.MaterializeResult(metadata=_metadata(flags, counts))
+    return dg.MaterializeResult(metadata=_metadata(flags))
 
 
 @dg.asset(
-    key=["marts", "usage_anomalies_hourly"],
-    deps=[
-        dg.AssetKey(["core", "usage_events"]),
-        dg.AssetKey(["core", "subscriptions"]),
-        dg.AssetKey(["core", "customers"]),
-    ],
+    key=USAGE_ANOMALIES_HOURLY,
+    deps=DETECTOR_INPUTS,
     partitions_def=usage_hourly_partitions,
     group_name="anomalies",
     pool=WAREHOUSE_POOL,
     description="Within the hour: the anomalies whose window ends in this hour, detected as soon as its events "
-    "landed (usage_intraday_job), proposed for review right away.",
+    "landed (usage_intraday_job).",
 )
-def usage_anomalies_hourly(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    settings: PipelineSettings,
-    actions: ActionsResource,
-) -> dg.MaterializeResult:
+def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     hour = context.partition_time_window.start
-    end = hour + timedelta(hours=1)
     with warehouse.connect() as con:
-        flags = detect_window(con, end)
+        flags = detect_window(con, hour + timedelta(hours=1))
         # the windows ending in this hour reach back up to six hours (spikes) and two days (drops): keep the
         # buckets they flag, once, keyed by the hour that revealed them
         flags = flags.filter(pl.col("ts") >= hour - timedelta(hours=48)).with_columns(
@@ -132,10 +108,90 @@ def usage_anomalies_hourly(
             )
             wh.run(con, "DELETE FROM marts.usage_anomalies_hourly WHERE partition_hour = $h", {"h": hour})
             wh.write_frame(con, "marts.usage_anomalies_hourly", flags)
-        counts = _propose(con, flags, hour - timedelta(hours=6), end, actions, context.run.run_id)
-    return dg.MaterializeResult(metadata=_metadata(flags, counts))
+    return dg.MaterializeResult(metadata=_metadata(flags))
 
 
-ANOMALY_ASSETS = [usage_anomalies]
-HOURLY_ANOMALY_ASSETS = [usage_anomalies_hourly]
+# ---- proposals: each confident anomaly episode, for people to review ------------------------------------
+ANOMALY_PROPOSER_COLUMNS = (
+    "customer_id, meter_name, ts, kind, score, confidence, observed, expected, root_cause, evidence"
+)
+
+
+def propose_anomalies(con, flags_sql: str, params: dict, now: datetime, actions: ActionsResource, run_id: str) -> dict:
+    """The anomalies ``flags_sql`` selects (``is_anomaly`` and recent), merged into episodes and proposed in
+    the ledger: a support case, a success-manager message and, where it concerns the customer, a heads-up.
+    Returns the ledger's counts and the number of episodes."""
+    recent = con.sql(f"SELECT {ANOMALY_PROPOSER_COLUMNS} FROM ({flags_sql}) ORDER BY ALL", params=params).pl()
+    if recent.height == 0:
+        return {"episodes": 0, "new": 0, "existing": 0}
+    eps = episodes(recent, "1h")
+    policy, ledger = actions.policy(), actions.ledger()
+    proposals = proposals_from_anomalies(eps, con.sql(CUSTOMERS_SQL).pl(), policy, now)
+    counts = ledger.propose(proposals, policy, now)
+    ledger.record_head(Path(actions.heads_file), run_id)
+    return {"episodes": eps.height, **counts}
+
+
+def _proposal_metadata(counts: dict) -> dict:
+    return {
+        f"proposals_{k}" if k != "episodes" else k: v
+        for k, v in counts.items()
+        if k in ("episodes", "new", "existing", "invalid")
+    }
+
+
+@dg.asset(
+    key=["ledger", "anomaly_proposals"],
+    deps=[USAGE_ANOMALIES, dg.AssetKey(["core", "customers"])],
+    group_name="anomalies",
+    pool=WAREHOUSE_POOL,
+    description="Each confident anomaly of the last week (marts.usage_anomalies), proposed for review: a "
+    "support case, a message to the success manager and, where it concerns the customer, a heads-up e-mail.",
+)
+def anomaly_proposals(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    settings: PipelineSettings,
+    actions: ActionsResource,
+) -> dg.MaterializeResult:
+    now = settings.clock().now()
+    with warehouse.connect() as con:
+        counts = propose_anomalies(
+            con,
+            "SELECT * FROM marts.usage_anomalies WHERE is_anomaly AND ts >= $since",
+            {"since": now - timedelta(days=PROPOSE_DAYS)},
+            now,
+            actions,
+            context.run.run_id,
+        )
+    return dg.MaterializeResult(metadata=_proposal_metadata(counts))
+
+
+@dg.asset(
+    key=["ledger", "anomaly_proposals_hourly"],
+    deps=[USAGE_ANOMALIES_HOURLY, dg.AssetKey(["core", "customers"])],
+    partitions_def=usage_hourly_partitions,
+    group_name="anomalies",
+    pool=WAREHOUSE_POOL,
+    description="Within the hour: each confident anomaly the hour revealed (its last six hours), proposed for "
+    "review right away.",
+)
+def anomaly_proposals_hourly(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, actions: ActionsResource
+) -> dg.MaterializeResult:
+    hour = context.partition_time_window.start
+    with warehouse.connect() as con:
+        counts = propose_anomalies(
+            con,
+            "SELECT * FROM marts.usage_anomalies_hourly WHERE partition_hour = $hour AND is_anomaly AND ts >= $since",
+            {"hour": hour, "since": hour - timedelta(hours=6)},
+            hour + timedelta(hours=1),
+            actions,
+            context.run.run_id,
+        )
+    return dg.MaterializeResult(metadata=_proposal_metadata(counts))
+
+
+ANOMALY_ASSETS = [usage_anomalies, anomaly_proposals]
+HOURLY_ANOMALY_ASSETS = [usage_anomalies_hourly, anomaly_proposals_hourly]
 __all__ = ["ANOMALY_ASSETS", "HOURLY_ANOMALY_ASSETS", "OUTPUT_SCHEMA", "usage_hourly_partitions"]

@@ -90,3 +90,9 @@ def forecast_quality(
 
 
 EVALUATION_ASSETS = [reconciliation_quality, anomaly_quality, forecast_quality]
+
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.assets(*EVALUATION_ASSETS),
+    description="Score the analytics against the sandbox world's ground truth (sandbox only).",
+)

@@ -11,7 +11,7 @@ from billing_ai.actions.resources import ActionsResource
 from billing_ai.forecasting import projections as pj
 from billing_ai.metadata import markdown_preview
 from billing_ai.rating.plans import load_plans
-from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
+from billing_ai.resources import RUN_RETRIES, WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
 HISTORY_DAYS = 180
 SELECTION_MAX_AGE = timedelta(days=7)  # the nightly run reuses a selection younger than this
@@ -392,3 +392,17 @@ def forecast_proposals_asset(
 
 FORECAST_ASSETS = [usage_forecasts, forecast_proposals_asset]
 SELECTION_ASSETS = [forecast_model_selection]
+
+forecast_selection_job = dg.define_asset_job(
+    "forecast_selection_job",
+    selection=dg.AssetSelection.assets(*SELECTION_ASSETS),
+    description="Choose the forecasting model per series by rolling-origin cross-validation (weekly).",
+    tags=RUN_RETRIES,
+)
+weekly_forecast_selection = dg.ScheduleDefinition(
+    name="weekly_forecast_selection",
+    job=forecast_selection_job,
+    cron_schedule="0 1 * * 0",
+    execution_timezone="UTC",
+    description="Sundays 01:00 UTC: refresh the model choice; the nightly forecasts reuse it for a week.",
+)

@@ -20,7 +20,7 @@ import polars as pl
 from billing_ai import warehouse as wh
 from billing_ai.ingestion.checks import RULES_BY_TABLE, Outcome, Scope, evaluate_table, tables_read_by_rules
 from billing_ai.ingestion.quarantine import QUARANTINE_DDL
-from billing_ai.metadata import markdown_preview
+from billing_ai.metadata import check_owners, markdown_preview
 from billing_ai.platforms.registry import PLATFORM_SPECS
 from billing_ai.platforms.spec import QUARANTINE_KEY, PlatformSpec
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
@@ -233,7 +233,9 @@ def build_core_table(con, table: str, in_transaction: bool = False) -> int:
 def check_specs(table: str) -> list[dg.AssetCheckSpec]:
     key = dg.AssetKey(["core", table])
     return [
-        dg.AssetCheckSpec(r.name, asset=key, blocking=r.blocking, description=r.description)
+        dg.AssetCheckSpec(
+            r.name, asset=key, blocking=r.blocking, description=r.description, metadata=check_owners("core")
+        )
         for r in RULES_BY_TABLE.get(table, [])
     ]
 

@@ -5,10 +5,12 @@ import dagster as dg
 from billing_ai import warehouse as wh
 from billing_ai.resources import WAREHOUSE_POOL, WarehouseResource
 
+PUBLISHED_WAREHOUSE = dg.AssetKey(["published", "warehouse"])
+
 
 def publish_asset(deps: list) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["published", "warehouse"]),
+        key=PUBLISHED_WAREHOUSE,
         deps=deps,
         group_name="ops",
         kinds={"duckdb"},

@@ -45,7 +45,7 @@ def _usage_asset(grain: str) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscription_items"])],
         partitions_def=usage_daily_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name="marts",
+        group_name="usage",
         kinds={"duckdb", "sql"},
         pool=WAREHOUSE_POOL,
         description=f"Usage per customer, subscription item, meter and {GRAINS[grain]} "

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from billing_ai import warehouse as wh
-from billing_ai.metadata import markdown_preview
+from billing_ai.metadata import check_owners, markdown_preview
 from billing_ai.rating.reconcile import FINDINGS, ReconcileSettings, build_rating_marts
 from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseResource
 
@@ -40,7 +40,7 @@ class ReconciliationTolerance(dg.Config):
         dg.AssetSpec(
             RATED_USAGE,
             deps=CORE_DEPS,
-            group_name="marts",
+            group_name="rating",
             kinds={"duckdb", "sql"},
             description="Per metered subscription item and billing period: usage window, quantities "
             "(total, on time, late), event count, our amount and per-tier breakdown.",
@@ -48,7 +48,7 @@ class ReconciliationTolerance(dg.Config):
         dg.AssetSpec(
             TIER_POSITIONS,
             deps=[RATED_USAGE],
-            group_name="marts",
+            group_name="rating",
             kinds={"duckdb", "sql"},
             description="Per current metered item, now: tier, units used, units to the next tier, "
             "amount so far this period.",
@@ -56,7 +56,7 @@ class ReconciliationTolerance(dg.Config):
         dg.AssetSpec(
             INVOICE_RECONCILIATION,
             deps=[RATED_USAGE],
-            group_name="marts",
+            group_name="rating",
             kinds={"duckdb", "sql"},
             description="Every platform invoice line beside our recomputation, with a finding.",
         ),
@@ -68,6 +68,7 @@ class ReconciliationTolerance(dg.Config):
             blocking=True,
             description="Mismatched lines and money stay under the configured shares; above them something "
             "systemic is wrong and downstream actions must not run.",
+            metadata=check_owners("rating"),
         )
     ],
     pool=WAREHOUSE_POOL,

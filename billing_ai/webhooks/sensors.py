@@ -44,8 +44,9 @@ def wants_refresh(event_type: str) -> bool:
     return event_type.startswith(REFRESH_PREFIXES)
 
 
-def requests_for(events: list[dict]) -> list[dg.RunRequest]:
-    """Targeted runs per (platform, kind) for named invoices/subscriptions, one snapshot run for the rest."""
+def requests_for(events: list[dict], snapshot_job) -> list[dg.RunRequest]:
+    """Targeted runs per (platform, kind) for named invoices/subscriptions, one ``snapshot_job`` run (the
+    platform sync) for the rest."""
     targeted: dict[tuple[str, str], list[dict]] = {}
     snapshot = []
     for e in events:
@@ -81,7 +82,7 @@ def requests_for(events: list[dict]) -> list[dg.RunRequest]:
         ids = ",".join(f"{e['platform']}:{e['event_id']}" for e in snapshot[:20])
         out.append(
             dg.RunRequest(
-                job_name="platform_sync_job",
+                job_name=snapshot_job.name,
                 run_key=f"webhooks-{first}-{last}",
                 tags={"billing_ai/webhook_events": ids[:1000], "billing_ai/webhook_count": str(len(snapshot))},
             )
@@ -107,7 +108,7 @@ def webhook_sensor(platform_sync_job) -> dg.SensorDefinition:
         if not events:
             return dg.SkipReason("no new webhook deliveries")
         context.update_cursor(str(events[-1]["seq"]))
-        reqs = requests_for(events)
+        reqs = requests_for(events, platform_sync_job)
         return reqs or dg.SkipReason(f"{len(events)} deliveries, none that changes the warehouse")
 
     return webhook_events
