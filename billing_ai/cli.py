@@ -219,7 +219,7 @@ def webhooks() -> None:
 @click.option("--port", type=int, default=12112, show_default=True)
 @click.option("--inbox", type=click.Path(path_type=Path), default=Path("data/webhooks/inbox.sqlite"), show_default=True)
 def webhooks_serve(port: int, inbox: Path) -> None:
-    """Receive /webhooks/<platform> on 127.0.0.1 (secrets from the environment; see README)."""
+    """Receive /webhooks/<platform> on 127.0.0.1 (secrets from the environment; see docs/configuration.md)."""
     import uvicorn
 
     from billing_ai.webhooks.receiver import WebhookInbox, WebhookSecrets, create_app

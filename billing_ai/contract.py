@@ -107,6 +107,11 @@ class Table:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def ddl(self) -> str:
+        """The column list of ``CREATE TABLE`` (``"customer_id VARCHAR, ..."``): a table written from a frame is
+        created from its contract, so a column that is NULL all night still has its type."""
+        return ", ".join(f'"{c.name}" {c.type}' for c in self.columns)
+
     def column(self, name: str) -> Column:
         for c in self.columns:
             if c.name == name:

@@ -16,6 +16,7 @@ with the forecasts, the evaluation with its assets, the webhook-driven refresh i
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -41,6 +42,12 @@ published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys]
 )
 PUBLISH_ASSETS = [published_warehouse]
+
+# Dagster's run_status_sensor passes `owners=` to SensorDefinition itself, which then warns that the
+# parameter is beta (a BetaWarning raised inside Dagster for a parameter we never set): only that notice.
+warnings.filterwarnings(
+    "ignore", message=r"Parameter `owners` of initializer `SensorDefinition.__init__`", category=dg.BetaWarning
+)
 
 LATE_WINDOW_DAYS = int(os.environ.get("BILLING_AI_LATE_WINDOW_DAYS", "14"))
 

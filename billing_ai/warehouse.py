@@ -58,6 +58,14 @@ def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame, replace: bool
         con.unregister("_write_frame")
 
 
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, columns_ddl: str, frame) -> None:
+    """Recreate ``table`` with the given columns (see ``billing_ai.contract.Table.ddl``) and fill it from a
+    Polars frame by column name: the table's types are the declared ones, whatever the night's data holds.
+    Runs inside the caller's transaction, if any."""
+    run(con, f"CREATE OR REPLACE TABLE {table} ({columns_ddl})")
+    write_frame(con, table, frame)
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """One explicit transaction: all of it lands, or none of it does."""

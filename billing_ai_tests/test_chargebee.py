@@ -36,7 +36,7 @@ from billing_ai_tests.conftest import TEST_PII_KEY, GeneratedWorld, pipeline_res
 CB_CONFIG = WorldConfig(seed=5, customers=14, days=70, upgrade_rate=0.5, downgrade_rate=0.2, cancel_rate=0.3)
 FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05)
 POLICY = Policy.load()
-# ids Chargebee mints itself (README "Chargebee"): compared apart from the rest
+# ids Chargebee mints itself (docs/platforms.md, Chargebee): compared apart from the rest
 PLATFORM_MINTED = {"invoice_lines": {"line_id"}, "payments": {"payment_id"}, "invoices": {"number"}}
 
 

@@ -33,7 +33,11 @@ READER = textwrap.dedent("""
         try:
             con = wh.connect_published(warehouse)
             try:
-                counts.add(wh.run(con, "SELECT count(*) FROM core.invoices")[0][0])
+                n = wh.run(con, "SELECT count(*) FROM core.invoices")[0][0]
+                if n not in counts:  # tell the test what it has seen so far (written whole, then renamed)
+                    counts.add(n)
+                    Path(out + ".tmp").write_text(json.dumps(sorted(counts)))
+                    Path(out + ".tmp").replace(out + ".seen")
                 ok += 1
             finally:
                 con.close()
@@ -112,14 +116,18 @@ def test_multiprocess_run_while_a_reader_queries(tiny_world, tiny_warehouse, tmp
                 assert result.success
                 records = instance.all_logs(result.run_id)
                 limits = instance.event_log_storage.get_concurrency_info("warehouse")
-        time.sleep(0.5)  # let the reader see the freshly published snapshot
+        # the reader has seen the snapshot the run published (it polls; no fixed wait on the clock)
+        seen_file, n_world = Path(f"{out}.seen"), tiny_world.world.tables["invoices"].height
+        deadline = time.monotonic() + 30
+        while not (seen_file.exists() and n_world in json.loads(seen_file.read_text())):
+            assert reader.poll() is None and time.monotonic() < deadline, "the reader never saw the new snapshot"
+            time.sleep(0.02)
     finally:
         stop.write_text("stop")
         reader.wait(timeout=30)
     seen = json.loads(out.read_text())
     assert seen["errors"] == []
     assert seen["ok"] > 20
-    n_world = tiny_world.world.tables["invoices"].height
     assert seen["counts"] == [n_world - 3, n_world]  # the old snapshot, then the new one: nothing in between
     # each step ran in its own process, and the pool let one warehouse writer run at a time
     events = [r for r in records if r.dagster_event]

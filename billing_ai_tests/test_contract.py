@@ -204,3 +204,26 @@ def test_cli_prints_and_writes_the_page(tmp_path, capsys):
     out = tmp_path / "sub" / "contract.md"
     assert contract.main(["--write", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == contract.render_markdown()
+
+
+def test_a_table_written_from_a_frame_keeps_its_contract_types_when_a_column_is_null_all_night():
+    """The forecast and anomaly marts are written from Polars frames; a column that is NULL in every row
+    (no item crosses a threshold tonight) would make a type-less (NULL) column if the table were made from
+    the frame. They are made from the contract instead."""
+    import duckdb
+    import polars as pl
+
+    from billing_ai import warehouse as wh
+
+    t = contract.table("marts.tier_projections")
+    frame = pl.DataFrame({c.name: [None, None] for c in t.columns})
+    con = duckdb.connect()
+    wh.run(con, "CREATE SCHEMA marts")
+    wh.replace_table(con, t.name, t.ddl(), frame)
+    types = wh.run(
+        con,
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'marts' AND table_name = 'tier_projections' ORDER BY ordinal_position",
+    )
+    assert types == [(c.name, c.type) for c in t.columns]
+    assert wh.run(con, "SELECT count(*) FROM marts.tier_projections") == [(2,)]

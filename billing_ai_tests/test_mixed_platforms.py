@@ -2,7 +2,7 @@
 
 The same seed with ``platforms`` weights is the same world (customers, invoices, events); only which
 platform bills each customer changes. So every core table must hold the same rows apart from the platform
-columns and the ids a platform mints itself where it has no field for the merchant's (README, Platforms:
+columns and the ids a platform mints itself where it has no field for the merchant's (docs/platforms.md:
 invoice line and payment ids and invoice numbers on Chargebee and Recurly, Recurly's subscription-add-on
 and measured-unit ids). The rating,
 reconciliation and checks downstream run on the mixed model too (materialize_all asserts green checks).
@@ -19,7 +19,7 @@ from billing_ai.sandbox.server import SandboxServer
 from billing_ai_tests.conftest import TINY_WORLD_CONFIG, pipeline_resources, write_test_world
 
 ALL = {"stripe": 1.0, "chargebee": 1.0, "recurly": 1.0, "zuora": 1.0}
-# platform-minted on some platforms (README, Platforms): lines and payments on Chargebee and Recurly,
+# platform-minted on some platforms (docs/platforms.md): lines and payments on Chargebee and Recurly,
 # subscription add-ons and measured units (meters) on Recurly, invoice numbers on Chargebee and Recurly
 MINTED = {"line_id", "payment_id", "subscription_item_id", "meter_id", "number"}
 

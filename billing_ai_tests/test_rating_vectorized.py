@@ -4,7 +4,7 @@ Property tests: random plans (per unit, package, graduated, volume; unit prices
 with up to 12 places; flat tier fees) and random quantities (0, tier bounds
 exactly and either side of them, decimals with up to 3 places, up to 1e10) are
 rated by ``vectorized.rate_relation`` in a throwaway in-memory DuckDB holding
-``core.prices``/``core.price_tiers`` (README schema) and by ``engine.rate``;
+``core.prices``/``core.price_tiers`` (docs/contract.md) and by ``engine.rate``;
 many quantities go through one DuckDB call per example.
 """
 

@@ -243,3 +243,21 @@ def test_rating_by_pieces_equals_the_rules_applied_event_by_event(error_world, t
         )
         assert uncovered == uncovered_per_event and len(uncovered) > 0
     con.close()
+
+
+def test_usage_after_a_subscription_ended_keeps_its_window_and_counts(con):
+    """Usage after a subscription ended is a row of its own (no period will bill it), with the window it
+    spans, its units and events, and nothing billed -- every column named, so none goes missing in the union."""
+    rows = con.sql("""
+        SELECT r.*, (SELECT count(*) FROM core.usage_events u
+                     WHERE u.subscription_id = r.subscription_id AND u.meter_name = r.meter_name
+                       AND u.event_ts >= r.usage_from AND u.event_ts < r.usage_to) AS events_in_window,
+                    s.ended_at
+        FROM marts.invoice_reconciliation r JOIN core.subscriptions s USING (subscription_id)
+        WHERE r.description LIKE 'usage after the subscription ended:%'""").pl()
+    assert rows.height > 0  # the error world cancels subscriptions whose usage goes on
+    for r in rows.iter_rows(named=True):
+        assert r["finding"] == "unbilled_usage" and r["line_type"] == "usage"
+        assert r["billed_amount"] == 0 and r["expected_amount"] is None
+        assert r["period_start"] == r["usage_from"] and r["usage_from"] >= r["ended_at"]
+        assert r["quantity_expected"] > 0 and r["event_count"] == r["events_in_window"] > 0

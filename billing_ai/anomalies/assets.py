@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from billing_ai import contract
 from billing_ai import warehouse as wh
 from billing_ai.actions.proposers import proposals_from_anomalies
 from billing_ai.actions.resources import ActionsResource
@@ -17,10 +18,6 @@ from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseReso
 
 HISTORY_DAYS = 42  # events the detectors see: six weeks of level, hour-of-day and weekday profile
 PROPOSE_DAYS = 7  # the nightly run proposes actions for anomalies this recent (older ones are history)
-
-COLUMNS_DDL = """customer_id VARCHAR, meter_name VARCHAR, ts TIMESTAMPTZ, grain VARCHAR, kind VARCHAR,
-    detector VARCHAR, score DOUBLE, confidence DOUBLE, is_anomaly BOOLEAN, observed DOUBLE, expected DOUBLE,
-    ratio DOUBLE, window_buckets INTEGER, root_cause VARCHAR, evidence VARCHAR, detected_at TIMESTAMPTZ"""
 
 USAGE_SQL = """
 SELECT event_id, customer_id, meter_name, event_ts AS ts, quantity, endpoint, region, project, subscription_id
@@ -78,8 +75,7 @@ def usage_anomalies(warehouse: WarehouseResource, settings: PipelineSettings) ->
     with warehouse.connect() as con:
         flags = detect_window(con, now)
         with wh.transaction(con):
-            wh.run(con, f"CREATE OR REPLACE TABLE marts.usage_anomalies ({COLUMNS_DDL})")
-            wh.write_frame(con, "marts.usage_anomalies", flags)
+            wh.replace_table(con, "marts.usage_anomalies", contract.table("marts.usage_anomalies").ddl(), flags)
     return dg.MaterializeResult(metadata=_metadata(flags))
 
 
@@ -104,7 +100,8 @@ def usage_anomalies_hourly(context: dg.AssetExecutionContext, warehouse: Warehou
         with wh.transaction(con):
             wh.run(
                 con,
-                f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly ({COLUMNS_DDL}, partition_hour TIMESTAMPTZ)",
+                f"CREATE TABLE IF NOT EXISTS marts.usage_anomalies_hourly "
+                f"({contract.table('marts.usage_anomalies_hourly').ddl()})",
             )
             wh.run(con, "DELETE FROM marts.usage_anomalies_hourly WHERE partition_hour = $h", {"h": hour})
             wh.write_frame(con, "marts.usage_anomalies_hourly", flags)

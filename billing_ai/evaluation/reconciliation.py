@@ -33,7 +33,7 @@ EXPECTED_FINDINGS = {
 def evaluate_reconciliation(con: duckdb.DuckDBPyConnection, truth_dir: Path) -> dict:
     truth = pl.read_parquet(Path(truth_dir) / "billing_errors.parquet")
     # an item is matched by its price on the invoice, not by its id: some platforms mint their own item ids
-    # (Recurly, README "Platforms"), while (invoice, price) names the same item on every platform
+    # (Recurly, docs/platforms.md), while (invoice, price) names the same item on every platform
     rec = con.sql(
         "SELECT invoice_id, line_id, price_id AS item, meter_name, finding, expected_amount, "
         "billed_amount, "

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from billing_ai import contract
 from billing_ai import warehouse as wh
 from billing_ai.actions.resources import ActionsResource
 from billing_ai.forecasting import projections as pj
@@ -59,7 +60,9 @@ def forecast_model_selection(warehouse: WarehouseResource, settings: PipelineSet
             pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("chosen_at")
         )
         with wh.transaction(con):
-            wh.write_frame(con, "marts.forecast_model_selection", sel, replace=True)
+            wh.replace_table(
+                con, "marts.forecast_model_selection", contract.table("marts.forecast_model_selection").ddl(), sel
+            )
     return dg.MaterializeResult(
         metadata={
             "series": sel.height,
@@ -188,7 +191,7 @@ def usage_forecasts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
         )
         with wh.transaction(con):
             for name, frame in (("usage_forecasts", out), ("usage_forecast_daily", fc), ("tier_projections", tiers)):
-                wh.write_frame(con, f"marts.{name}", frame, replace=True)
+                wh.replace_table(con, f"marts.{name}", contract.table(f"marts.{name}").ddl(), frame)
     yield dg.MaterializeResult(
         asset_key=["marts", "usage_forecasts"],
         metadata={

@@ -17,6 +17,7 @@ from datetime import datetime
 import dagster as dg
 import polars as pl
 
+from billing_ai import contract
 from billing_ai import warehouse as wh
 from billing_ai.ingestion.checks import RULES_BY_TABLE, Outcome, Scope, evaluate_table, tables_read_by_rules
 from billing_ai.ingestion.quarantine import QUARANTINE_DDL
@@ -272,7 +273,7 @@ def _core_asset(table: str) -> dg.AssetsDefinition:
         group_name="core",
         kinds={"duckdb", "sql"},
         pool=WAREHOUSE_POOL,
-        description=f"Canonical {table.replace('_', ' ')} over every platform (see README: Warehouse tables).",
+        description=contract.table(f"core.{table}").description,  # the analyst contract's words
     )
     def _build(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings

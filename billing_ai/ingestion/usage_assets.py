@@ -7,7 +7,7 @@ import dagster as dg
 from billing_ai import warehouse as wh
 from billing_ai.clock import PARTITION_START
 from billing_ai.ingestion.checks import Scope
-from billing_ai.ingestion.partitions import usage_daily_partitions
+from billing_ai.ingestion.partitions import SINGLE_RUN_BACKFILL, usage_daily_partitions
 from billing_ai.ingestion.platform_assets import check_results, check_specs
 from billing_ai.ingestion.usage_events import build_usage_events
 from billing_ai.ingestion.usage_files import land_inbox
@@ -74,7 +74,7 @@ def raw_usage_events(
         dg.AssetKey(["core", "meter_usage_summaries"]),
     ],
     partitions_def=usage_daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=SINGLE_RUN_BACKFILL,
     group_name="core",
     kinds={"duckdb", "sql"},
     pool=WAREHOUSE_POOL,

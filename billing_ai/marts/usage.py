@@ -6,7 +6,7 @@ import dagster as dg
 import duckdb
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.partitions import usage_daily_partitions
+from billing_ai.ingestion.partitions import SINGLE_RUN_BACKFILL, usage_daily_partitions
 from billing_ai.metadata import markdown_preview
 from billing_ai.resources import WAREHOUSE_POOL, WarehouseResource
 
@@ -44,7 +44,7 @@ def _usage_asset(grain: str) -> dg.AssetsDefinition:
         key=dg.AssetKey(["marts", f"usage_{grain}"]),
         deps=[dg.AssetKey(["core", "usage_events"]), dg.AssetKey(["core", "subscription_items"])],
         partitions_def=usage_daily_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=SINGLE_RUN_BACKFILL,
         group_name="usage",
         kinds={"duckdb", "sql"},
         pool=WAREHOUSE_POOL,

@@ -8,7 +8,7 @@ the ``UNION ALL BY NAME`` of ``sql/core/<name>/<table>.sql`` over every
 platform, so a platform that is not configured lands empty raw tables and adds
 no rows.
 
-Canonical ids (the contract with analysts, see README "Platforms"): a ``core``
+Canonical ids (the contract with analysts, see docs/platforms.md): a ``core``
 id is the merchant's own reference for the object (the id the product's usage
 events carry), which each platform stores where it lets the merchant choose:
 Stripe's object id, Chargebee's ``id``, Recurly's account ``code`` (and a

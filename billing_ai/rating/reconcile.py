@@ -592,9 +592,11 @@ unbilled_after_end AS (
     -- usage after a subscription ended: no period, no invoice will ever bill it
     SELECT NULL AS invoice_id, NULL AS line_id, a.subscription_id, NULL AS subscription_item_id, NULL AS price_id,
            a.meter_name, 'usage' AS line_type, 'usage after the subscription ended: ' || a.meter_name AS description,
-           s.currency, min(a.first_ts), max(a.last_ts), false, NULL,
-           CAST(sum(a.quantity) AS DECIMAL(38, 9)), NULL, 0, NULL, NULL,
-           min(a.first_ts), max(a.last_ts) + INTERVAL 1 SECOND, sum(a.event_count), 1
+           s.currency, min(a.first_ts) AS period_start, max(a.last_ts) AS period_end, false AS is_proration,
+           NULL AS quantity_billed, CAST(sum(a.quantity) AS DECIMAL(38, 9)) AS quantity_expected,
+           NULL AS expected_amount, 0 AS billed_amount, NULL AS late_quantity, NULL AS late_amount,
+           min(a.first_ts) AS usage_from, max(a.last_ts) + INTERVAL 1 SECOND AS usage_to,
+           sum(a.event_count) AS event_count, 1 AS copy_no  -- named: UNION ALL BY NAME drops unnamed columns
     FROM _usage_agg a JOIN core.subscriptions s USING (subscription_id)
     WHERE a.w IS NULL AND a.phase = 'after'
     GROUP BY a.subscription_id, a.meter_name, s.currency

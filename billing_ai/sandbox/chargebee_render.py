@@ -6,7 +6,7 @@ shapes. Money is in minor units (``price``, ``amount``, ``total``...); unit
 prices with fractions of a minor unit are carried by ``price_in_decimal`` /
 ``unit_amount_in_decimal``, which Chargebee states in *major* units.
 
-Where the merchant's own ids live (see README "Chargebee"):
+Where the merchant's own ids live (see docs/platforms.md, Chargebee):
 
 * customers, subscriptions, items (products), item prices, invoices (imported
   with the merchant's reference as their number) and credit notes: ``id``;

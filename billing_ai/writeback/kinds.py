@@ -48,7 +48,7 @@ EMAIL_TEMPLATES = (
 )
 
 
-# Subscription items and invoice lines may carry the platform's own id (Recurly mints them: see README,
+# Subscription items and invoice lines may carry the platform's own id (Recurly mints them: see docs/platforms.md,
 # Platforms): any id-shaped token is accepted, nothing that could reach a URL or a query as anything else.
 PLATFORM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 

@@ -1,5 +1,5 @@
 """Chargebee (API v2, Product Catalog 2.0): plain httpx through ``PlatformHTTP`` (``client.py``),
-mapped to core by ``sql/core/chargebee``. See README "Chargebee" for where canonical ids live."""
+mapped to core by ``sql/core/chargebee``. See docs/platforms.md, Chargebee, for where canonical ids live."""
 
 from billing_ai.platforms.spec import PlatformSpec
 

@@ -3,7 +3,7 @@
 Canonical ids: account ``code`` (customer), the ``merchant_ref`` custom field (subscriptions, invoices,
 credit invoices), item ``code`` (product), add-on ``code`` (price). Recurly's own ids sit beside them in
 ``platform_*_id``; subscription add-ons (subscription items), line items, transactions (payments) and
-measured units (meters) have no merchant-set field, so their canonical id is Recurly's (README "Recurly").
+measured units (meters) have no merchant-set field, so their canonical id is Recurly's (docs/platforms.md, Recurly).
 """
 
 from billing_ai.platforms.spec import PlatformSpec
