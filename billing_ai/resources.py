@@ -55,7 +55,6 @@ class PipelineSettings(dg.ConfigurableResource):
     as_of: str = ""
     inbox_dir: str = DEFAULT_INBOX
     pii_key: str = dg.EnvVar("BILLING_AI_PII_KEY")
-    late_window_days: int = 14
 
     def clock(self) -> Clock:
         return Clock.from_setting(self.as_of)

@@ -631,8 +631,14 @@ def multivariate(df: pl.DataFrame, cfg: DetectorConfig) -> pl.DataFrame:
     top_share = day.group_by("customer_id", "bucket").agg(
         (pl.col("region").value_counts(sort=True).first().struct.field("count") / pl.len()).alias("top_region_share")
     )
-    base = base.join(top_share, on=["customer_id", "bucket"]).with_columns(
-        (pl.col("events").log1p() - pl.col("events").log1p().median().over("customer_id")).alias("volume_vs_own")
+    # in a fixed order: the forest (seeded) is fitted on the rows as they come, and a group_by's order varies
+    # from run to run -- the same events must score the same
+    base = (
+        base.join(top_share, on=["customer_id", "bucket"])
+        .sort("customer_id", "bucket")
+        .with_columns(
+            (pl.col("events").log1p() - pl.col("events").log1p().median().over("customer_id")).alias("volume_vs_own")
+        )
     )
     feats = [c for c in base.columns if c.startswith(("meter:", "endpoint:"))] + ["top_region_share", "volume_vs_own"]
     x = base.select(feats).fill_null(0.0).to_numpy()
