@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import peak_mib, run_child  # noqa: E402
+from measure import peak_mib, run_child  # noqa: E402 -- imported after the sys.path set-up above
 
 NIGHTLY_HORIZON = 31
 SELECTION_HORIZON = 14

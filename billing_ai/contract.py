@@ -62,9 +62,9 @@ class Table:
 
     ``written_by`` lists the Dagster asset keys (``"core/customers"``) whose materialization writes it; an entry
     with ``*`` stands for every key of a multi-asset that writes it (``"raw/stripe_*"``). :attr:`asset_key` is the
-    asset named like the table, the one that carries its ``dagster/column_schema``; it is None for the few tables
-    another asset writes on the side (``core.quarantine``, ``core.catalog_platform_ids``,
-    ``marts.usage_forecast_daily``, the view ``marts.reconciliation_events``).
+    asset named like the table, the one that carries its ``dagster/column_schema``: its own writer, or for the
+    two tables several assets write on the side (``core.quarantine``, ``core.catalog_platform_ids``) an asset
+    spec downstream of those writers (``billing_ai.pipeline.SIDE_TABLES``).
 
     ``key`` names the columns that identify a row where the pipeline enforces it (the blocking ``unique_key``
     checks on core, primary keys in ops); empty where nothing enforces one.
@@ -99,10 +99,11 @@ class Table:
         return self.name.split(".")[1]
 
     @property
-    def asset_key(self) -> str | None:
-        """The asset whose key is this table (``"core/customers"``), or None when no asset is named after it."""
-        own = self.name.replace(".", "/")
-        return own if own in self.written_by else None
+    def asset_key(self) -> str:
+        """The asset named after this table (``"core/customers"``), which carries its ``dagster/column_schema``:
+        the asset that writes it, or for a table several assets write on the side (``core.quarantine``,
+        ``core.catalog_platform_ids``) an asset spec of its own downstream of them (never materialized alone)."""
+        return self.name.replace(".", "/")
 
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
@@ -887,7 +888,7 @@ MARTS: tuple[Table, ...] = (
         "subscription and its item's meter in [usage_from, usage_to)). Rows without a subscription item "
         "(unbilled usage, invoice items) have no events here. Created with the rating marts.",
         grain="one row per reconciliation row and event",
-        written_by=("marts/invoice_reconciliation",),
+        written_by=("marts/reconciliation_events",),
         is_view=True,
         columns=(
             _c("invoice_id", VARCHAR, "the reconciliation row's invoice"),
@@ -996,7 +997,7 @@ MARTS: tuple[Table, ...] = (
         description="The daily forecasts behind marts.usage_forecasts: one row per series and day from today to the "
         "end of the longest current period. Written with marts.usage_forecasts, replaced whole nightly.",
         grain="one row per series and UTC day",
-        written_by=("marts/usage_forecasts",),
+        written_by=("marts/usage_forecast_daily",),
         columns=(
             _c("series_id", VARCHAR, "the series: a subscription item id"),
             _c("ds", TSTZ, "the forecast day (its start, UTC)"),

@@ -100,6 +100,7 @@ defs = dg.Definitions(
             *HOURLY_ANOMALY_ASSETS,
             *SELECTION_ASSETS,
             *pipeline.PUBLISH_ASSETS,
+            *pipeline.SIDE_TABLES,
             *EVALUATION_ASSETS,
         ]
     ),

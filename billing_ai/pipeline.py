@@ -15,12 +15,14 @@ with the forecasts, the evaluation with its assets, the webhook-driven refresh i
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import warnings
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from billing_ai import contract
 from billing_ai.actions.assets import ACTION_ASSETS
 from billing_ai.anomalies.assets import ANOMALY_ASSETS, HOURLY_ANOMALY_ASSETS
 from billing_ai.clock import Clock
@@ -42,6 +44,20 @@ published_warehouse = publish_asset(
     deps=[k for a in [*core_platform_assets, *USAGE_ASSETS, *ANALYTICS_ASSETS] for k in a.keys]
 )
 PUBLISH_ASSETS = [published_warehouse]
+
+
+def _side_table(name: str) -> dg.AssetSpec:
+    """A public table several assets write on the side, each its own rows: in the graph downstream of its
+    writers (the contract's ``written_by``), with its columns, never materialized on its own."""
+    table = contract.table(name)
+    writers = [k for a in [*PLATFORM_ASSETS, *USAGE_ASSETS] for k in a.keys]
+    deps = [k for k in writers if any(fnmatch.fnmatchcase(k.to_user_string(), w) for w in table.written_by)]
+    return dg.AssetSpec(
+        table.asset_key.split("/"), deps=deps, group_name="core", kinds={"duckdb"}, description=table.description
+    )
+
+
+SIDE_TABLES = [_side_table("core.quarantine"), _side_table("core.catalog_platform_ids")]
 
 # Dagster's run_status_sensor passes `owners=` to SensorDefinition itself, which then warns that the
 # parameter is beta (a BetaWarning raised inside Dagster for a parameter we never set): only that notice.

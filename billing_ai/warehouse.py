@@ -58,11 +58,33 @@ def write_frame(con: duckdb.DuckDBPyConnection, table: str, frame, replace: bool
         con.unregister("_write_frame")
 
 
+_INTEGERS = frozenset(
+    {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
+)
+
+
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, columns_ddl: str, frame) -> None:
     """Recreate ``table`` with the given columns (see ``billing_ai.contract.Table.ddl``) and fill it from a
     Polars frame by column name: the table's types are the declared ones, whatever the night's data holds.
-    Runs inside the caller's transaction, if any."""
+
+    The frame must have exactly those columns, each of the declared type -- or of no type at all (a column
+    NULL in every row tonight), or an integer of another width: a missing column would be NULL every night
+    and a float cast into a money column rounded, silently. Runs inside the caller's transaction, if any."""
     run(con, f"CREATE OR REPLACE TABLE {table} ({columns_ddl})")
+    declared = dict(run(con, f"SELECT column_name, column_type FROM (DESCRIBE {table})"))
+    con.register("_write_frame", frame)
+    try:
+        given = dict(run(con, "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM _write_frame)"))
+    finally:
+        con.unregister("_write_frame")
+    wrong = {
+        c: f"{given.get(c, 'missing')} for {t}"
+        for c, t in declared.items()
+        if given.get(c) != t and given.get(c) not in ("NULL", '"NULL"') and not {given.get(c), t} <= _INTEGERS
+    }
+    wrong |= {c: "not in the table" for c in given.keys() - declared.keys()}
+    if wrong:
+        raise ValueError(f"{table}: the frame does not fit the declared columns: {wrong}")
     write_frame(con, table, frame)
 
 

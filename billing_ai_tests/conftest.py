@@ -175,7 +175,9 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # each worker's base temp is a folder of the run's
     root, done = base / name, base / f"{name}.built"
-    with FileLock(str(base / f"{name}.lock")):
+    # a build that hangs fails every waiting worker after half an hour instead of hanging the run; a build
+    # that fails leaves no marker, so the next worker that needs it tries again (and fails the same way)
+    with FileLock(str(base / f"{name}.lock"), timeout=1800):
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)

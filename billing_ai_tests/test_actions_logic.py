@@ -131,7 +131,7 @@ def test_who_may_approve():
 
 
 def test_auto_approval_is_for_low_value_payment_retries_only():
-    retry = lambda amount: proposal("payment_retry", "invoice", "in_1", {"amount_due": amount, "currency": "usd"})  # noqa: E731
+    retry = lambda amount: proposal("payment_retry", "invoice", "in_1", {"amount_due": amount, "currency": "usd"})  # noqa: E731 -- a one-line local helper reads best inline
     assert POLICY.auto_approves(retry(4_999)) and not POLICY.auto_approves(retry(5_000))
     assert not POLICY.auto_approves(credit(1))
 
@@ -377,7 +377,7 @@ def test_the_router_sends_each_proposal_to_its_own_platform(tmp_path):
 
 def test_http_failures_are_classified_once_for_every_plain_http_writer():
     from billing_ai.platforms.http import PlatformHTTPError, http_outcome
-    from billing_ai.platforms.retry import RateLimited, Transient
+    from billing_ai.retry import RateLimited, Transient
     from billing_ai.writeback.outcomes import Permanent, Unknown, none_if_missing
 
     def failing(exc):
@@ -386,7 +386,7 @@ def test_http_failures_are_classified_once_for_every_plain_http_writer():
 
         return call
 
-    err = lambda status: PlatformHTTPError("acme", "POST", "/x", status, {"message": "no"})  # noqa: E731
+    err = lambda status: PlatformHTTPError("acme", "POST", "/x", status, {"message": "no"})  # noqa: E731 -- a one-line local helper reads best inline
     with pytest.raises(PlatformHTTPError):  # configuration: the run fails, the action stays approved
         http_outcome(failing(err(401)))
     for exc in (err(503), RateLimited(2.0), Transient("ReadError")):

@@ -315,7 +315,7 @@ def test_cli_list_approve_reject_and_audit_verify(env, tmp_path):
         {"amount": 50, "currency": "usd", "reason": "duplicate", "memo": "m"},
         proposer="ana",
     )
-    run = lambda *args: CliRunner().invoke(cli, [*args, "--ledger", str(env.ledger.path)])  # noqa: E731
+    run = lambda *args: CliRunner().invoke(cli, [*args, "--ledger", str(env.ledger.path)])  # noqa: E731 -- a one-line local helper reads best inline
     assert a in run("actions", "list", "--status", "proposed").output
     assert run("actions", "approve", a, "--as", "ana", "--reason", "checked").exit_code == 0
     refused = run("actions", "approve", own, "--as", "ana", "--reason", "mine")

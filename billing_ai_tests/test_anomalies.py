@@ -315,7 +315,7 @@ def test_nightly_asset_and_an_hourly_spike_flagged_within_one_run(tiny_warehouse
     con.close()
     inbox = tmp_path / "inbox"
     shutil.copytree(tiny_world.paths.inbox_dir, inbox)
-    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731 -- a one-line local helper reads best inline
     burst = [
         {
             "event_id": f"burst_{i}",

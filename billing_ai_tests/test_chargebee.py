@@ -22,8 +22,8 @@ from billing_ai.platforms.chargebee.client import ChargebeeConnector
 from billing_ai.platforms.chargebee.resource import ChargebeeResource
 from billing_ai.platforms.chargebee.writer import ChargebeeExecutor, ChargebeeWriter
 from billing_ai.platforms.registry import PLATFORM_SPECS
-from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.stripe.resource import StripeResource
+from billing_ai.retry import RetryPolicy
 from billing_ai.sandbox.chargebee_api import DEFAULT_API_KEY, DEFAULT_READONLY_KEY
 from billing_ai.sandbox.chargebee_render import item_price, major
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
@@ -235,7 +235,7 @@ def test_core_tables_equal_stripes_for_the_same_world(twin_warehouses, table):
 
 def test_the_twin_world_exercises_what_is_hard_to_map(twin_warehouses):
     with duckdb.connect(str(twin_warehouses["chargebee"]), read_only=True) as c:
-        one = lambda sql: c.sql(sql).fetchall()[0][0]  # noqa: E731
+        one = lambda sql: c.sql(sql).fetchall()[0][0]  # noqa: E731 -- a one-line local helper reads best inline
         assert one("SELECT count(*) FROM core.invoice_lines WHERE is_proration") > 0
         assert one("SELECT count(*) FROM core.invoice_lines WHERE amount < 0") > 0
         assert one("SELECT count(*) FROM core.invoice_lines WHERE line_type = 'invoice_item'") >= 0

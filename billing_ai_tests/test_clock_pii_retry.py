@@ -6,7 +6,7 @@ import pytest
 
 from billing_ai.clock import Clock
 from billing_ai.pii import tokenize
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries
+from billing_ai.retry import RateLimited, RetryPolicy, Transient, call_with_retries
 
 
 def test_pinned_clock_is_as_of():

@@ -3,8 +3,12 @@
 The contract is the promise; the warehouse is the truth. A freshly built tiny warehouse must hold exactly the
 contract's tables, with exactly its columns, in its order, with its DuckDB types; and docs/contract.md must be the
 page the contract renders. Two tables the full run does not build (the hourly anomalies partitions and the weekly
-model selection) are materialized on a copy of the tiny warehouse: a second or two, and their real types come from
-the code that writes them, not from a DDL constant that could drift from it.
+model selection) are materialized on a copy of the tiny warehouse: a second or two.
+
+The marts written from Polars frames (anomalies, forecasts, tier projections, the model selection) are created
+from the contract itself, so that a column NULL all night keeps its type; for them the comparison with the built
+table holds by construction, and what keeps them honest is the write: ``warehouse.replace_table`` refuses a
+frame whose columns or types do not fit the contract (tested below), on every run.
 """
 
 from __future__ import annotations
@@ -227,3 +231,27 @@ def test_a_table_written_from_a_frame_keeps_its_contract_types_when_a_column_is_
     )
     assert types == [(c.name, c.type) for c in t.columns]
     assert wh.run(con, "SELECT count(*) FROM marts.tier_projections") == [(2,)]
+
+
+def test_a_frame_that_does_not_fit_its_contract_is_refused_not_cast():
+    """A mart made from the contract cannot hide a frame that drifted from it: a column the frame lacks
+    (NULL every night) or a float bound for a money column (rounded on the way in) fails the write."""
+    import duckdb
+    import polars as pl
+
+    from billing_ai import warehouse as wh
+
+    t = contract.table("marts.tier_projections")
+    good = {c.name: [None] for c in t.columns}
+    con = duckdb.connect()
+    wh.run(con, "CREATE SCHEMA marts")
+    missing = pl.DataFrame({k: v for k, v in good.items() if k != "amount_so_far"})
+    with pytest.raises(ValueError, match="amount_so_far"):
+        wh.replace_table(con, t.name, t.ddl(), missing)
+    floats = pl.DataFrame({**good, "projected_amount": [1.6]})
+    with pytest.raises(ValueError, match="projected_amount.*DOUBLE for BIGINT"):
+        wh.replace_table(con, t.name, t.ddl(), floats)
+    extra = pl.DataFrame({**good, "surprise": [1]})
+    with pytest.raises(ValueError, match="surprise"):
+        wh.replace_table(con, t.name, t.ddl(), extra)
+    wh.replace_table(con, t.name, t.ddl(), pl.DataFrame({**good, "tier_count": pl.Series([3], dtype=pl.Int32)}))

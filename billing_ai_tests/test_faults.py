@@ -22,8 +22,8 @@ import pytest
 import stripe
 from stripe._http_client import HTTPClient
 
-from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.stripe.client import StripeConnector
+from billing_ai.retry import RetryPolicy
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, When, burst, nth, randomly
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai.sandbox.stripe_api import DEFAULT_READONLY_KEY, DEFAULT_SECRET_KEY

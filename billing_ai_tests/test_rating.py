@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing_ai.money import MoneyTypeError, UnknownCurrencyError, format_minor
 from billing_ai.rating import (
@@ -27,6 +29,7 @@ from billing_ai.rating import (
     rate,
 )
 from billing_ai.rating.engine import TierCharge, prorated
+from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL
 
 # -- plans of the synthetic world (USD), written out by hand -------------------------
 
@@ -399,8 +402,6 @@ def test_plans_are_frozen_values():
 
 # -- loading plans from the warehouse ------------------------------------------------------
 
-from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL  # noqa: E402
-
 
 def _core(rows: list[tuple], tiers: list[tuple]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
@@ -524,9 +525,6 @@ def test_world_catalog_prices_have_at_most_12_places():
     too_precise = [name for name, _, spec in _world_specs() if _spec_places(spec) > 12]
     assert too_precise == []
 
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _QUANTITIES = st.one_of(
     st.integers(0, 10**13).map(lambda m: D(m) / 1000),  # milli-units, as usage lands

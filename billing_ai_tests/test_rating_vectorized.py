@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from billing_ai.money import round_minor
 from billing_ai.rating import PricePlan, Tier, load_plans, rate
 from billing_ai.rating.vectorized import rate_relation, register_plans, tier_breakdown_relation
-from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL  # noqa: E402
+from billing_ai_tests.conftest import CORE_PRICES_DDL as PRICES_DDL
 
 
 def _f(d: D | None) -> str | None:

@@ -232,7 +232,7 @@ def test_malformed_objects_are_quarantined_with_their_reason(server):
 # ---- core: the same world through Recurly equals it through Stripe -------------------------------------------
 def _world_ids(stripe_con) -> dict[str, dict[str, str]]:
     """Recurly-minted canonical ids -> the world's (the facade mints deterministically; docs/platforms.md, Recurly)."""
-    col = lambda sql: [r[0] for r in stripe_con.sql(sql).fetchall()]  # noqa: E731
+    col = lambda sql: [r[0] for r in stripe_con.sql(sql).fetchall()]  # noqa: E731 -- a one-line local helper reads best inline
     return {
         "meter_id": {R.rid("mu", m): m for m in col("SELECT meter_id FROM core.meters")},
         "subscription_item_id": {

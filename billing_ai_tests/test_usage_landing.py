@@ -370,7 +370,7 @@ def test_csv_rows_below_a_rejected_row_keep_their_own_numbers(con, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     header = b"event_id,customer_id,subscription_id,meter_name,quantity,timestamp,received_at"
-    row = lambda e: f"{e},cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z".encode()  # noqa: E731
+    row = lambda e: f"{e},cus_1,sub_1,api_calls,1,2026-06-05T12:00:00Z,2026-06-05T12:00:01Z".encode()  # noqa: E731 -- a one-line local helper reads best inline
     (inbox / "u.csv").write_bytes(
         b"\n".join(
             [

@@ -4,14 +4,12 @@ from billing_ai.writeback import prechecks as rules
 
 
 def _invoice(status="paid", creditable=True, currency="usd", total=10_000, credited=2_500, calls=None):
-    def read_credited():
+    def uncredited():
         if calls is not None:
             calls.append(1)
-        return credited
+        return total - credited
 
-    return rules.CreditableInvoice(
-        status=status, creditable=creditable, currency=currency, total=total, credited=read_credited
-    )
+    return rules.CreditableInvoice(status=status, creditable=creditable, currency=currency, uncredited=uncredited)
 
 
 def test_a_credit_fits_up_to_what_is_not_credited_yet():
@@ -32,7 +30,7 @@ def test_a_credit_needs_an_existing_creditable_invoice_in_its_currency():
     ]
 
 
-def test_what_was_credited_is_read_only_when_the_rest_passes():
+def test_what_is_left_to_credit_is_read_only_when_status_and_currency_pass():
     calls = []
     rules.credit_fits("in_1", _invoice(creditable=False, calls=calls), 1, "usd", needs="x")
     rules.credit_fits("in_1", _invoice(currency="eur", calls=calls), 1, "usd", needs="x")
@@ -46,6 +44,10 @@ def test_currency_is_compared_case_blind_and_skipped_when_the_platform_does_not_
     assert rules.same_currency("customer", "cus_1", None, "usd", billed=True) == []
     assert rules.same_currency("customer", "cus_1", "jpy", "usd", billed=True) == [
         "customer cus_1 is billed in jpy, not usd"
+    ]
+    # where the platform always knows the currency (a Zuora account), not knowing it fails closed
+    assert rules.same_currency("customer", "A-1", "", "usd", required=True) == [
+        "customer A-1 has no currency on the platform"
     ]
 
 

@@ -40,7 +40,7 @@ import httpx
 
 from billing_ai.actions.ledger import Claim, Ledger
 from billing_ai.actions.policy import Policy
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, call_with_retries, retry_after_seconds
+from billing_ai.retry import RateLimited, RetryPolicy, Transient, call_with_retries, retry_after_seconds
 from billing_ai.writeback.kinds import Proposal
 from billing_ai.writeback.outcomes import Applied, Permanent, PlatformExecutor, Unknown, pointer
 

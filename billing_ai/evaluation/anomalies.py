@@ -135,7 +135,7 @@ def evaluate_warehouse(con, truth_dir, now: datetime, pred: pl.DataFrame | None 
     faults = pl.read_parquet(Path(truth_dir) / "faults.parquet")
     # the nightly table covers the detectors' history window: score the truth inside it
     start = pred["ts"].min() if pred.height else now
-    ts = lambda c: pl.from_epoch(pl.col(c)).dt.replace_time_zone("UTC")  # noqa: E731
+    ts = lambda c: pl.from_epoch(pl.col(c)).dt.replace_time_zone("UTC")  # noqa: E731 -- a one-line local helper reads best inline
     faults = faults.filter(
         (pl.col("kind") == "zero_usage")  # silent until now: always inside
         | ((pl.col("kind") == "usage_after_cancel") & (ts("end") >= start))

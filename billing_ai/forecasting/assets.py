@@ -157,6 +157,12 @@ def project(con, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFram
             "forecast), interval, model, backtest error; and the daily forecasts.",
         ),
         dg.AssetSpec(
+            ["marts", "usage_forecast_daily"],
+            deps=[dg.AssetKey(["marts", "usage_forecasts"])],
+            group_name="forecasting",
+            description="The daily forecasts behind marts.usage_forecasts, per series and day, with intervals.",
+        ),
+        dg.AssetSpec(
             ["marts", "tier_projections"],
             deps=[dg.AssetKey(["marts", "usage_forecasts"])],
             group_name="forecasting",
@@ -210,6 +216,10 @@ def usage_forecasts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                 )
             ),
         },
+    )
+    yield dg.MaterializeResult(
+        asset_key=["marts", "usage_forecast_daily"],
+        metadata={"dagster/row_count": fc.height, "series": fc["series_id"].n_unique()},
     )
     likely = tiers.filter(pl.col("crossing_probability") >= 0.5)
     yield dg.MaterializeResult(

@@ -340,7 +340,7 @@ def _calibrate(filled: pl.DataFrame, prof: pl.DataFrame, chosen: pl.DataFrame, h
             sf = _statsforecast([model], freq, g.height)
             df = _scaled(filled, prof, g["series_id"])
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore", RuntimeWarning)  # the optimisers' overflow/divide on flat series
                 try:
                     cv = sf.cross_validation(df=df, h=horizon, n_windows=k, step_size=horizon, refit=refit)
                 except Exception:  # noqa: BLE001 -- a failing forward is not caught per series: refit the batch
@@ -420,7 +420,7 @@ def _select(
         df = _scaled(filled, prof, cv_ok["series_id"])
         sf = _statsforecast([_model(m, season) for m in MODELS], freq, cv_ok.height)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", RuntimeWarning)  # the optimisers' overflow/divide on flat series
             cv = sf.cross_validation(df=df, h=horizon, n_windows=n_windows, step_size=horizon)
         errs = (
             cv.unpivot(index=["unique_id", "y"], on=list(MODELS), variable_name="model", value_name="yhat")
@@ -576,7 +576,7 @@ def _model_forecasts(
             else:
                 kw, method = {}, "empirical"
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore", RuntimeWarning)  # the optimisers' overflow/divide on flat series
                 fc = sf.forecast(df=df, h=horizon, **kw)
             fc = fc.rename({"unique_id": "series_id", name: "yhat"}).join(
                 g.select("series_id", "scale", "sd", "backtest_error"), on="series_id"

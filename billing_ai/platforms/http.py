@@ -1,6 +1,6 @@
 """Plain-HTTP access for platforms without a maintained SDK that takes a base address.
 
-One client, one policy (:mod:`billing_ai.platforms.retry`): every request goes
+One client, one policy (:mod:`billing_ai.retry`): every request goes
 through the token bucket; a 429 waits ``Retry-After``; a 5xx, a timeout or a
 broken connection is retried only when repeating it is safe (a read, or a
 write that carries the platform's idempotency key, which makes the platform
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from billing_ai.platforms.retry import (
+from billing_ai.retry import (
     RateLimited,
     RateLimiter,
     RetryPolicy,

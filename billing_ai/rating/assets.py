@@ -10,6 +10,7 @@ from billing_ai.resources import WAREHOUSE_POOL, PipelineSettings, WarehouseReso
 RATED_USAGE = dg.AssetKey(["marts", "rated_usage"])
 TIER_POSITIONS = dg.AssetKey(["marts", "tier_positions"])
 INVOICE_RECONCILIATION = dg.AssetKey(["marts", "invoice_reconciliation"])
+RECONCILIATION_EVENTS = dg.AssetKey(["marts", "reconciliation_events"])
 CORE_DEPS = [
     dg.AssetKey(["core", t])
     for t in (
@@ -59,6 +60,13 @@ class ReconciliationTolerance(dg.Config):
             group_name="rating",
             kinds={"duckdb", "sql"},
             description="Every platform invoice line beside our recomputation, with a finding.",
+        ),
+        dg.AssetSpec(
+            RECONCILIATION_EVENTS,
+            deps=[INVOICE_RECONCILIATION, dg.AssetKey(["core", "usage_events"])],
+            group_name="rating",
+            kinds={"duckdb", "sql"},
+            description="A view: the usage events behind each reconciliation row, for tracing a finding to events.",
         ),
     ],
     check_specs=[
@@ -114,6 +122,7 @@ def rating_marts(
             "by_currency": markdown_preview(by_currency, rows=30),
         },
     )
+    yield dg.MaterializeResult(asset_key=RECONCILIATION_EVENTS)  # a view over the rows above: always current
     yield dg.AssetCheckResult(
         asset_key=INVOICE_RECONCILIATION,
         check_name="reconciliation_within_tolerance",

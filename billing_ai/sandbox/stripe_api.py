@@ -348,9 +348,9 @@ def create_app(store: Store, settings: SandboxSettings | None = None) -> Starlet
             if status in (None, ""):
                 predicate = lambda o: o["status"] != "canceled"  # noqa: E731 - Stripe's default hides canceled
             elif status != "all":
-                predicate = lambda o: o["status"] == status  # noqa: E731
+                predicate = lambda o: o["status"] == status  # noqa: E731 -- a one-line local helper reads best inline
         elif typ == "invoice" and status:
-            predicate = lambda o: o["status"] == status  # noqa: E731
+            predicate = lambda o: o["status"] == status  # noqa: E731 -- a one-line local helper reads best inline
         try:
             objs, more = store.list(
                 typ,

@@ -24,11 +24,16 @@ def exists(what: str, object_id: str, found: object | None) -> list[str]:
     return [] if found is not None else [f"{what} {object_id} does not exist"]
 
 
-def same_currency(what: str, object_id: str, has: str | None, wanted: str, *, billed: bool = False) -> list[str]:
-    """Money moves only in the currency of the object it lands on. ``has`` empty: the platform does not
-    say (a customer with no invoice yet), nothing to compare."""
+def same_currency(
+    what: str, object_id: str, has: str | None, wanted: str, *, billed: bool = False, required: bool = False
+) -> list[str]:
+    """Money moves only in the currency of the object it lands on. ``has`` empty: the platform does not say
+    (a Stripe customer with no invoice yet), nothing to compare -- unless ``required``: where the platform
+    always knows it (a Zuora account), not knowing it fails closed."""
     has = (has or "").lower()
-    if not has or has == wanted:
+    if not has:
+        return [f"{what} {object_id} has no currency on the platform"] if required else []
+    if has == wanted:
         return []
     return [f"{what} {object_id} {'is billed in' if billed else 'is in'} {has}, not {wanted}"]
 
@@ -42,14 +47,14 @@ def live_subscription_of(subscription_id: str, customer_id: str, *, live: bool, 
 
 @dataclass(frozen=True)
 class CreditableInvoice:
-    """An invoice as the credit rule sees it. ``credited`` is read only if the rest passes (it costs a
-    listing on most platforms)."""
+    """An invoice as the credit rule sees it. ``uncredited`` is read only if the status and the currency
+    pass: it costs a listing of the invoice's credits on most platforms, and parses amounts that are only
+    known to parse in a currency the rule has accepted."""
 
     status: str  # the platform's own word, quoted in the reason
     creditable: bool  # the platform takes a credit against an invoice in this status
     currency: str
-    total: int  # minor units
-    credited: Callable[[], int]  # minor units already credited against it (voided credits excluded)
+    uncredited: Callable[[], int]  # minor units: its total less what is credited (voided credits excluded)
 
 
 def credit_fits(
@@ -64,7 +69,7 @@ def credit_fits(
     problems = same_currency("invoice", invoice_id, invoice.currency, currency)
     if problems:
         return problems
-    room = invoice.total - invoice.credited()
+    room = invoice.uncredited()
     if amount > room:
         return [
             f"{format_minor(amount, currency)} is more than the invoice's uncredited {format_minor(room, currency)}"

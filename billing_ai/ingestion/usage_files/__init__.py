@@ -38,14 +38,14 @@ value looks like it may not be a string.
 
 The package, by concern: ``fields`` (what a record is, its fields as text), ``files`` (the inbox, the
 ledger's tables, the copies kept beside the warehouse), ``readers`` (records per format), ``landing``
-(judging and writing them). The upgrades of older warehouse layouts live in
-``billing_ai.ingestion.migrations``. What other modules use is exported here.
+(judging and writing them), ``migrations`` (the upgrades of older layouts of these tables, with their
+lifetime). What other modules use is exported here.
 """
 
-from billing_ai.ingestion.migrations import ensure_tables, wide_raw
 from billing_ai.ingestion.usage_files.fields import EVENT_DATE, EVENT_TS, QUANTITY_TEXT, blank, record_json
 from billing_ai.ingestion.usage_files.files import FileResult, kept_dir, kept_files, sha256_of
 from billing_ai.ingestion.usage_files.landing import land_file, land_inbox
+from billing_ai.ingestion.usage_files.migrations import ensure_tables, wide_raw
 from billing_ai.ingestion.usage_files.readers import Records, batches, parquet_ids, records
 
 __all__ = [

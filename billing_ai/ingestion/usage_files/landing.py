@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 
 from billing_ai import warehouse as wh
-from billing_ai.ingestion.migrations import ensure_tables, narrow_wide_raw, wide_raw
 from billing_ai.ingestion.usage_files.fields import EVENT_DATE, TEXT_FIELDS, TIMESTAMP_TEXT, blank, record_json
 from billing_ai.ingestion.usage_files.files import SOURCE, FileResult, UsageFile, discover, keep, sha256_of, usage_file
+from billing_ai.ingestion.usage_files.migrations import ensure_tables, narrow_wide_raw, wide_raw
 from billing_ai.ingestion.usage_files.readers import (
     Records,
     batches,

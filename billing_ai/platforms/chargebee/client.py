@@ -30,8 +30,8 @@ from typing import Any
 
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP
-from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
+from billing_ai.retry import RetryPolicy
 
 IDEMPOTENCY_HEADER = "chargebee-idempotency-key"
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from billing_ai.platforms.chargebee.client import IDEMPOTENCY_HEADER
 from billing_ai.platforms.http import PlatformHTTP, http_outcome
-from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.retry import RetryPolicy
 from billing_ai.writeback import prechecks as rules
 from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
@@ -199,12 +199,7 @@ class ChargebeeExecutor:
                     status=inv["status"],
                     creditable=inv["status"] in ("paid", *OPEN_STATUSES),
                     currency=inv["currency_code"],
-                    total=inv["total"],
-                    credited=lambda: sum(
-                        cn["total"]
-                        for cn in self.w.listing("credit_notes", {"reference_invoice_id[is]": tid})
-                        if cn.get("status") != "voided"
-                    ),
+                    uncredited=lambda: inv["total"] - self._credited(tid),
                 ),
                 params["amount"],
                 params["currency"],
@@ -232,6 +227,11 @@ class ChargebeeExecutor:
             if old and new["item_id"] != old["item_id"]:
                 return [f"price {params['to_price']} is for item {new['item_id']}, not {old['item_id']}"]
         return []
+
+    def _credited(self, invoice_id: str) -> int:
+        """Minor units credited against the invoice so far (voided credit notes excluded)."""
+        notes = self.w.listing("credit_notes", {"reference_invoice_id[is]": invoice_id})
+        return sum(cn["total"] for cn in notes if cn.get("status") != "voided")
 
     # -- read back: is the change already there? (after an unknown outcome)
     def read_back(self, p: Proposal) -> Applied | None:

@@ -38,8 +38,8 @@ import httpx
 from billing_ai.money import MAX_UNIT_PRICE_PLACES, UnknownCurrencyError, major_to_minor
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP
-from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
+from billing_ai.retry import RetryPolicy
 
 API_VERSION = "v2021-02-25"
 ACCEPT = f"application/vnd.recurly.{API_VERSION}"

@@ -29,7 +29,7 @@ from typing import Any
 from billing_ai.money import major_to_minor, minor_unit_exponent
 from billing_ai.platforms.http import PlatformHTTP, http_outcome
 from billing_ai.platforms.recurly.client import ACCEPT, _decimal_json
-from billing_ai.platforms.retry import RetryPolicy
+from billing_ai.retry import RetryPolicy
 from billing_ai.writeback import prechecks as rules
 from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
@@ -199,8 +199,9 @@ class RecurlyExecutor:
                     status=inv["state"],
                     creditable=inv["state"] in ("paid", "past_due", "pending", "processing"),
                     currency=cur,
-                    total=_minor(inv["total"], cur),
-                    credited=lambda: sum(-_minor(c["total"], cur) for c in self._credits(inv)),
+                    uncredited=lambda: (
+                        _minor(inv["total"], cur) - sum(-_minor(c["total"], cur) for c in self._credits(inv))
+                    ),
                 ),
                 params["amount"],
                 params["currency"],

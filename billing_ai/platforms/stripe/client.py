@@ -2,7 +2,7 @@
 
 * Transient errors (5xx, 409, connection) are retried by the SDK's own
   ``max_network_retries`` (it sends the same idempotency key on retried POSTs).
-* 429s are retried by :func:`billing_ai.platforms.retry.call_with_retries`
+* 429s are retried by :func:`billing_ai.retry.call_with_retries`
   honouring ``Retry-After``; the SDK does not retry them itself.
 * A read whose connection broke in a way the SDK declines to retry (a response
   cut off mid-body) is retried by the same wrapper: reads are safe to repeat.
@@ -26,7 +26,7 @@ from typing import Any
 import stripe
 
 from billing_ai.pii import tokenize
-from billing_ai.platforms.retry import (
+from billing_ai.retry import (
     RateLimited,
     RateLimiter,
     RetryPolicy,

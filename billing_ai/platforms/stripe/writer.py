@@ -8,7 +8,7 @@ from typing import Any
 
 import stripe
 
-from billing_ai.platforms.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries, retry_after_seconds
+from billing_ai.retry import RateLimited, RateLimiter, RetryPolicy, call_with_retries, retry_after_seconds
 from billing_ai.writeback import prechecks as rules
 from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, STRIPE_METADATA_MAX_KEYS, Proposal
 from billing_ai.writeback.outcomes import Applied, Contact, Permanent, Unknown, none_if_missing, pointer
@@ -171,12 +171,7 @@ class StripeExecutor:
                     status=inv["status"],
                     creditable=inv["status"] in ("open", "paid"),
                     currency=inv["currency"],
-                    total=inv["total"],
-                    credited=lambda: sum(
-                        cn["amount"]
-                        for cn in self.s.listing(self.v1.credit_notes.list, {"invoice": tid})
-                        if cn.get("status") != "void"
-                    ),
+                    uncredited=lambda: inv["total"] - self._credited(tid),
                 ),
                 params["amount"],
                 params["currency"],
@@ -215,6 +210,11 @@ class StripeExecutor:
                 approved_currency=params["currency"],
             )
         return []
+
+    def _credited(self, invoice_id: str) -> int:
+        """Minor units credited against the invoice so far (voided credit notes excluded)."""
+        notes = self.s.listing(self.v1.credit_notes.list, {"invoice": invoice_id})
+        return sum(cn["amount"] for cn in notes if cn.get("status") != "void")
 
     # -- read back: is the change already there? (after an unknown outcome)
     def read_back(self, p: Proposal) -> Applied | None:

@@ -28,8 +28,8 @@ import httpx
 from billing_ai.money import MoneyTypeError, UnknownCurrencyError, major_to_minor, to_decimal
 from billing_ai.pii import tokenize
 from billing_ai.platforms.http import PlatformHTTP, PlatformHTTPError
-from billing_ai.platforms.retry import RateLimited, RetryPolicy, Transient, retry_after_seconds
 from billing_ai.platforms.spec import QUARANTINE_KEY, quarantine_row
+from billing_ai.retry import RateLimited, RetryPolicy, Transient, retry_after_seconds
 
 
 class MalformedMoney(ValueError):

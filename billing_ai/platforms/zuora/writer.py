@@ -28,8 +28,8 @@ from decimal import Decimal
 
 from billing_ai.money import format_minor, minor_unit_exponent
 from billing_ai.platforms.http import http_outcome
-from billing_ai.platforms.retry import RetryPolicy
 from billing_ai.platforms.zuora.client import ZuoraHTTP, to_minor
+from billing_ai.retry import RetryPolicy
 from billing_ai.writeback import prechecks as rules
 from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai.writeback.outcomes import Applied, Contact, Permanent, none_if_missing, pointer
@@ -147,8 +147,9 @@ class ZuoraExecutor:
             if bad:
                 return [f"metadata keys {bad} cannot be Zuora custom field names (<key>__c)"]
         elif kind == "pending_invoice_item":
+            # a Zuora account always has a currency: not knowing it fails closed
             problems = rules.same_currency(
-                "customer", tid, str(acct.get("currency") or ""), params["currency"], billed=True
+                "customer", tid, str(acct.get("currency") or ""), params["currency"], billed=True, required=True
             )
             if problems or not params.get("subscription"):
                 return problems
@@ -169,12 +170,7 @@ class ZuoraExecutor:
                     status=str(inv.get("status")),
                     creditable=inv.get("status") == "Posted",
                     currency=cur,
-                    total=to_minor(inv["amount"], cur, "invoice.amount"),
-                    credited=lambda: sum(
-                        to_minor(cm["amount"], cur, "creditMemo.amount")
-                        for cm in self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
-                        if cm.get("status") != "Canceled"
-                    ),
+                    uncredited=lambda: to_minor(inv["amount"], cur, "invoice.amount") - self._credited(inv, cur),
                 ),
                 params["amount"],
                 params["currency"],
@@ -202,6 +198,13 @@ class ZuoraExecutor:
                 item_currency=str(sub.get("currency") or ""),
             )
         return []
+
+    def _credited(self, inv: dict, currency: str) -> int:
+        """Minor units credited against the invoice so far (canceled credit memos excluded)."""
+        memos = self.listing("/v1/creditmemos", "creditmemos", {"referredInvoiceId": inv["id"]})
+        return sum(
+            to_minor(cm["amount"], currency, "creditMemo.amount") for cm in memos if cm.get("status") != "Canceled"
+        )
 
     # ---- read back: is the change already there? -------------------------------------------------------
     def read_back(self, p: Proposal) -> Applied | None:

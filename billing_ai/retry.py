@@ -1,4 +1,4 @@
-"""The one retry and rate-limit policy shared by every platform client.
+"""The one retry and rate-limit policy: every platform client and writer, and the push loop's sinks.
 
 * A client-side token bucket keeps us under the platform's documented rate.
 * A 429 is retried after the server's ``Retry-After`` (or exponential backoff
