@@ -254,3 +254,50 @@ class ASGIClient:
 
     def post(self, url: str, **kwargs):
         return self.request("POST", url, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Proposals for write-back tests
+# ---------------------------------------------------------------------------
+
+
+def make_proposal(
+    kind: str,
+    target_type: str,
+    target_id: str,
+    params: dict,
+    now,
+    *,
+    platform: str = "stripe",
+    rationale: str = "because",
+    proposer: str = "analytics:test",
+):
+    """A proposal as an analytic would make it (its id derives from kind, params and target), valid 3 days."""
+    import json
+    from datetime import timedelta
+
+    from billing_ai.writeback.kinds import Proposal, action_id
+
+    return Proposal(
+        action_id=action_id(proposer, kind, json.dumps(params, sort_keys=True) + target_id),
+        kind=kind,
+        platform=platform,
+        target_type=target_type,
+        target_id=target_id,
+        params=params,
+        rationale=rationale,
+        confidence=0.9,
+        proposer=proposer,
+        created_at=now,
+        expires_at=now + timedelta(days=3),
+    )
+
+
+def propose_and_approve(ledger, proposal, policy, now, approvers=("ana", "ben")) -> str:
+    """Propose, then approve by as many of ``approvers`` as the policy asks for (one, or two distinct people)."""
+    ledger.propose([proposal], policy, now)
+    for who in approvers:
+        if ledger.get(proposal.action_id)["status"] not in ("proposed", "partially_approved"):
+            break
+        ledger.decide(proposal.action_id, who, "approve", "ok", "cli", policy, now)
+    return proposal.action_id

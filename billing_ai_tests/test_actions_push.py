@@ -7,7 +7,6 @@ import email
 import json
 import shutil
 import sqlite3
-from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -31,7 +30,8 @@ from billing_ai.clock import parse_instant
 from billing_ai.platforms.stripe.writer import StripeExecutor, StripeWriter
 from billing_ai.sandbox.faults import POST, FaultPlan, nth
 from billing_ai.sandbox.stripe_api import DEFAULT_SECRET_KEY
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal, action_id
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY
+from billing_ai_tests.conftest import make_proposal
 
 POLICY = Policy.load()
 HOSTILE = (
@@ -59,18 +59,7 @@ class Env:
         self.currency = sub["items"].data[0].price.currency
 
     def propose(self, kind, target_type, target_id, params, rationale="because", proposer="analytics:test") -> str:
-        p = Proposal(
-            action_id=action_id(proposer, kind, json.dumps(params, sort_keys=True) + target_id),
-            kind=kind,
-            target_type=target_type,
-            target_id=target_id,
-            params=params,
-            rationale=rationale,
-            confidence=0.9,
-            proposer=proposer,
-            created_at=self.now,
-            expires_at=self.now + timedelta(days=3),
-        )
+        p = make_proposal(kind, target_type, target_id, params, self.now, rationale=rationale, proposer=proposer)
         self.ledger.propose([p], POLICY, self.now)
         return p.action_id
 

@@ -4,7 +4,7 @@ the core mapping (equal to Stripe's for the same world, hand-checked pieces), an
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -29,8 +29,15 @@ from billing_ai.sandbox.chargebee_render import item_price, major
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
 from billing_ai.sandbox.server import SandboxServer
 from billing_ai.sandbox.world import WorldConfig
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal, action_id
-from billing_ai_tests.conftest import TEST_PII_KEY, GeneratedWorld, pipeline_resources, write_test_world
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY
+from billing_ai_tests.conftest import (
+    TEST_PII_KEY,
+    GeneratedWorld,
+    make_proposal,
+    pipeline_resources,
+    propose_and_approve,
+    write_test_world,
+)
 
 # a small world with plan changes (prorations, replaced items), cancellations and failed payments
 CB_CONFIG = WorldConfig(seed=5, customers=14, days=70, upgrade_rate=0.5, downgrade_rate=0.2, cancel_rate=0.3)
@@ -498,26 +505,8 @@ class Push:
         self.currency = self.sub["currency_code"].lower()
 
     def propose(self, kind, target_type, target_id, params) -> str:
-        p = Proposal(
-            action_id=action_id("analytics:test", kind, json.dumps(params, sort_keys=True) + target_id),
-            kind=kind,
-            platform="chargebee",
-            target_type=target_type,
-            target_id=target_id,
-            params=params,
-            rationale="because",
-            confidence=0.9,
-            proposer="analytics:test",
-            created_at=self.now,
-            expires_at=self.now + timedelta(days=3),
-        )
-        self.ledger.propose([p], POLICY, self.now)
-        for who in ("ana", "ben"):
-            try:
-                self.ledger.decide(p.action_id, who, "approve", "ok", "cli", POLICY, self.now)
-            except Exception:  # noqa: BLE001 - one approval may already be enough
-                break
-        return p.action_id
+        p = make_proposal(kind, target_type, target_id, params, self.now, platform="chargebee")
+        return propose_and_approve(self.ledger, p, POLICY, self.now)
 
     def push(self, aid: str) -> dict:
         return push_action(self.ledger, self.executor, POLICY, aid, sleep=lambda s: None)

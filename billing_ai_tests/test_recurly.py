@@ -29,12 +29,14 @@ from billing_ai.sandbox import recurly_render as R
 from billing_ai.sandbox.faults import GET, POST, FaultPlan, burst, nth
 from billing_ai.sandbox.recurly_api import ACCEPT, DEFAULT_API_KEY, READONLY_API_KEY, add_note
 from billing_ai.sandbox.server import SandboxServer
-from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal, action_id
+from billing_ai.writeback.kinds import AUDIT_POINTER_KEY, Proposal
 from billing_ai_tests.conftest import (
     TEST_PII_KEY,
     TINY_WORLD_CONFIG,
     GeneratedWorld,
+    make_proposal,
     pipeline_resources,
+    propose_and_approve,
     write_test_world,
 )
 
@@ -371,22 +373,10 @@ class Env:
         self.invoice_rid, self.invoice_total = inv["id"], inv["total"]
 
     def propose(self, kind, target_type, target_id, params) -> str:
-        p = Proposal(
-            action_id=action_id("analytics:test", kind, json.dumps(params, sort_keys=True) + target_id),
-            kind=kind,
-            platform="recurly",
-            target_type=target_type,
-            target_id=target_id,
-            params=params,
-            rationale="because",
-            confidence=0.9,
-            proposer="analytics:test",
-            created_at=self.now,
-            expires_at=self.now + timedelta(days=3),
-        )
-        self.ledger.propose([p], POLICY, self.now)
-        assert self.ledger.decide(p.action_id, "ana", "approve", "ok", "cli", POLICY, self.now) == "approved"
-        return p.action_id
+        p = make_proposal(kind, target_type, target_id, params, self.now, platform="recurly")
+        aid = propose_and_approve(self.ledger, p, POLICY, self.now, approvers=("ana",))
+        assert self.ledger.get(aid)["status"] == "approved"
+        return aid
 
     def push(self, aid: str, **kw) -> dict:
         return push_action(self.ledger, self.executor, POLICY, aid, sleep=lambda s: None, **kw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -40,12 +40,13 @@ from billing_ai.sandbox.zuora_api import (
     ZUORA_READONLY_CLIENT_SECRET,
 )
 from billing_ai.sandbox.zuora_render import zid
-from billing_ai.writeback.kinds import Proposal, action_id
 from billing_ai_tests.conftest import (
     TEST_PII_KEY,
     TINY_WORLD_CONFIG,
     GeneratedWorld,
+    make_proposal,
     pipeline_resources,
+    propose_and_approve,
     write_test_world,
 )
 
@@ -347,24 +348,8 @@ class Env:
         self.customer, self.currency = self.sub["accountNumber"], self.sub["currency"].lower()
 
     def propose(self, kind, target_type, target_id, params) -> str:
-        p = Proposal(
-            action_id=action_id("analytics:test", kind, json.dumps(params, sort_keys=True) + target_id),
-            kind=kind,
-            platform="zuora",
-            target_type=target_type,
-            target_id=target_id,
-            params=params,
-            rationale="because",
-            confidence=0.9,
-            proposer="analytics:test",
-            created_at=self.now,
-            expires_at=self.now + timedelta(days=3),
-        )
-        self.ledger.propose([p], POLICY, self.now)
-        for who in ("ana", "ben"):
-            if self.ledger.get(p.action_id)["status"] in ("proposed", "partially_approved"):
-                self.ledger.decide(p.action_id, who, "approve", "ok", "cli", POLICY, self.now)
-        return p.action_id
+        p = make_proposal(kind, target_type, target_id, params, self.now, platform="zuora")
+        return propose_and_approve(self.ledger, p, POLICY, self.now)
 
     def push(self, aid: str, **kw) -> dict:
         return push_action(self.ledger, self.executor, POLICY, aid, sleep=lambda s: None, **kw)
