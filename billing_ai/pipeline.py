@@ -15,7 +15,6 @@ with the forecasts, the evaluation with its assets, the webhook-driven refresh i
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -51,7 +50,7 @@ def _side_table(name: str) -> dg.AssetSpec:
     writers (the contract's ``written_by``), with its columns, never materialized on its own."""
     table = contract.table(name)
     writers = [k for a in [*PLATFORM_ASSETS, *USAGE_ASSETS] for k in a.keys]
-    deps = [k for k in writers if any(fnmatch.fnmatchcase(k.to_user_string(), w) for w in table.written_by)]
+    deps = [k for k in writers if table in contract.written_by(k.to_user_string())]
     return dg.AssetSpec(
         table.asset_key.split("/"), deps=deps, group_name="core", kinds={"duckdb"}, description=table.description
     )
